@@ -1,0 +1,148 @@
+//! Builds the HNSW graph with hnsw_rs, then flattens it into the served layout
+//! (see `search.rs` and docs/format.md).
+
+use hnsw_rs::prelude::{Distance, Hnsw};
+
+use crate::distance;
+use crate::format::NONE_U32;
+use crate::metric::Metric;
+
+#[derive(Debug, Clone, Copy)]
+pub struct GraphParams {
+    pub m: usize,
+    pub ef_construction: usize,
+    pub threads: usize,
+}
+
+/// The graph in the served layout.
+pub struct FlatGraph {
+    pub level0: Vec<u32>,
+    pub level0_degree: usize,
+    pub upper: Vec<u32>,
+    pub upper_degree: usize,
+    pub upper_start: Vec<u32>,
+    pub entry_point: u32,
+    pub max_level: u32,
+}
+
+impl FlatGraph {
+    pub fn upper_blocks(&self) -> usize {
+        self.upper.len() / (1 + self.upper_degree)
+    }
+}
+
+/// The distance hnsw_rs builds with. hnsw_rs requires distances ≥ 0, so inner product is
+/// shifted by the largest squared norm: `C - a·b` orders every pair exactly as `-a·b` does
+/// (the graph is the one hnswlib's "ip" space builds) and is ≥ 0 for data points.
+struct BuildDistance {
+    metric: Metric,
+    dot_offset: f32,
+}
+
+impl Distance<f32> for BuildDistance {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.metric {
+            Metric::Cosine => (1.0 - distance::dot(a, b)).max(0.0),
+            Metric::L2 => distance::l2sq(a, b),
+            Metric::Dot => (self.dot_offset - distance::dot(a, b)).max(0.0),
+        }
+    }
+}
+
+/// Builds the graph over `vectors` (row-major, `dim` wide; unit length for cosine).
+/// `progress` is called with the number of rows inserted so far.
+pub fn build(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    params: GraphParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> anyhow::Result<FlatGraph> {
+    let n = vectors.len() / dim;
+    anyhow::ensure!(n > 0, "no vectors to index");
+    anyhow::ensure!(
+        (2..=128).contains(&params.m),
+        "--m must be between 2 and 128 (got {})",
+        params.m
+    );
+    anyhow::ensure!(
+        params.ef_construction >= params.m,
+        "--ef-construction must be at least --m"
+    );
+    let max_sq_norm = vectors
+        .chunks_exact(dim)
+        .map(|v| distance::dot(v, v))
+        .fold(0f32, f32::max);
+    let dist = BuildDistance {
+        metric,
+        dot_offset: max_sq_norm * 1.0001 + 1e-6,
+    };
+    let hnsw = Hnsw::<f32, BuildDistance>::new(params.m, n, 16, params.ef_construction, dist);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(params.threads.max(1))
+        .build()?;
+    let rows: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
+    // Insert in slices so progress can be reported; the first point goes alone so the
+    // graph has an entry point before the parallel inserts start.
+    hnsw.insert_slice(rows[0]);
+    progress(1);
+    let chunk = (n / 200).clamp(1_000, 50_000);
+    let mut done = 1;
+    pool.install(|| {
+        for slice in rows[1..].chunks(chunk) {
+            hnsw.parallel_insert_slice(&slice.to_vec());
+            done += slice.len();
+            progress(done);
+        }
+    });
+    Ok(flatten(&hnsw, n, params.m))
+}
+
+fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
+    let level0_degree = 2 * m;
+    let upper_degree = m;
+    let mut level0 = vec![0u32; n * (1 + level0_degree)];
+    let mut upper_start = vec![NONE_U32; n];
+    let mut upper = Vec::new();
+    let mut entry_point: Option<u32> = None;
+    let mut max_level = 0u32;
+    let copy_links = |dst: &mut [u32], links: &[hnsw_rs::prelude::Neighbour]| {
+        let count = links.len().min(dst.len() - 1);
+        dst[0] = count as u32;
+        for (slot, nb) in dst[1..].iter_mut().zip(&links[..count]) {
+            *slot = nb.d_id as u32;
+        }
+    };
+    for point in hnsw.get_point_indexation() {
+        let row = point.get_origin_id();
+        let level = point.get_point_id().0 as u32;
+        let neighbourhood = point.get_neighborhood_id();
+        let stride0 = 1 + level0_degree;
+        copy_links(
+            &mut level0[row * stride0..(row + 1) * stride0],
+            &neighbourhood[0],
+        );
+        if level > 0 {
+            let start = upper.len() / (1 + upper_degree);
+            upper_start[row] = start as u32;
+            for l in 1..=level as usize {
+                let mut block = vec![0u32; 1 + upper_degree];
+                copy_links(&mut block, &neighbourhood[l]);
+                upper.extend_from_slice(&block);
+            }
+        }
+        if entry_point.is_none() || level > max_level {
+            max_level = level;
+            entry_point = Some(row as u32);
+        }
+    }
+    FlatGraph {
+        level0,
+        level0_degree,
+        upper,
+        upper_degree,
+        upper_start,
+        entry_point: entry_point.unwrap_or(0),
+        max_level,
+    }
+}

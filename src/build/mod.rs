@@ -1,0 +1,146 @@
+//! `earshot build`: inputs → HNSW graph (hnsw_rs) → a collection directory.
+
+pub mod creators;
+pub mod graph;
+pub mod input;
+pub mod progress;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::distance;
+use crate::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
+use crate::metric::Metric;
+
+pub use graph::GraphParams;
+pub use input::{Dataset, InputSpec};
+
+/// Builds `data` into the collection directory `out` and returns its manifest.
+pub fn build_collection(
+    mut data: Dataset,
+    metric: Metric,
+    params: GraphParams,
+    out: &Path,
+    force: bool,
+    source: &str,
+) -> anyhow::Result<Manifest> {
+    let started = Instant::now();
+    let n = data.len();
+    let dim = data.dim;
+    anyhow::ensure!(n > 0, "no vectors to index");
+    anyhow::ensure!(n < NONE_U32 as usize, "at most 2^32-2 items per collection");
+    if metric == Metric::Cosine {
+        for (row, v) in data.vectors.chunks_exact_mut(dim).enumerate() {
+            anyhow::ensure!(
+                distance::normalize(v),
+                "row {row}: cosine needs non-zero, finite vectors"
+            );
+        }
+    }
+    let label = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "build".into());
+    let bar = progress::Progress::new(&label, n);
+    let g = graph::build(&data.vectors, dim, metric, params, &|done| bar.set(done))?;
+    bar.finish();
+
+    let ids = StringTableData::build(&data.ids);
+    let meta = Metadata::from_dataset(&data);
+    let creators = StringTableData::build(&meta.creator_names);
+    let popularity: Vec<f32> = match &data.popularity {
+        Some(p) => p.iter().map(|x| x.unwrap_or(f32::NAN)).collect(),
+        None => vec![f32::NAN; n],
+    };
+    let arrays = writer::CollectionArrays {
+        vectors: &data.vectors,
+        level0: &g.level0,
+        upper: &g.upper,
+        upper_start: &g.upper_start,
+        ids: &ids,
+        creator_of: &meta.creator_of,
+        popularity: &popularity,
+        creators: &creators,
+        creator_item_offsets: &meta.item_offsets,
+        creator_items: &meta.items,
+    };
+    let mut manifest = Manifest {
+        format_version: crate::format::array_file::FORMAT_VERSION,
+        metric,
+        dim: dim as u32,
+        count: n as u64,
+        hnsw: HnswParams {
+            m: params.m as u32,
+            ef_construction: params.ef_construction as u32,
+            level0_degree: g.level0_degree as u32,
+            upper_degree: g.upper_degree as u32,
+            max_level: g.max_level,
+            entry_point: g.entry_point,
+            upper_blocks: g.upper_blocks() as u64,
+        },
+        creators: meta.creator_names.len() as u64,
+        has_popularity: data.popularity.is_some(),
+        built_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        build_seconds: 0.0,
+        builder: format!("earshot {}", env!("CARGO_PKG_VERSION")),
+        source: source.to_string(),
+        files: Default::default(),
+    };
+    manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    writer::write_collection(out, &arrays, &mut manifest, force)?;
+    Ok(manifest)
+}
+
+/// Creator columns in the stored form: an index per item plus each creator's items.
+struct Metadata {
+    creator_names: Vec<String>,
+    creator_of: Vec<u32>,
+    item_offsets: Vec<u64>,
+    items: Vec<u32>,
+}
+
+impl Metadata {
+    fn from_dataset(data: &Dataset) -> Self {
+        let n = data.len();
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut creator_names = Vec::new();
+        let mut creator_of = vec![NONE_U32; n];
+        if let Some(creators) = &data.creators {
+            for (row, c) in creators.iter().enumerate() {
+                let Some(c) = c.as_deref().filter(|c| !c.is_empty()) else {
+                    continue;
+                };
+                let next = creator_names.len() as u32;
+                let ci = *index.entry(c).or_insert_with(|| {
+                    creator_names.push(c.to_string());
+                    next
+                });
+                creator_of[row] = ci;
+            }
+        }
+        // Counting sort of rows by creator: rows stay in ascending order within a creator.
+        let mut item_offsets = vec![0u64; creator_names.len() + 1];
+        for &c in creator_of.iter().filter(|&&c| c != NONE_U32) {
+            item_offsets[c as usize + 1] += 1;
+        }
+        for i in 1..item_offsets.len() {
+            item_offsets[i] += item_offsets[i - 1];
+        }
+        let mut fill = item_offsets.clone();
+        let mut items = vec![0u32; *item_offsets.last().unwrap_or(&0) as usize];
+        for (row, &c) in creator_of.iter().enumerate() {
+            if c != NONE_U32 {
+                items[fill[c as usize] as usize] = row as u32;
+                fill[c as usize] += 1;
+            }
+        }
+        Self {
+            creator_names,
+            creator_of,
+            item_offsets,
+            items,
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! An opened collection: the manifest plus every array mapped in place.
+
+use std::path::{Path, PathBuf};
+
+use crate::distance::DistanceFn;
+use crate::format::strings::StringTable;
+use crate::format::{names, ArrayFile, FormatError, Manifest, Verify, NONE_U32};
+use crate::search::Graph;
+
+pub struct Collection {
+    pub name: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    vectors: ArrayFile,
+    level0: ArrayFile,
+    upper: ArrayFile,
+    upper_start: ArrayFile,
+    pub ids: StringTable,
+    creator_of: ArrayFile,
+    popularity: ArrayFile,
+    pub creators: StringTable,
+    creator_item_offsets: ArrayFile,
+    creator_items: ArrayFile,
+    dist: DistanceFn,
+}
+
+impl Collection {
+    /// Opens the collection in `dir`. Every length is checked against the manifest before
+    /// anything is read through the mappings; `Verify::Full` also checks every checksum.
+    pub fn open(dir: &Path, verify: Verify) -> Result<Self, FormatError> {
+        let manifest = Manifest::read(dir)?;
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = manifest.count as usize;
+        let dim = manifest.dim as usize;
+        let h = &manifest.hnsw;
+        let open_u32 = |file: &str, expect: usize| -> Result<ArrayFile, FormatError> {
+            let f = ArrayFile::open::<u32>(&dir.join(file), verify)?;
+            expect_len(&f, expect)?;
+            Ok(f)
+        };
+        let vectors = ArrayFile::open::<f32>(&dir.join(names::VECTORS), verify)?;
+        expect_len(&vectors, n * dim)?;
+        let level0 = open_u32(names::LEVEL0, n * (1 + h.level0_degree as usize))?;
+        let upper = open_u32(
+            names::UPPER,
+            h.upper_blocks as usize * (1 + h.upper_degree as usize),
+        )?;
+        let upper_start = open_u32(names::UPPER_START, n)?;
+        let ids = StringTable::open(dir, names::IDS, n, verify)?;
+        let creator_of = open_u32(names::CREATOR_OF, n)?;
+        let popularity = ArrayFile::open::<f32>(&dir.join(names::POPULARITY), verify)?;
+        expect_len(&popularity, n)?;
+        let c = manifest.creators as usize;
+        let creators = StringTable::open(dir, names::CREATORS, c, verify)?;
+        let creator_item_offsets =
+            ArrayFile::open::<u64>(&dir.join(names::CREATOR_ITEM_OFFSETS), verify)?;
+        expect_len(&creator_item_offsets, c + 1)?;
+        let creator_items = ArrayFile::open::<u32>(&dir.join(names::CREATOR_ITEMS), verify)?;
+        if h.entry_point as usize >= n || h.max_level > 64 {
+            return Err(FormatError::file(
+                dir.join(names::MANIFEST),
+                "entry point or max level out of range",
+            ));
+        }
+        if h.max_level > 0 && upper_start.as_slice::<u32>()[h.entry_point as usize] == NONE_U32 {
+            return Err(FormatError::file(
+                dir.join(names::UPPER_START),
+                "entry point has no upper-level links",
+            ));
+        }
+        let this = Self {
+            name,
+            dir: dir.to_path_buf(),
+            dist: DistanceFn::new(manifest.metric),
+            manifest,
+            vectors,
+            level0,
+            upper,
+            upper_start,
+            ids,
+            creator_of,
+            popularity,
+            creators,
+            creator_item_offsets,
+            creator_items,
+        };
+        this.check_manifest_checksums()?;
+        if verify == Verify::Full {
+            this.check_graph()?;
+        }
+        Ok(this)
+    }
+
+    /// The manifest lists each file's checksum; a file swapped in from another build is refused.
+    fn check_manifest_checksums(&self) -> Result<(), FormatError> {
+        for f in self.files() {
+            let file_name = f
+                .path()
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let entry = self.manifest.files.get(&file_name).ok_or_else(|| {
+                FormatError::file(
+                    self.dir.join(names::MANIFEST),
+                    format!("does not list {file_name}"),
+                )
+            })?;
+            if entry.xxh3 != format!("{:016x}", f.checksum())
+                || entry.bytes != f.mapped_bytes() as u64
+            {
+                return Err(FormatError::file(
+                    f.path(),
+                    "does not match the checksum or size recorded in manifest.json (mixed builds?)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn files(&self) -> Vec<&ArrayFile> {
+        let mut v = vec![
+            &self.vectors,
+            &self.level0,
+            &self.upper,
+            &self.upper_start,
+            &self.creator_of,
+            &self.popularity,
+            &self.creator_item_offsets,
+            &self.creator_items,
+        ];
+        v.extend(self.ids.files());
+        v.extend(self.creators.files());
+        v
+    }
+
+    /// Checks that every link points at an existing node and every upper block exists.
+    /// (Search also bounds-checks links, so a lazily opened damaged graph cannot crash it.)
+    pub fn check_graph(&self) -> Result<(), FormatError> {
+        let n = self.len() as u32;
+        let h = &self.manifest.hnsw;
+        let check = |f: &ArrayFile, degree: usize| -> Result<(), FormatError> {
+            for (b, block) in f.as_slice::<u32>().chunks_exact(1 + degree).enumerate() {
+                if block[0] as usize > degree
+                    || block[1..=block[0] as usize].iter().any(|&l| l >= n)
+                {
+                    return Err(FormatError::file(
+                        f.path(),
+                        format!("block {b} has a bad link count or a link past the last node"),
+                    ));
+                }
+            }
+            Ok(())
+        };
+        check(&self.level0, h.level0_degree as usize)?;
+        check(&self.upper, h.upper_degree as usize)?;
+        let blocks = h.upper_blocks;
+        for (row, &s) in self.upper_start.as_slice::<u32>().iter().enumerate() {
+            if s != NONE_U32 && s as u64 >= blocks {
+                return Err(FormatError::file(
+                    self.upper_start.path(),
+                    format!("node {row} points past the last upper block"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checksums every file (reading every page).
+    pub fn verify(&self) -> Result<(), FormatError> {
+        self.files().iter().try_for_each(|f| f.verify_checksum())
+    }
+
+    pub fn mapped_bytes(&self) -> u64 {
+        self.files().iter().map(|f| f.mapped_bytes() as u64).sum()
+    }
+
+    pub fn graph(&self) -> Graph<'_> {
+        let h = &self.manifest.hnsw;
+        Graph {
+            vectors: self.vectors.as_slice(),
+            dim: self.manifest.dim as usize,
+            level0: self.level0.as_slice(),
+            level0_degree: h.level0_degree as usize,
+            upper: self.upper.as_slice(),
+            upper_degree: h.upper_degree as usize,
+            upper_start: self.upper_start.as_slice(),
+            entry_point: h.entry_point,
+            max_level: h.max_level,
+            dist: self.dist,
+        }
+    }
+
+    pub fn dist(&self) -> &DistanceFn {
+        &self.dist
+    }
+    pub fn len(&self) -> usize {
+        self.manifest.count as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dim(&self) -> usize {
+        self.manifest.dim as usize
+    }
+
+    pub fn row_of(&self, id: &str) -> Option<u32> {
+        self.ids.find(id)
+    }
+    pub fn id(&self, row: u32) -> &str {
+        self.ids.get(row)
+    }
+    pub fn vector(&self, row: u32) -> &[f32] {
+        self.graph().vector(row)
+    }
+    /// The creator index of `row`, if it has one.
+    pub fn creator_index(&self, row: u32) -> Option<u32> {
+        let c = *self.creator_of.as_slice::<u32>().get(row as usize)?;
+        (c != NONE_U32 && (c as usize) < self.creators.len()).then_some(c)
+    }
+    pub fn creator(&self, row: u32) -> Option<&str> {
+        self.creator_index(row).map(|c| self.creators.get(c))
+    }
+    pub fn popularity(&self, row: u32) -> Option<f32> {
+        let p = *self.popularity.as_slice::<f32>().get(row as usize)?;
+        (!p.is_nan()).then_some(p)
+    }
+    /// Rows of the creator with index `c`.
+    pub fn creator_items(&self, c: u32) -> &[u32] {
+        let offs = self.creator_item_offsets.as_slice::<u64>();
+        let items = self.creator_items.as_slice::<u32>();
+        match (offs.get(c as usize), offs.get(c as usize + 1)) {
+            (Some(&a), Some(&b)) => items.get(a as usize..b as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// Pages the vectors and graph in ahead of the first queries.
+    pub fn warm(&self) {
+        for f in self.files() {
+            f.advise_willneed();
+        }
+    }
+}
+
+fn expect_len(f: &ArrayFile, expect: usize) -> Result<(), FormatError> {
+    if f.len() != expect {
+        return Err(FormatError::file(
+            f.path(),
+            format!(
+                "holds {} elements but the manifest implies {expect}",
+                f.len()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! HNSW search over the flat, memory-mapped graph (the hnswlib algorithm).
+//!
+//! Level 0: `n` fixed-size blocks `[count, link_0 .. link_{d0-1}]` of u32.
+//! Upper levels: blocks `[count, links ..]` of `1 + d` u32; node `v`'s block for level `l ≥ 1`
+//! is `upper_start[v] + l - 1`. Search state lives in a per-thread [`Scratch`] that is reused,
+//! so a query allocates nothing once the thread has warmed up.
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::distance::DistanceFn;
+use crate::format::NONE_U32;
+
+/// A borrowed view of one collection's graph and vectors.
+#[derive(Clone, Copy)]
+pub struct Graph<'a> {
+    pub vectors: &'a [f32],
+    pub dim: usize,
+    pub level0: &'a [u32],
+    pub level0_degree: usize,
+    pub upper: &'a [u32],
+    pub upper_degree: usize,
+    pub upper_start: &'a [u32],
+    pub entry_point: u32,
+    pub max_level: u32,
+    pub dist: DistanceFn,
+}
+
+/// One search result: internal distance (smaller is closer) and row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    pub dist: f32,
+    pub row: u32,
+}
+
+impl Eq for Hit {}
+impl Ord for Hit {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.dist
+            .total_cmp(&o.dist)
+            .then_with(|| self.row.cmp(&o.row))
+    }
+}
+impl PartialOrd for Hit {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Reusable per-thread search state.
+#[derive(Default)]
+pub struct Scratch {
+    visited: Vec<u32>,
+    epoch: u32,
+    candidates: BinaryHeap<Reverse<Hit>>,
+    top: BinaryHeap<Hit>,
+}
+
+impl Scratch {
+    fn reset(&mut self, n: usize) {
+        if self.visited.len() < n {
+            self.visited.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited.iter_mut().for_each(|v| *v = 0);
+            self.epoch = 1;
+        }
+        self.candidates.clear();
+        self.top.clear();
+    }
+
+    /// Marks `row` visited; returns false if it already was.
+    #[inline(always)]
+    fn visit(&mut self, row: u32) -> bool {
+        let slot = &mut self.visited[row as usize];
+        if *slot == self.epoch {
+            false
+        } else {
+            *slot = self.epoch;
+            true
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch space.
+pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+impl<'a> Graph<'a> {
+    pub fn len(&self) -> usize {
+        self.upper_start.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline(always)]
+    pub fn vector(&self, row: u32) -> &'a [f32] {
+        let start = row as usize * self.dim;
+        &self.vectors[start..start + self.dim]
+    }
+
+    /// Links of `row` on `level`; empty if the block is missing or damaged.
+    #[inline(always)]
+    fn links(&self, row: u32, level: u32) -> &'a [u32] {
+        let block = if level == 0 {
+            let stride = 1 + self.level0_degree;
+            self.level0
+                .get(row as usize * stride..(row as usize + 1) * stride)
+        } else {
+            let start = self.upper_start[row as usize];
+            if start == NONE_U32 {
+                return &[];
+            }
+            let stride = 1 + self.upper_degree;
+            let b = start as usize + level as usize - 1;
+            self.upper.get(b * stride..(b + 1) * stride)
+        };
+        match block {
+            Some(b) => {
+                let count = (b[0] as usize).min(b.len() - 1);
+                &b[1..1 + count]
+            }
+            None => &[],
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, row: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if (row as usize) < self.len() {
+            // SAFETY: prefetch is a hint; the address is inside the vectors slice.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                let p = self.vectors.as_ptr().add(row as usize * self.dim) as *const i8;
+                _mm_prefetch(p, _MM_HINT_T0);
+            }
+        }
+    }
+
+    /// Greedy descent through the upper levels to the best entry for level 0.
+    fn descend(&self, query: &[f32]) -> Hit {
+        let mut cur = self.entry_point;
+        let mut cur_d = self.dist.distance(query, self.vector(cur));
+        for level in (1..=self.max_level).rev() {
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for &nb in self.links(cur, level) {
+                    if nb as usize >= self.len() {
+                        continue;
+                    }
+                    let d = self.dist.distance(query, self.vector(nb));
+                    if d < cur_d {
+                        cur_d = d;
+                        cur = nb;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        Hit {
+            dist: cur_d,
+            row: cur,
+        }
+    }
+
+    /// The `k` nearest rows to `query` that `accept` lets through, best first, appended to `out`.
+    ///
+    /// `ef` is the beam width (raised to `k`). With a filter the search keeps walking until it
+    /// holds `ef` accepted rows or runs out of graph, so restrictive filters widen the search
+    /// instead of returning short lists.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(u32) -> bool,
+        filtered: bool,
+        scratch: &mut Scratch,
+        out: &mut Vec<Hit>,
+    ) {
+        if self.is_empty() || k == 0 {
+            return;
+        }
+        let ef = ef.max(k);
+        scratch.reset(self.len());
+        let ep = self.descend(query);
+        scratch.visit(ep.row);
+        scratch.candidates.push(Reverse(ep));
+        if accept(ep.row) {
+            scratch.top.push(ep);
+        }
+        let mut bound = scratch.top.peek().map_or(f32::INFINITY, |h| h.dist);
+        while let Some(Reverse(c)) = scratch.candidates.pop() {
+            if c.dist > bound && (scratch.top.len() >= ef || !filtered) {
+                break;
+            }
+            let links = self.links(c.row, 0);
+            if let Some(&first) = links.first() {
+                self.prefetch(first);
+            }
+            for (i, &nb) in links.iter().enumerate() {
+                if let Some(&next) = links.get(i + 1) {
+                    self.prefetch(next);
+                }
+                if nb as usize >= self.len() || !scratch.visit(nb) {
+                    continue;
+                }
+                let d = self.dist.distance(query, self.vector(nb));
+                if scratch.top.len() < ef || d < bound {
+                    scratch.candidates.push(Reverse(Hit { dist: d, row: nb }));
+                    if accept(nb) {
+                        scratch.top.push(Hit { dist: d, row: nb });
+                        if scratch.top.len() > ef {
+                            scratch.top.pop();
+                        }
+                    }
+                    if let Some(h) = scratch.top.peek() {
+                        bound = h.dist;
+                    }
+                }
+            }
+        }
+        while scratch.top.len() > k {
+            scratch.top.pop();
+        }
+        let start = out.len();
+        out.extend(scratch.top.drain());
+        out[start..].sort_unstable();
+    }
+
+    /// Exact search by scanning `rows` (used for small filtered sets and for ground truth).
+    pub fn scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        rows: impl Iterator<Item = u32>,
+        scratch: &mut Scratch,
+        out: &mut Vec<Hit>,
+    ) {
+        scratch.top.clear();
+        for row in rows {
+            if row as usize >= self.len() {
+                continue;
+            }
+            let d = self.dist.distance(query, self.vector(row));
+            if scratch.top.len() < k {
+                scratch.top.push(Hit { dist: d, row });
+            } else if scratch.top.peek().is_some_and(|w| d < w.dist) {
+                scratch.top.pop();
+                scratch.top.push(Hit { dist: d, row });
+            }
+        }
+        let start = out.len();
+        out.extend(scratch.top.drain());
+        out[start..].sort_unstable();
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics (`GET /metrics`, text format).
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectionLabel {
+    pub collection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+    pub kernels: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub latency: Family<RouteLabel, Histogram>,
+    pub in_flight: Gauge<i64, AtomicI64>,
+    pub items: Family<CollectionLabel, Gauge>,
+    pub mapped_bytes: Family<CollectionLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("earshot");
+        let requests = Family::<RouteStatus, Counter>::default();
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            // 25 µs … ~3.3 s
+            Histogram::new(exponential_buckets(25e-6, 2.0, 18))
+        });
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        let items = Family::<CollectionLabel, Gauge>::default();
+        let mapped_bytes = Family::<CollectionLabel, Gauge>::default();
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+                kernels: crate::distance::kernel_name().into(),
+            })
+            .set(1);
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "http_in_flight_requests",
+            "HTTP requests being served",
+            in_flight.clone(),
+        );
+        registry.register("collection_items", "Items per collection", items.clone());
+        registry.register(
+            "collection_mapped_bytes",
+            "Bytes memory-mapped per collection",
+            mapped_bytes.clone(),
+        );
+        registry.register("build_info", "earshot version and SIMD kernels", build_info);
+        Self {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            items,
+            mapped_bytes,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records count, status and latency of every request under its route template.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let m = &state.metrics;
+    m.in_flight.inc();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    m.in_flight.dec();
+    m.latency
+        .get_or_create(&RouteLabel {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
