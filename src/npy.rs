@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
+#[derive(Debug)]
 pub struct Array<T> {
     pub shape: Vec<usize>,
     pub data: Vec<T>,
