@@ -12,6 +12,11 @@ use std::collections::BinaryHeap;
 use crate::distance::DistanceFn;
 use crate::format::NONE_U32;
 
+/// Level-0 degrees above this are cut at build time (m ≤ 128 ⇒ 2·m ≤ 256).
+pub const MAX_LEVEL0_DEGREE: usize = 256;
+/// How many neighbours ahead of the one being measured have their vectors prefetched.
+const PREFETCH_AHEAD: usize = 3;
+
 /// A borrowed view of one collection's graph and vectors.
 #[derive(Clone, Copy)]
 pub struct Graph<'a> {
@@ -133,15 +138,22 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// Prefetches the whole vector of `row`: with 384-d vectors a distance reads 24 cache
+    /// lines, and the walk is bound by those misses, not by arithmetic.
     #[inline(always)]
     fn prefetch(&self, row: u32) {
         #[cfg(target_arch = "x86_64")]
         if (row as usize) < self.len() {
-            // SAFETY: prefetch is a hint; the address is inside the vectors slice.
+            // SAFETY: prefetch is only a hint; every address is inside the vectors slice.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
                 let p = self.vectors.as_ptr().add(row as usize * self.dim) as *const i8;
-                _mm_prefetch(p, _MM_HINT_T0);
+                let bytes = self.dim * 4;
+                let mut off = 0;
+                while off < bytes {
+                    _mm_prefetch(p.add(off), _MM_HINT_T0);
+                    off += 64;
+                }
             }
         }
     }
@@ -204,16 +216,23 @@ impl<'a> Graph<'a> {
             if c.dist > bound && (scratch.top.len() >= ef || !filtered) {
                 break;
             }
-            let links = self.links(c.row, 0);
-            if let Some(&first) = links.first() {
-                self.prefetch(first);
-            }
-            for (i, &nb) in links.iter().enumerate() {
-                if let Some(&next) = links.get(i + 1) {
-                    self.prefetch(next);
+            // Gather the unvisited neighbours first so their vectors can be prefetched a few
+            // steps ahead of the distance computations that read them.
+            let mut fresh = [0u32; MAX_LEVEL0_DEGREE];
+            let mut n_fresh = 0;
+            for &nb in self.links(c.row, 0) {
+                if n_fresh < fresh.len() && (nb as usize) < self.len() && scratch.visit(nb) {
+                    fresh[n_fresh] = nb;
+                    n_fresh += 1;
                 }
-                if nb as usize >= self.len() || !scratch.visit(nb) {
-                    continue;
+            }
+            let fresh = &fresh[..n_fresh];
+            for &nb in fresh.iter().take(PREFETCH_AHEAD) {
+                self.prefetch(nb);
+            }
+            for (i, &nb) in fresh.iter().enumerate() {
+                if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
+                    self.prefetch(ahead);
                 }
                 let d = self.dist.distance(query, self.vector(nb));
                 if scratch.top.len() < ef || d < bound {
