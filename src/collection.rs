@@ -21,6 +21,7 @@ pub struct Collection {
     pub creators: StringTable,
     creator_item_offsets: ArrayFile,
     creator_items: ArrayFile,
+    creator_popularity: ArrayFile,
     dist: DistanceFn,
 }
 
@@ -59,6 +60,9 @@ impl Collection {
             ArrayFile::open::<u64>(&dir.join(names::CREATOR_ITEM_OFFSETS), verify)?;
         expect_len(&creator_item_offsets, c + 1)?;
         let creator_items = ArrayFile::open::<u32>(&dir.join(names::CREATOR_ITEMS), verify)?;
+        let creator_popularity =
+            ArrayFile::open::<f32>(&dir.join(names::CREATOR_POPULARITY), verify)?;
+        expect_len(&creator_popularity, c)?;
         if h.entry_point as usize >= n || h.max_level > 64 {
             return Err(FormatError::file(
                 dir.join(names::MANIFEST),
@@ -86,6 +90,7 @@ impl Collection {
             creators,
             creator_item_offsets,
             creator_items,
+            creator_popularity,
         };
         this.check_manifest_checksums()?;
         if verify == Verify::Full {
@@ -130,6 +135,7 @@ impl Collection {
             &self.popularity,
             &self.creator_item_offsets,
             &self.creator_items,
+            &self.creator_popularity,
         ];
         v.extend(self.ids.files());
         v.extend(self.creators.files());
@@ -226,6 +232,14 @@ impl Collection {
     pub fn popularity(&self, row: u32) -> Option<f32> {
         let p = *self.popularity.as_slice::<f32>().get(row as usize)?;
         (!p.is_nan()).then_some(p)
+    }
+    /// Popularity of creator `c` (sum over its items), if known.
+    pub fn creator_popularity(&self, c: u32) -> Option<f32> {
+        let p = *self.creator_popularity.as_slice::<f32>().get(c as usize)?;
+        (!p.is_nan()).then_some(p)
+    }
+    pub fn creator_count(&self) -> usize {
+        self.creators.len()
     }
     /// Rows of the creator with index `c`.
     pub fn creator_items(&self, c: u32) -> &[u32] {

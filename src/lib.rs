@@ -11,5 +11,6 @@ pub mod distance;
 pub mod format;
 pub mod metric;
 pub mod npy;
+pub mod recommend;
 pub mod search;
 pub mod server;

@@ -54,6 +54,23 @@ pub fn build_collection(
         Some(p) => p.iter().map(|x| x.unwrap_or(f32::NAN)).collect(),
         None => vec![f32::NAN; n],
     };
+    // A creator's popularity: the sum of its items' known popularity (NaN if none known).
+    let creator_popularity: Vec<f32> = (0..meta.creator_names.len())
+        .map(|c| {
+            let rows =
+                &meta.items[meta.item_offsets[c] as usize..meta.item_offsets[c + 1] as usize];
+            let known: Vec<f32> = rows
+                .iter()
+                .map(|&r| popularity[r as usize])
+                .filter(|p| !p.is_nan())
+                .collect();
+            if known.is_empty() {
+                f32::NAN
+            } else {
+                known.iter().sum()
+            }
+        })
+        .collect();
     let arrays = writer::CollectionArrays {
         vectors: &data.vectors,
         level0: &g.level0,
@@ -65,6 +82,7 @@ pub fn build_collection(
         creators: &creators,
         creator_item_offsets: &meta.item_offsets,
         creator_items: &meta.items,
+        creator_popularity: &creator_popularity,
     };
     let mut manifest = Manifest {
         format_version: crate::format::array_file::FORMAT_VERSION,

@@ -22,6 +22,7 @@ pub struct CollectionArrays<'a> {
     pub creators: &'a StringTableData,
     pub creator_item_offsets: &'a [u64],
     pub creator_items: &'a [u32],
+    pub creator_popularity: &'a [f32],
 }
 
 /// Writes `arrays` and `manifest` (whose `files` is filled in here) to `out`.
@@ -108,6 +109,10 @@ fn write_files(dir: &Path, a: &CollectionArrays, manifest: &mut Manifest) -> any
     put(
         names::CREATOR_ITEMS,
         array_file::write(&dir.join(names::CREATOR_ITEMS), a.creator_items),
+    )?;
+    put(
+        names::CREATOR_POPULARITY,
+        array_file::write(&dir.join(names::CREATOR_POPULARITY), a.creator_popularity),
     )?;
     sums.extend(a.ids.write(dir, names::IDS)?);
     sums.extend(a.creators.write(dir, names::CREATORS)?);

@@ -41,6 +41,7 @@ pub mod names {
     pub const CREATORS: &str = "creators";
     pub const CREATOR_ITEM_OFFSETS: &str = "creator_items_offsets.bin";
     pub const CREATOR_ITEMS: &str = "creator_items.bin";
+    pub const CREATOR_POPULARITY: &str = "creator_popularity.bin";
 }
 
 /// Marks "no value" in u32 columns (no creator, no upper layers).

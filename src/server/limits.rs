@@ -6,3 +6,5 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_HISTORY: usize = 10_000;
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_K: usize = 10;
+pub const MAX_EXCLUDE: usize = 10_000;
+pub const MAX_CENTROIDS: usize = 16;

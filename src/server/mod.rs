@@ -110,7 +110,10 @@ impl MakeRequestId for CounterId {
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .route("/v1/{collection}/{id}/similar", get(routes::similar))
+        .route(
+            "/v1/{collection}/{id}/similar",
+            get(routes::similar).post(routes::similar_post),
+        )
         .route("/v1/taste/{collection}", post(routes::taste))
         .route("/v1/search", post(routes::search))
         .route("/v1/batch", post(routes::batch))

@@ -1,8 +1,10 @@
-//! The query engine behind the HTTP handlers: request types, validation and search.
+//! The query engine behind the HTTP handlers: request types, validation, and turning a
+//! request into taste probes and constraints for [`crate::recommend`].
 //! Nothing here knows about HTTP beyond the error type.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,13 +12,106 @@ use super::error::ApiError;
 use super::limits::*;
 use crate::collection::Collection;
 use crate::metric::Metric;
-use crate::search::{with_scratch, Hit};
+use crate::recommend::centroids;
+use crate::recommend::constraints::{Emerging, HardFilter, Shape};
+use crate::recommend::history::{self, Evidence};
+use crate::recommend::select::{recommend, Pick, Probe};
 
+/// Creator allow/deny lists and a popularity range.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSpec {
+    /// Only items by these creators.
+    pub creators: Option<Vec<String>>,
+    /// Never items by these creators.
+    pub exclude_creators: Option<Vec<String>>,
+    pub min_popularity: Option<f32>,
+    pub max_popularity: Option<f32>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct EmergingSpec {
+    pub max_popularity: f32,
+    /// Default 0.3.
+    pub min_share: Option<f32>,
+}
+
+/// List options every query takes (borrowed from the request).
+#[derive(Default)]
+pub struct ListSpec<'a> {
+    pub k: Option<usize>,
+    pub ef: Option<usize>,
+    pub exclude: Option<&'a [String]>,
+    pub filter: Option<&'a FilterSpec>,
+    pub max_per_creator: Option<usize>,
+    pub emerging: Option<EmergingSpec>,
+    pub explain: bool,
+}
+
+macro_rules! list_spec {
+    ($r:expr) => {
+        ListSpec {
+            k: $r.k,
+            ef: $r.ef,
+            exclude: $r.exclude.as_deref(),
+            filter: $r.filter.as_ref(),
+            max_per_creator: $r.max_per_creator,
+            emerging: $r.emerging,
+            explain: $r.explain.unwrap_or(false),
+        }
+    };
+}
+
+/// `GET /v1/{collection}/{id}/similar` query string.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarParams {
     pub k: Option<usize>,
     pub ef: Option<usize>,
+    pub max_per_creator: Option<usize>,
+    pub exclude_same_creator: Option<bool>,
+    pub min_popularity: Option<f32>,
+    pub max_popularity: Option<f32>,
+    pub explain: Option<bool>,
+}
+
+/// `POST /v1/{collection}/{id}/similar` body, and the `similar` query of a batch.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarRequest {
+    /// Batch only (the path names them otherwise).
+    pub collection: Option<String>,
+    pub id: Option<String>,
+    pub k: Option<usize>,
+    pub ef: Option<usize>,
+    pub exclude: Option<Vec<String>>,
+    pub filter: Option<FilterSpec>,
+    pub max_per_creator: Option<usize>,
+    pub emerging: Option<EmergingSpec>,
+    pub explain: Option<bool>,
+    /// Leave out items by the query item's creator ("similar tracks by other artists").
+    pub exclude_same_creator: Option<bool>,
+}
+
+impl From<SimilarParams> for SimilarRequest {
+    fn from(p: SimilarParams) -> Self {
+        let filter =
+            (p.min_popularity.is_some() || p.max_popularity.is_some()).then(|| FilterSpec {
+                min_popularity: p.min_popularity,
+                max_popularity: p.max_popularity,
+                ..Default::default()
+            });
+        Self {
+            k: p.k,
+            ef: p.ef,
+            max_per_creator: p.max_per_creator,
+            exclude_same_creator: p.exclude_same_creator,
+            explain: p.explain,
+            filter,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -26,45 +121,58 @@ pub struct SearchRequest {
     pub vector: Vec<f32>,
     pub k: Option<usize>,
     pub ef: Option<usize>,
+    pub exclude: Option<Vec<String>>,
+    pub filter: Option<FilterSpec>,
+    pub max_per_creator: Option<usize>,
+    pub emerging: Option<EmergingSpec>,
+    pub explain: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TasteRequest {
+    /// Batch only (the path names it otherwise).
+    pub collection: Option<String>,
     pub history: Vec<HistoryItem>,
-    pub k: Option<usize>,
-    pub ef: Option<usize>,
     /// Leave the history's own items out of the results (default true).
     pub exclude_history: Option<bool>,
     /// Collection the history IDs belong to (default: the queried collection). It must share
     /// the queried collection's vector space (same dimension), e.g. tracks → creators.
     pub history_collection: Option<String>,
+    /// Older plays count less: weight × 0.5^(age / half_life), e.g. "30d", "12h".
+    pub half_life: Option<String>,
+    /// The instant ages are measured from (RFC 3339); default: the server's clock.
+    pub now: Option<String>,
+    /// Cluster the history into this many taste centroids and share the k slots among them.
+    pub centroids: Option<usize>,
+    pub k: Option<usize>,
+    pub ef: Option<usize>,
+    pub exclude: Option<Vec<String>>,
+    pub filter: Option<FilterSpec>,
+    pub max_per_creator: Option<usize>,
+    pub emerging: Option<EmergingSpec>,
+    pub explain: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryItem {
     pub id: String,
-    /// Relative weight (default 1.0); must be finite and > 0.
+    /// Relative weight (default 1.0); must be finite and > 0. The event gives the sign.
     pub weight: Option<f32>,
+    /// RFC 3339 time of the event, for `half_life`.
+    pub played_at: Option<String>,
+    /// play (default), like, save, share, skip, dislike.
+    pub event: Option<String>,
 }
 
 /// One query of a batch: `{"type": "similar"|"search"|"taste", …}`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BatchQuery {
-    Similar {
-        collection: String,
-        id: String,
-        k: Option<usize>,
-        ef: Option<usize>,
-    },
+    Similar(SimilarRequest),
     Search(SearchRequest),
-    Taste {
-        collection: String,
-        #[serde(flatten)]
-        request: TasteRequest,
-    },
+    Taste(TasteRequest),
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +184,10 @@ pub struct BatchRequest {
 /// Results of one query, still borrowing from the collection until rendered.
 pub struct Answer {
     pub collection: Arc<Collection>,
-    pub hits: Vec<Hit>,
+    pub picks: Vec<Pick>,
+    pub explain: bool,
+    /// Slot-share weight of each probe (for explanations).
+    pub probe_weights: Vec<f32>,
 }
 
 #[derive(Serialize)]
@@ -85,19 +196,50 @@ pub struct ResultItem<'a> {
     pub score: f32,
     pub creator: Option<&'a str>,
     pub popularity: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Explanation>,
+}
+
+/// What placed a result where it is.
+#[derive(Serialize)]
+pub struct Explanation {
+    /// Similarity to the taste probe that found it (same scale as `score`).
+    pub similarity: f32,
+    /// Which taste centroid found it, and that centroid's share of the evidence.
+    pub centroid: usize,
+    pub centroid_weight: f32,
+    /// Position among that centroid's admissible candidates (0 = nearest).
+    pub rank: usize,
+    /// Its creator is emerging and it fills an emerging-quota slot.
+    pub emerging_quota: bool,
+    /// Taken in its centroid's own share of slots; false = backfilled.
+    pub in_share: bool,
+    /// Constraints that passed over nearer candidates just before it was picked.
+    pub moved_by: Vec<&'static str>,
 }
 
 impl Answer {
     pub fn items(&self) -> Vec<ResultItem<'_>> {
         let c = &self.collection;
         let dist = c.dist();
-        self.hits
+        let total: f32 = self.probe_weights.iter().sum();
+        self.picks
             .iter()
-            .map(|h| ResultItem {
-                id: c.id(h.row),
-                score: dist.score(h.dist),
-                creator: c.creator(h.row),
-                popularity: c.popularity(h.row),
+            .map(|p| ResultItem {
+                id: c.id(p.row),
+                score: dist.score(p.dist),
+                creator: c.creator(p.row),
+                popularity: c.popularity(p.row),
+                explain: self.explain.then(|| Explanation {
+                    similarity: dist.score(p.dist),
+                    centroid: p.probe,
+                    centroid_weight: self.probe_weights.get(p.probe).copied().unwrap_or(0.0)
+                        / total.max(f32::MIN_POSITIVE),
+                    rank: p.rank,
+                    emerging_quota: p.emerging,
+                    in_share: p.in_share,
+                    moved_by: p.moved_by.clone(),
+                }),
             })
             .collect()
     }
@@ -109,6 +251,10 @@ pub struct Engine {
     pub default_ef: usize,
 }
 
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::unprocessable(code, message)
+}
+
 impl Engine {
     pub fn collection(&self, name: &str) -> Result<&Arc<Collection>, ApiError> {
         self.collections
@@ -116,66 +262,75 @@ impl Engine {
             .ok_or_else(|| ApiError::unknown_collection(name))
     }
 
-    fn k_ef(&self, k: Option<usize>, ef: Option<usize>) -> Result<(usize, usize), ApiError> {
-        let k = k.unwrap_or(DEFAULT_K);
-        if k == 0 || k > MAX_K {
-            return Err(ApiError::bad_request(
-                "invalid_k",
-                format!("k must be between 1 and {MAX_K} (got {k})"),
-            ));
-        }
-        let ef = match ef {
-            Some(ef) if ef == 0 || ef > MAX_EF => {
-                return Err(ApiError::bad_request(
-                    "invalid_ef",
-                    format!("ef must be between 1 and {MAX_EF} (got {ef})"),
-                ))
-            }
-            Some(ef) => ef,
-            None => self.default_ef,
-        };
-        Ok((k, ef.max(k)))
+    pub fn similar_get(
+        &self,
+        collection: &str,
+        id: &str,
+        p: SimilarParams,
+    ) -> Result<Answer, ApiError> {
+        self.similar(collection, id, &p.into())
     }
 
     pub fn similar(
         &self,
         collection: &str,
         id: &str,
-        k: Option<usize>,
-        ef: Option<usize>,
+        req: &SimilarRequest,
     ) -> Result<Answer, ApiError> {
         let c = self.collection(collection)?;
-        let (k, ef) = self.k_ef(k, ef)?;
         let row = c
             .row_of(id)
             .ok_or_else(|| ApiError::unknown_id(collection, id))?;
-        let hits = run(c, c.vector(row), k, ef, &[row]);
-        Ok(Answer {
-            collection: c.clone(),
-            hits,
-        })
+        let (mut filter, shape, ef) = self.constraints(c, &list_spec!(req), &[row])?;
+        if req.exclude_same_creator.unwrap_or(false) {
+            if let Some(cr) = c.creator_index(row) {
+                if let Err(at) = filter.deny_creators.binary_search(&cr) {
+                    filter.deny_creators.insert(at, cr);
+                }
+            }
+        }
+        let probes = vec![Probe {
+            query: c.vector(row).to_vec(),
+            weight: 1.0,
+        }];
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+    }
+
+    /// A batch's `similar` query names its collection and item in the body.
+    pub fn similar_in_batch(&self, req: &SimilarRequest) -> Result<Answer, ApiError> {
+        let (Some(collection), Some(id)) = (&req.collection, &req.id) else {
+            return Err(unprocessable(
+                "invalid_request",
+                "a batch similar query needs \"collection\" and \"id\"",
+            ));
+        };
+        self.similar(collection, id, req)
     }
 
     pub fn search(&self, req: &SearchRequest) -> Result<Answer, ApiError> {
         let c = self.collection(&req.collection)?;
-        let (k, ef) = self.k_ef(req.k, req.ef)?;
+        let (filter, shape, ef) = self.constraints(c, &list_spec!(req), &[])?;
         let query = prepare_query(c, &req.vector)?;
-        let hits = run(c, &query, k, ef, &[]);
-        Ok(Answer {
-            collection: c.clone(),
-            hits,
-        })
+        let probes = vec![Probe { query, weight: 1.0 }];
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
     }
 
     pub fn taste(&self, collection: &str, req: &TasteRequest) -> Result<Answer, ApiError> {
+        if let Some(named) = &req.collection {
+            if named != collection {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("body names collection {named:?} but the path names {collection:?}"),
+                ));
+            }
+        }
         let c = self.collection(collection)?;
-        let (k, ef) = self.k_ef(req.k, req.ef)?;
         let source = match &req.history_collection {
             Some(name) => self.collection(name)?,
             None => c,
         };
         if source.dim() != c.dim() {
-            return Err(ApiError::unprocessable(
+            return Err(unprocessable(
                 "dimension_mismatch",
                 format!(
                     "history collection {:?} has dimension {} but {:?} has {}",
@@ -186,8 +341,52 @@ impl Engine {
                 ),
             ));
         }
+        let evidence = self.evidence(source, req)?;
+        // History IDs only mean something to exclude when they index the queried collection.
+        let same = Arc::ptr_eq(source, c);
+        let history_rows: Vec<u32> = if same && req.exclude_history.unwrap_or(true) {
+            evidence.iter().map(|e| e.row).collect()
+        } else {
+            Vec::new()
+        };
+        let (filter, shape, ef) = self.constraints(c, &list_spec!(req), &history_rows)?;
+        let probes = taste_probes(c, source, &evidence, req.centroids)?;
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+    }
+
+    /// Taste requests in a batch carry their collection in the body.
+    pub fn taste_in_batch(&self, req: &TasteRequest) -> Result<Answer, ApiError> {
+        let Some(collection) = &req.collection else {
+            return Err(unprocessable(
+                "invalid_request",
+                "a batch taste query needs \"collection\"",
+            ));
+        };
+        self.taste(collection, req)
+    }
+
+    fn answer(
+        &self,
+        c: &Arc<Collection>,
+        probes: Vec<Probe>,
+        filter: &HardFilter,
+        shape: &Shape,
+        ef: usize,
+        explain: Option<bool>,
+    ) -> Answer {
+        let picks = recommend(c, &probes, filter, shape, ef);
+        Answer {
+            collection: c.clone(),
+            picks,
+            explain: explain.unwrap_or(false),
+            probe_weights: probes.iter().map(|p| p.weight).collect(),
+        }
+    }
+
+    /// Resolves the history to rows and signed evidence weights.
+    fn evidence(&self, source: &Collection, req: &TasteRequest) -> Result<Vec<Evidence>, ApiError> {
         if req.history.is_empty() {
-            return Err(ApiError::unprocessable(
+            return Err(unprocessable(
                 "empty_history",
                 "history must list at least one item",
             ));
@@ -196,58 +395,288 @@ impl Engine {
             return Err(ApiError::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
                 "history_too_large",
-                format!("history holds at most {MAX_HISTORY} items"),
+                format!(
+                    "history holds at most {MAX_HISTORY} items (got {})",
+                    req.history.len()
+                ),
             ));
         }
-        // Weighted mean of the history's vectors (each unit-length under cosine).
-        let mut taste = vec![0f32; c.dim()];
-        let mut total = 0f32;
-        let mut history_rows = Vec::with_capacity(req.history.len());
+        let half_life = req
+            .half_life
+            .as_deref()
+            .map(|h| {
+                humantime::parse_duration(h)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        unprocessable(
+                            "invalid_half_life",
+                            format!("half_life {h:?} is not a positive duration such as \"30d\" or \"12h\""),
+                        )
+                    })
+            })
+            .transpose()?;
+        let now = match &req.now {
+            Some(t) => parse_time(t, "now")?,
+            None => SystemTime::now(),
+        };
+        let mut out = Vec::with_capacity(req.history.len());
         for (i, item) in req.history.iter().enumerate() {
             let w = item.weight.unwrap_or(1.0);
             if !(w.is_finite() && w > 0.0) {
-                return Err(ApiError::unprocessable(
+                return Err(unprocessable(
                     "invalid_weight",
-                    format!("history[{i}].weight must be a finite number > 0 (got {w})"),
+                    format!("history[{i}].weight must be a finite number > 0 (got {w}); use \"event\" for negative evidence"),
                 ));
             }
+            let event = item.event.as_deref().unwrap_or("play");
+            let ew = history::event_weight(event).ok_or_else(|| {
+                unprocessable(
+                    "unknown_event",
+                    format!(
+                        "history[{i}].event {event:?} is not one of: {}",
+                        history::EVENTS
+                    ),
+                )
+            })?;
+            let recency = match (&item.played_at, half_life) {
+                (Some(t), Some(h)) => {
+                    history::recency(parse_time(t, &format!("history[{i}].played_at"))?, now, h)
+                }
+                (Some(t), None) => {
+                    parse_time(t, &format!("history[{i}].played_at"))?;
+                    1.0
+                }
+                _ => 1.0,
+            };
             let row = source
                 .row_of(&item.id)
                 .ok_or_else(|| ApiError::unknown_id(&source.name, &item.id))?;
-            for (t, x) in taste.iter_mut().zip(source.vector(row)) {
-                *t += w * x;
-            }
-            total += w;
-            history_rows.push(row);
+            out.push(Evidence {
+                row,
+                weight: w * ew * recency,
+            });
         }
-        taste.iter_mut().for_each(|t| *t /= total);
-        let query = prepare_query(c, &taste).map_err(|_| {
-            ApiError::unprocessable(
+        Ok(out)
+    }
+
+    /// Validates the list options shared by every query.
+    fn constraints(
+        &self,
+        c: &Collection,
+        spec: &ListSpec,
+        always_exclude: &[u32],
+    ) -> Result<(HardFilter, Shape, usize), ApiError> {
+        let k = spec.k.unwrap_or(DEFAULT_K);
+        if k == 0 || k > MAX_K {
+            return Err(ApiError::bad_request(
+                "invalid_k",
+                format!("k must be between 1 and {MAX_K} (got {k})"),
+            ));
+        }
+        let ef = match spec.ef {
+            Some(ef) if ef == 0 || ef > MAX_EF => {
+                return Err(ApiError::bad_request(
+                    "invalid_ef",
+                    format!("ef must be between 1 and {MAX_EF} (got {ef})"),
+                ))
+            }
+            Some(ef) => ef,
+            None => self.default_ef,
+        }
+        .max(k);
+        let mut filter = HardFilter::default();
+        let mut exclude: Vec<u32> = always_exclude.to_vec();
+        if let Some(ids) = spec.exclude {
+            if ids.len() > MAX_EXCLUDE {
+                return Err(ApiError::bad_request(
+                    "exclude_too_large",
+                    format!(
+                        "exclude holds at most {MAX_EXCLUDE} IDs (got {})",
+                        ids.len()
+                    ),
+                ));
+            }
+            // Unknown IDs cannot be returned anyway.
+            exclude.extend(ids.iter().filter_map(|id| c.row_of(id)));
+        }
+        exclude.sort_unstable();
+        exclude.dedup();
+        filter.exclude = exclude;
+        if let Some(f) = spec.filter {
+            let creators = |names: &[String], field: &str| -> Result<Vec<u32>, ApiError> {
+                if names.len() > MAX_EXCLUDE {
+                    return Err(ApiError::bad_request(
+                        "filter_too_large",
+                        format!("filter.{field} holds at most {MAX_EXCLUDE} names"),
+                    ));
+                }
+                let mut v: Vec<u32> = names.iter().filter_map(|n| c.creators.find(n)).collect();
+                v.sort_unstable();
+                v.dedup();
+                Ok(v)
+            };
+            if let Some(allow) = &f.creators {
+                filter.allow_creators = Some(creators(allow, "creators")?);
+            }
+            if let Some(deny) = &f.exclude_creators {
+                filter.deny_creators = creators(deny, "exclude_creators")?;
+            }
+            if let (Some(allow), Some(deny)) = (&f.creators, &f.exclude_creators) {
+                if let Some(both) = allow.iter().find(|a| deny.contains(a)) {
+                    return Err(unprocessable(
+                        "conflicting_filters",
+                        format!("creator {both:?} is both allowed and excluded"),
+                    ));
+                }
+            }
+            for (name, v) in [
+                ("min_popularity", f.min_popularity),
+                ("max_popularity", f.max_popularity),
+            ] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    return Err(unprocessable(
+                        "invalid_filter",
+                        format!("filter.{name} must be a finite number"),
+                    ));
+                }
+            }
+            if let (Some(lo), Some(hi)) = (f.min_popularity, f.max_popularity) {
+                if lo > hi {
+                    return Err(unprocessable(
+                        "conflicting_filters",
+                        format!("filter.min_popularity {lo} is above filter.max_popularity {hi}"),
+                    ));
+                }
+            }
+            filter.min_popularity = f.min_popularity;
+            filter.max_popularity = f.max_popularity;
+        }
+        if let Some(m) = spec.max_per_creator {
+            if m == 0 {
+                return Err(ApiError::bad_request(
+                    "invalid_max_per_creator",
+                    "max_per_creator must be at least 1",
+                ));
+            }
+        }
+        let emerging = match spec.emerging {
+            Some(e) => {
+                let share = e.min_share.unwrap_or(0.3);
+                if !(0.0..=1.0).contains(&share) || !e.max_popularity.is_finite() {
+                    return Err(unprocessable(
+                        "invalid_emerging",
+                        "emerging.min_share must be within 0…1 and emerging.max_popularity finite",
+                    ));
+                }
+                if !c.manifest.has_popularity || c.creator_count() == 0 {
+                    return Err(unprocessable(
+                        "no_popularity",
+                        format!("collection {:?} has no creator popularity to tell emerging creators apart", c.name),
+                    ));
+                }
+                Some(Emerging {
+                    max_popularity: e.max_popularity,
+                    min_share: share,
+                })
+            }
+            None => None,
+        };
+        let shape = Shape {
+            k,
+            max_per_creator: spec.max_per_creator,
+            emerging,
+        };
+        Ok((filter, shape, ef))
+    }
+}
+
+fn parse_time(t: &str, field: &str) -> Result<SystemTime, ApiError> {
+    humantime::parse_rfc3339_weak(t).map_err(|_| {
+        unprocessable(
+            "invalid_timestamp",
+            format!("{field} {t:?} is not an RFC 3339 time such as \"2026-11-26T08:00:00Z\""),
+        )
+    })
+}
+
+/// Turns the evidence into one probe per taste centroid (see `recommend::history`).
+fn taste_probes(
+    c: &Collection,
+    source: &Collection,
+    evidence: &[Evidence],
+    centroids: Option<usize>,
+) -> Result<Vec<Probe>, ApiError> {
+    let dim = c.dim();
+    // Merge repeated items: one point per distinct row, evidence summed.
+    let mut merged: BTreeMap<u32, f32> = BTreeMap::new();
+    for e in evidence {
+        *merged.entry(e.row).or_default() += e.weight;
+    }
+    let positives: Vec<(&[f32], f32)> = merged
+        .iter()
+        .filter(|(_, &w)| w > 0.0)
+        .map(|(&r, &w)| (source.vector(r), w))
+        .collect();
+    let negatives: Vec<(&[f32], f32)> = merged
+        .iter()
+        .filter(|(_, &w)| w < 0.0)
+        .map(|(&r, &w)| (source.vector(r), w))
+        .collect();
+    if positives.is_empty() {
+        return Err(unprocessable(
+            "no_positive_history",
+            "the history holds only negative evidence (skips, dislikes): nothing says what to recommend",
+        ));
+    }
+    let n = centroids.unwrap_or(1);
+    if n == 0 || n > MAX_CENTROIDS {
+        return Err(ApiError::bad_request(
+            "invalid_centroids",
+            format!("centroids must be between 1 and {MAX_CENTROIDS} (got {n})"),
+        ));
+    }
+    if n > positives.len() {
+        return Err(unprocessable(
+            "too_many_centroids",
+            format!(
+                "centroids {n} is more than the {} distinct positively weighted history items",
+                positives.len()
+            ),
+        ));
+    }
+    let clusters = if n == 1 {
+        let total: f32 = positives.iter().map(|(_, w)| w).sum();
+        let mean = history::weighted_mean(positives.iter().copied(), dim).expect("positive total");
+        vec![centroids::Cluster {
+            centre: mean,
+            weight: total,
+        }]
+    } else {
+        centroids::kmeans(&positives, n, dim)
+    };
+    let mut probes = Vec::with_capacity(clusters.len());
+    for cl in clusters {
+        let mut t = cl.centre;
+        history::pull_away(&mut t, cl.weight, &negatives);
+        let query = prepare_query(c, &t).map_err(|_| {
+            unprocessable(
                 "degenerate_history",
                 "the history's vectors cancel out: there is no taste direction to search",
             )
         })?;
-        // History IDs only mean something to exclude when they index the queried collection.
-        let exclude: Vec<u32> = if req.exclude_history.unwrap_or(true) && Arc::ptr_eq(source, c) {
-            let mut rows = history_rows;
-            rows.sort_unstable();
-            rows.dedup();
-            rows
-        } else {
-            Vec::new()
-        };
-        let hits = run(c, &query, k, ef, &exclude);
-        Ok(Answer {
-            collection: c.clone(),
-            hits,
-        })
+        probes.push(Probe {
+            query,
+            weight: cl.weight,
+        });
     }
+    Ok(probes)
 }
 
 /// Validates a query vector and brings it into the collection's space.
 fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
     if vector.len() != c.dim() {
-        return Err(ApiError::unprocessable(
+        return Err(unprocessable(
             "dimension_mismatch",
             format!(
                 "vector has {} dimensions but collection {:?} has {}",
@@ -258,41 +687,17 @@ fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
         ));
     }
     if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
-        return Err(ApiError::unprocessable(
+        return Err(unprocessable(
             "invalid_vector",
-            format!("vector[{i}] is not a finite number"),
+            format!("vector[{i}] is not a finite number (or overflows f32)"),
         ));
     }
     let mut q = vector.to_vec();
     if c.manifest.metric == Metric::Cosine && !crate::distance::normalize(&mut q) {
-        return Err(ApiError::unprocessable(
+        return Err(unprocessable(
             "invalid_vector",
             "a zero vector has no direction under cosine",
         ));
     }
     Ok(q)
-}
-
-/// Searches `c`, leaving out the rows in `exclude` (sorted).
-fn run(c: &Collection, query: &[f32], k: usize, ef: usize, exclude: &[u32]) -> Vec<Hit> {
-    let graph = c.graph();
-    let mut out = Vec::with_capacity(k);
-    with_scratch(|scratch| {
-        if exclude.is_empty() {
-            graph.search(query, k, ef, |_| true, false, scratch, &mut out);
-        } else {
-            // The filter runs inside the search, which keeps walking until it holds `ef`
-            // rows that pass, so excluded rows never shorten the list.
-            graph.search(
-                query,
-                k,
-                ef,
-                |row| exclude.binary_search(&row).is_err(),
-                true,
-                scratch,
-                &mut out,
-            );
-        }
-    });
-    out
 }

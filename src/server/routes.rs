@@ -13,7 +13,8 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::limits::MAX_BATCH;
 use super::query::{
-    Answer, BatchQuery, BatchRequest, ResultItem, SearchRequest, SimilarParams, TasteRequest,
+    Answer, BatchQuery, BatchRequest, ResultItem, SearchRequest, SimilarParams, SimilarRequest,
+    TasteRequest,
 };
 use super::AppState;
 
@@ -57,8 +58,22 @@ pub async fn similar(
 ) -> Result<Response, ApiError> {
     let Path((collection, id)) = path?;
     let Query(p) = query?;
-    let answer = state.engine.similar(&collection, &id, p.k, p.ef)?;
-    Ok(render(&answer))
+    Ok(render(&state.engine.similar_get(&collection, &id, p)?))
+}
+
+pub async fn similar_post(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    AppJson(req): AppJson<SimilarRequest>,
+) -> Result<Response, ApiError> {
+    let Path((collection, id)) = path?;
+    if req.collection.is_some() || req.id.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the path names the collection and id; leave them out of the body",
+        ));
+    }
+    Ok(render(&state.engine.similar(&collection, &id, &req)?))
 }
 
 pub async fn search(
@@ -96,17 +111,9 @@ pub async fn batch(
         .queries
         .iter()
         .map(|q| match q {
-            BatchQuery::Similar {
-                collection,
-                id,
-                k,
-                ef,
-            } => engine.similar(collection, id, *k, *ef),
+            BatchQuery::Similar(s) => engine.similar_in_batch(s),
             BatchQuery::Search(s) => engine.search(s),
-            BatchQuery::Taste {
-                collection,
-                request,
-            } => engine.taste(collection, request),
+            BatchQuery::Taste(t) => engine.taste_in_batch(t),
         })
         .collect();
     #[derive(Serialize)]

@@ -1,0 +1,130 @@
+//! Constraints on a result list.
+//!
+//! *Hard* constraints decide whether an item may appear at all (excluded IDs, creator
+//! allow/deny lists, popularity range); they run inside the graph walk as its filter.
+//! *Shape* constraints depend on what else is in the list (at most N per creator, a share of
+//! slots for emerging creators); `select` enforces them while it picks from candidates it
+//! keeps widening until the list is full or the collection is exhausted.
+
+use crate::collection::Collection;
+use crate::format::NONE_U32;
+
+/// Per-item admission test.
+#[derive(Debug, Default, Clone)]
+pub struct HardFilter {
+    /// Rows never to return (sorted, deduplicated).
+    pub exclude: Vec<u32>,
+    /// Only items of these creators (creator indices, sorted) when set.
+    pub allow_creators: Option<Vec<u32>>,
+    /// Never items of these creators (sorted).
+    pub deny_creators: Vec<u32>,
+    pub min_popularity: Option<f32>,
+    pub max_popularity: Option<f32>,
+}
+
+impl HardFilter {
+    pub fn is_trivial(&self) -> bool {
+        self.exclude.is_empty()
+            && self.allow_creators.is_none()
+            && self.deny_creators.is_empty()
+            && self.min_popularity.is_none()
+            && self.max_popularity.is_none()
+    }
+
+    #[inline]
+    pub fn accepts(&self, c: &Collection, row: u32) -> bool {
+        if !self.exclude.is_empty() && self.exclude.binary_search(&row).is_ok() {
+            return false;
+        }
+        if self.allow_creators.is_some() || !self.deny_creators.is_empty() {
+            let creator = c.creator_index(row).unwrap_or(NONE_U32);
+            if let Some(allow) = &self.allow_creators {
+                if allow.binary_search(&creator).is_err() {
+                    return false;
+                }
+            }
+            if self.deny_creators.binary_search(&creator).is_ok() {
+                return false;
+            }
+        }
+        if self.min_popularity.is_some() || self.max_popularity.is_some() {
+            // Items of unknown popularity fail any popularity bound.
+            let Some(p) = c.popularity(row) else {
+                return false;
+            };
+            if self.min_popularity.is_some_and(|m| p < m)
+                || self.max_popularity.is_some_and(|m| p > m)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Rows worth scanning exhaustively when the filter lets few through, or None when a
+    /// graph walk is the better plan. An allow-list is counted exactly from the creators'
+    /// postings; other filters are estimated on an even sample of 1,024 rows.
+    pub fn small_candidate_set(&self, c: &Collection, threshold: usize) -> Option<Vec<u32>> {
+        if let Some(allow) = &self.allow_creators {
+            let total: usize = allow.iter().map(|&a| c.creator_items(a).len()).sum();
+            if total <= threshold {
+                let mut rows: Vec<u32> = allow
+                    .iter()
+                    .flat_map(|&a| c.creator_items(a).iter().copied())
+                    .filter(|&r| self.accepts(c, r))
+                    .collect();
+                rows.sort_unstable();
+                return Some(rows);
+            }
+        }
+        if self.is_trivial() {
+            return None;
+        }
+        let n = c.len();
+        let sample = n.min(1024);
+        let step = n / sample;
+        let passing = (0..sample)
+            .filter(|&i| self.accepts(c, (i * step) as u32))
+            .count();
+        let estimate = passing * n / sample.max(1);
+        if estimate <= threshold {
+            Some((0..n as u32).filter(|&r| self.accepts(c, r)).collect())
+        } else {
+            None
+        }
+    }
+}
+
+/// "Emerging creators" quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Emerging {
+    /// A creator is emerging when its popularity is at most this.
+    pub max_popularity: f32,
+    /// Share of the k slots reserved for items of emerging creators (0 … 1).
+    pub min_share: f32,
+}
+
+impl Emerging {
+    pub fn slots(&self, k: usize) -> usize {
+        ((self.min_share * k as f32).ceil() as usize).min(k)
+    }
+
+    /// Whether `row`'s creator is emerging (unknown popularity → not emerging).
+    pub fn eligible(&self, c: &Collection, row: u32) -> bool {
+        c.creator_index(row)
+            .and_then(|ci| c.creator_popularity(ci))
+            .is_some_and(|p| p <= self.max_popularity)
+    }
+}
+
+/// Constraints that depend on the whole list.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    pub k: usize,
+    pub max_per_creator: Option<usize>,
+    pub emerging: Option<Emerging>,
+}
+
+/// How far down the unconstrained ranking an emerging item may sit and still take a quota
+/// slot ("reasonably close"): the `QUOTA_WINDOW × k` nearest admissible items.
+pub const QUOTA_WINDOW: usize = 10;

@@ -1,0 +1,238 @@
+//! Gathering candidates for one or more taste probes and picking a list that obeys every
+//! constraint.
+//!
+//! Candidates come from a filtered graph walk (the hard filter runs inside the walk, which
+//! keeps going until it holds enough admissible items), or from an exact scan when the filter
+//! admits only a few items. Shape constraints are enforced while picking; if the picked list
+//! is short and the candidate pools were cut off, the pools are widened (×4) and picking
+//! starts again, up to an exact scan of the whole collection.
+
+use std::collections::{HashMap, HashSet};
+
+use super::centroids::share_slots;
+use super::constraints::{HardFilter, Shape, QUOTA_WINDOW};
+use crate::collection::Collection;
+use crate::search::{with_scratch, Hit};
+
+/// One query vector and its share of the slots.
+pub struct Probe {
+    pub query: Vec<f32>,
+    pub weight: f32,
+}
+
+/// A picked item and why it is there.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub row: u32,
+    pub dist: f32,
+    /// Which probe (taste centroid) brought it.
+    pub probe: usize,
+    /// Its position among that probe's admissible candidates (0 = nearest).
+    pub rank: usize,
+    /// Counted toward the emerging-creators quota.
+    pub emerging: bool,
+    /// Taken in the probe's own share of slots (false: backfilled after a probe ran short).
+    pub in_share: bool,
+    /// Constraints that passed over nearer candidates of the same probe just before this pick.
+    pub moved_by: Vec<&'static str>,
+}
+
+/// Graph walks wider than this are replaced by an exact scan.
+const MAX_WALK: usize = 4096;
+
+/// Exact scans are chosen when the filter admits at most this many items.
+fn scan_threshold(n: usize) -> usize {
+    (n / 50).max(2_000)
+}
+
+/// The `size` nearest admissible items to `query`, nearest first. The second value says
+/// whether the pool is complete (fewer admissible items exist than were asked for).
+fn pool(
+    c: &Collection,
+    query: &[f32],
+    filter: &HardFilter,
+    size: usize,
+    ef: usize,
+) -> (Vec<Hit>, bool) {
+    let g = c.graph();
+    let mut out = Vec::with_capacity(size);
+    let small = filter.small_candidate_set(c, scan_threshold(c.len()));
+    with_scratch(|s| match small {
+        Some(rows) => g.scan(query, size, rows.into_iter(), s, &mut out),
+        None if size > MAX_WALK => g.scan(
+            query,
+            size,
+            (0..c.len() as u32).filter(|&r| filter.accepts(c, r)),
+            s,
+            &mut out,
+        ),
+        None => g.search(
+            query,
+            size,
+            ef.max(size),
+            |r| filter.accepts(c, r),
+            !filter.is_trivial(),
+            s,
+            &mut out,
+        ),
+    });
+    let complete = out.len() < size;
+    (out, complete)
+}
+
+/// Picks up to `shape.k` items for `probes` under `filter` and `shape`.
+pub fn recommend(
+    c: &Collection,
+    probes: &[Probe],
+    filter: &HardFilter,
+    shape: &Shape,
+    ef: usize,
+) -> Vec<Pick> {
+    let k = shape.k;
+    let shaped = shape.max_per_creator.is_some() || shape.emerging.is_some();
+    let mut size = if shaped {
+        (QUOTA_WINDOW * k).max(ef)
+    } else {
+        k
+    };
+    loop {
+        let pools: Vec<(Vec<Hit>, bool)> = probes
+            .iter()
+            .map(|p| pool(c, &p.query, filter, size, ef))
+            .collect();
+        let picks = pick(c, probes, &pools, shape);
+        let exhausted = pools.iter().all(|(_, complete)| *complete) || size >= c.len();
+        if picks.len() >= k || exhausted {
+            return picks;
+        }
+        size = (size * 4).min(c.len());
+    }
+}
+
+struct Picker<'a> {
+    c: &'a Collection,
+    shape: &'a Shape,
+    chosen: Vec<Pick>,
+    seen: HashSet<u32>,
+    per_creator: HashMap<u32, usize>,
+    non_quota_limit: usize,
+    non_quota_taken: usize,
+}
+
+impl Picker<'_> {
+    /// Takes `h` if every constraint allows it; otherwise says which one refused.
+    fn try_take(
+        &mut self,
+        h: Hit,
+        probe: usize,
+        rank: usize,
+        in_share: bool,
+        moved_by: &mut Vec<&'static str>,
+    ) -> bool {
+        if self.seen.contains(&h.row) {
+            return false; // already picked for another probe
+        }
+        let creator = self.c.creator_index(h.row);
+        if let (Some(cap), Some(cr)) = (self.shape.max_per_creator, creator) {
+            if self.per_creator.get(&cr).copied().unwrap_or(0) >= cap {
+                push_once(moved_by, "max_per_creator");
+                return false;
+            }
+        }
+        let emerging = self
+            .shape
+            .emerging
+            .is_some_and(|e| rank < QUOTA_WINDOW * self.shape.k && e.eligible(self.c, h.row));
+        if !emerging && self.non_quota_taken >= self.non_quota_limit {
+            push_once(moved_by, "emerging_quota");
+            return false;
+        }
+        if let Some(cr) = creator {
+            *self.per_creator.entry(cr).or_default() += 1;
+        }
+        if !emerging {
+            self.non_quota_taken += 1;
+        }
+        self.seen.insert(h.row);
+        self.chosen.push(Pick {
+            row: h.row,
+            dist: h.dist,
+            probe,
+            rank,
+            emerging,
+            in_share,
+            moved_by: std::mem::take(moved_by),
+        });
+        true
+    }
+}
+
+fn push_once(v: &mut Vec<&'static str>, s: &'static str) {
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Shape) -> Vec<Pick> {
+    let k = shape.k;
+    // Emerging slots are reserved only as far as emerging items are within reach.
+    let quota = shape.emerging.map_or(0, |e| {
+        let reachable: HashSet<u32> = pools
+            .iter()
+            .flat_map(|(p, _)| p.iter().take(QUOTA_WINDOW * k))
+            .filter(|h| e.eligible(c, h.row))
+            .map(|h| h.row)
+            .collect();
+        e.slots(k).min(reachable.len())
+    });
+    let mut p = Picker {
+        c,
+        shape,
+        chosen: Vec::with_capacity(k),
+        seen: HashSet::with_capacity(k),
+        per_creator: HashMap::new(),
+        non_quota_limit: k - quota,
+        non_quota_taken: 0,
+    };
+    // Pass 1: each probe fills its share of the slots from its own candidates.
+    let weights: Vec<f32> = probes.iter().map(|p| p.weight).collect();
+    let slots = share_slots(k, &weights);
+    for (j, (hits, _)) in pools.iter().enumerate() {
+        let mut taken = 0;
+        let mut moved = Vec::new();
+        for (rank, &h) in hits.iter().enumerate() {
+            if taken == slots[j] {
+                break;
+            }
+            if p.try_take(h, j, rank, true, &mut moved) {
+                taken += 1;
+            }
+        }
+    }
+    // Pass 2: backfill from all candidates, nearest first, when a probe ran short.
+    // Pass 3: if the quota still cannot be met (e.g. capped creators), fill without it.
+    for relax_quota in [false, true] {
+        if p.chosen.len() >= k {
+            break;
+        }
+        if relax_quota {
+            p.non_quota_limit = k;
+        }
+        let mut all: Vec<(Hit, usize, usize)> = pools
+            .iter()
+            .enumerate()
+            .flat_map(|(j, (hits, _))| hits.iter().enumerate().map(move |(r, &h)| (h, j, r)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut moved = Vec::new();
+        for (h, j, r) in all {
+            if p.chosen.len() >= k {
+                break;
+            }
+            p.try_take(h, j, r, false, &mut moved);
+        }
+    }
+    let mut chosen = p.chosen;
+    chosen.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.row.cmp(&b.row)));
+    chosen
+}
