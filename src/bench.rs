@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Open without checksum verification.
     #[arg(long)]
     pub lazy: bool,
+    /// Walk the graph with the exact f32 vectors even if the collection has 8-bit codes.
+    #[arg(long)]
+    pub exact_walk: bool,
 }
 
 struct Query {
@@ -72,10 +75,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             "open_ms": round3(open_ms), "verify": !a.lazy,
             "rss_mb_before_open": rss_before, "rss_mb_after_open": rss_mb(),
             "kernels": crate::distance::kernel_name(),
+            "walk": if c.manifest.quantization.is_some() && !a.exact_walk { "int8" } else { "f32" },
         })
     );
     let queries = load_queries(a, &c)?;
-    let g = c.graph();
+    let g = c.graph_with(!a.exact_walk);
     for &ef in &a.ef {
         let started = Instant::now();
         let per_thread = queries.len().div_ceil(a.threads);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::distance::DistanceFn;
 use crate::format::strings::StringTable;
 use crate::format::{names, ArrayFile, FormatError, Manifest, Verify, NONE_U32};
-use crate::search::Graph;
+use crate::search::{Graph, Quantized};
 
 pub struct Collection {
     pub name: String,
@@ -22,7 +22,16 @@ pub struct Collection {
     creator_item_offsets: ArrayFile,
     creator_items: ArrayFile,
     creator_popularity: ArrayFile,
+    quant: Option<QuantFiles>,
     dist: DistanceFn,
+}
+
+/// The optional 8-bit copy of the vectors.
+struct QuantFiles {
+    codes: ArrayFile,
+    scale: ArrayFile,
+    offset: ArrayFile,
+    sqnorms: ArrayFile,
 }
 
 impl Collection {
@@ -63,6 +72,31 @@ impl Collection {
         let creator_popularity =
             ArrayFile::open::<f32>(&dir.join(names::CREATOR_POPULARITY), verify)?;
         expect_len(&creator_popularity, c)?;
+        let quant = match manifest.quantization.as_deref() {
+            None => None,
+            Some("int8") => {
+                let codes = ArrayFile::open::<i8>(&dir.join(names::VECTORS_I8), verify)?;
+                expect_len(&codes, n * dim)?;
+                let scale = ArrayFile::open::<f32>(&dir.join(names::QUANT_SCALE), verify)?;
+                expect_len(&scale, dim)?;
+                let offset = ArrayFile::open::<f32>(&dir.join(names::QUANT_OFFSET), verify)?;
+                expect_len(&offset, dim)?;
+                let sqnorms = ArrayFile::open::<f32>(&dir.join(names::SQNORMS), verify)?;
+                expect_len(&sqnorms, n)?;
+                Some(QuantFiles {
+                    codes,
+                    scale,
+                    offset,
+                    sqnorms,
+                })
+            }
+            Some(other) => {
+                return Err(FormatError::file(
+                    dir.join(names::MANIFEST),
+                    format!("unknown quantization {other:?}"),
+                ))
+            }
+        };
         if h.entry_point as usize >= n || h.max_level > 64 {
             return Err(FormatError::file(
                 dir.join(names::MANIFEST),
@@ -91,6 +125,7 @@ impl Collection {
             creator_item_offsets,
             creator_items,
             creator_popularity,
+            quant,
         };
         this.check_manifest_checksums()?;
         if verify == Verify::Full {
@@ -137,6 +172,9 @@ impl Collection {
             &self.creator_items,
             &self.creator_popularity,
         ];
+        if let Some(q) = &self.quant {
+            v.extend([&q.codes, &q.scale, &q.offset, &q.sqnorms]);
+        }
         v.extend(self.ids.files());
         v.extend(self.creators.files());
         v
@@ -183,8 +221,21 @@ impl Collection {
         self.files().iter().map(|f| f.mapped_bytes() as u64).sum()
     }
 
+    /// The graph, walking 8-bit codes when the collection has them.
     pub fn graph(&self) -> Graph<'_> {
+        self.graph_with(true)
+    }
+
+    /// The graph; `quantized = false` walks the exact f32 vectors even when codes exist.
+    pub fn graph_with(&self, quantized: bool) -> Graph<'_> {
         let h = &self.manifest.hnsw;
+        let quant = self.quant.as_ref().filter(|_| quantized).map(|q| Quantized {
+            codes: q.codes.as_slice(),
+            scale: q.scale.as_slice(),
+            offset: q.offset.as_slice(),
+            sqnorms: q.sqnorms.as_slice(),
+            metric: self.manifest.metric,
+        });
         Graph {
             vectors: self.vectors.as_slice(),
             dim: self.manifest.dim as usize,
@@ -196,6 +247,7 @@ impl Collection {
             entry_point: h.entry_point,
             max_level: h.max_level,
             dist: self.dist,
+            quant,
         }
     }
 
@@ -219,7 +271,9 @@ impl Collection {
         self.ids.get(row)
     }
     pub fn vector(&self, row: u32) -> &[f32] {
-        self.graph().vector(row)
+        let dim = self.dim();
+        let start = row as usize * dim;
+        &self.vectors.as_slice::<f32>()[start..start + dim]
     }
     /// The creator index of `row`, if it has one.
     pub fn creator_index(&self, row: u32) -> Option<u32> {

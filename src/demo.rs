@@ -166,22 +166,16 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             ef_construction: 200,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        build::build_collection(
-            data,
-            Metric::Cosine,
+        let mut settings = build::Settings {
+            metric: Metric::Cosine,
             params,
-            &tracks_dir,
-            true,
-            "synthetic demo catalogue (seed 42)",
-        )?;
-        build::build_collection(
-            creators,
-            Metric::Cosine,
-            params,
-            &creators_dir,
-            true,
-            "creators derived from the demo tracks",
-        )?;
+            force: true,
+            source: "synthetic demo catalogue (seed 42)".into(),
+            quantize: false,
+        };
+        build::build_collection(data, &tracks_dir, &settings)?;
+        settings.source = "creators derived from the demo tracks".into();
+        build::build_collection(creators, &creators_dir, &settings)?;
     }
     let base = format!("http://{}", a.addr);
     println!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use earshot::build::{self, GraphParams, InputSpec};
+use earshot::build::{self, writer, GraphParams, InputSpec};
 use earshot::metric::Metric;
 
 #[derive(Parser)]
@@ -27,6 +27,24 @@ enum Command {
     Serve(ServeArgs),
     /// Measure recall@k and queries/s of a built collection against ground truth.
     Bench(earshot::bench::BenchArgs),
+    /// Measure HTTP latency percentiles of a running server under open-loop load.
+    BenchHttp(earshot::loadgen::HttpBenchArgs),
+    /// List the versions of a versioned collection (`*` marks the active one).
+    Versions {
+        /// The collection link (e.g. indexes/tracks).
+        dir: PathBuf,
+    },
+    /// Point a versioned collection at one of its versions (roll back or forward). Servers
+    /// switch on SIGHUP, POST /admin/reload or their next --watch-interval poll.
+    Activate {
+        /// The collection link (e.g. indexes/tracks).
+        dir: PathBuf,
+        /// A version listed by `earshot versions`, or `previous` (the one before the active one).
+        version: String,
+        /// Activate it even if it fails verification (servers will still refuse it).
+        #[arg(long)]
+        force: bool,
+    },
     /// Check every file of a built collection (headers, lengths, checksums, graph).
     Verify {
         /// Collection directory (e.g. indexes/tracks).
@@ -74,9 +92,21 @@ struct BuildArgs {
     /// Build threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Replace an existing output directory.
+    /// Replace an existing output directory (or, with --versioned, turn a plain one into a
+    /// versioned collection, keeping the old build as a version).
     #[arg(long)]
     force: bool,
+    /// Write a new version under ROOT/.versions/NAME/ and switch the symlink ROOT/NAME to it
+    /// once complete. Implied when --out already is a versioned collection.
+    #[arg(long)]
+    versioned: bool,
+    /// Versions to keep per versioned collection (the active one is never deleted).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    keep: u64,
+    /// Also store 8-bit vectors: the graph walk reads 4× fewer bytes and the final
+    /// candidates are re-ranked with the exact f32 vectors.
+    #[arg(long, value_parser = ["int8"])]
+    quantize: Option<String>,
 }
 
 #[derive(Args)]
@@ -96,6 +126,29 @@ struct ServeArgs {
     /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
     #[arg(long, default_value_t = 0.0)]
     drain_seconds: f64,
+    /// Query requests executing at once (default: 4 × cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_concurrent: Option<u64>,
+    /// Query requests waiting for a slot; past that they get 503 `overloaded` at once.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Longest wait for a slot before 503 `overloaded`.
+    #[arg(long, default_value_t = 100)]
+    queue_timeout_ms: u64,
+    /// Longest a query request may take (body, queue and execution) before 503 `timeout`.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+    /// Also look for new collection versions every this many seconds (0: only on SIGHUP
+    /// and POST /admin/reload).
+    #[arg(long, default_value_t = 0.0)]
+    watch_interval: f64,
+    /// Accept new versions whose dimension or metric differ from the served ones.
+    #[arg(long)]
+    allow_schema_change: bool,
+    /// API keys file: lines `query KEY` / `admin KEY` (`#` comments). Keys are also read from
+    /// EARSHOT_QUERY_KEYS / EARSHOT_ADMIN_KEYS (comma-separated).
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -113,7 +166,14 @@ fn main() -> ExitCode {
         Some(Command::Build(a)) => run_build(a),
         Some(Command::Serve(a)) => run_serve(a),
         Some(Command::Bench(a)) => earshot::bench::run(&a),
+        Some(Command::BenchHttp(a)) => earshot::loadgen::run(&a),
         Some(Command::Verify { dir }) => run_verify(&dir),
+        Some(Command::Versions { dir }) => run_versions(&dir),
+        Some(Command::Activate {
+            dir,
+            version,
+            force,
+        }) => run_activate(&dir, &version, force),
         Some(Command::Generate(a)) => earshot::demo::generate_files(&a),
     };
     match result {
@@ -154,13 +214,71 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         Some(m) => format!("{} + {}", a.vectors.display(), m.display()),
         None => a.vectors.display().to_string(),
     };
-    let m = build::build_collection(data, a.metric, params, &a.out, a.force, &source)?;
-    report(&a.out, &m);
-    if let (Some(out), Some(creators)) = (&a.creators_out, derived) {
-        let source = format!("creators derived from {}", a.out.display());
-        let m = build::build_collection(creators, a.metric, params, out, a.force, &source)?;
-        report(out, &m);
+    // Where each output goes is settled (and refused if it must be) before the long build.
+    let out = writer::plan_output(&a.out, a.versioned, a.force)?;
+    let creators_out = match &a.creators_out {
+        Some(p) => Some(writer::plan_output(p, a.versioned, a.force)?),
+        None => None,
+    };
+    let mut settings = build::Settings {
+        metric: a.metric,
+        params,
+        force: out.replaces(a.force),
+        source,
+        quantize: a.quantize.is_some(),
+    };
+    let m = build::build_collection(data, out.build_dir(), &settings)?;
+    report(out.build_dir(), &m);
+    if let (Some(c_out), Some(creators)) = (&creators_out, derived) {
+        settings.source = format!("creators derived from {}", a.out.display());
+        settings.force = c_out.replaces(a.force);
+        let m = build::build_collection(creators, c_out.build_dir(), &settings)?;
+        report(c_out.build_dir(), &m);
     }
+    // New versions go live together, once every build has succeeded.
+    for o in std::iter::once(&out).chain(creators_out.as_ref()) {
+        writer::finish_output(o, a.keep as usize)?;
+    }
+    Ok(())
+}
+
+fn run_versions(link: &std::path::Path) -> anyhow::Result<()> {
+    for v in writer::list_versions(link)? {
+        let facts = match earshot::format::Manifest::read(&v.dir) {
+            Ok(m) => format!(
+                "{} items, dim {}, {:?}, built {}",
+                m.count, m.dim, m.metric, m.built_at
+            ),
+            Err(e) => format!("unreadable: {e}"),
+        };
+        let mark = if v.active { '*' } else { ' ' };
+        println!("{mark} {}  {facts}", v.name);
+    }
+    Ok(())
+}
+
+fn run_activate(link: &std::path::Path, version: &str, force: bool) -> anyhow::Result<()> {
+    let v = writer::find_version(link, version)?;
+    // The same checks a server makes before it swaps a version in.
+    let checked = earshot::collection::Collection::open(&v.dir, earshot::format::Verify::Full)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| earshot::server::registry::sanity_check(&c).map_err(anyhow::Error::msg));
+    if let Err(e) = checked {
+        if !force {
+            return Err(e.context(format!(
+                "version {} fails verification (--force activates it anyway; servers will refuse it)",
+                v.name
+            )));
+        }
+        eprintln!("warning: activating {} although it fails verification: {e:#}", v.name);
+    }
+    writer::activate(link, &v.name)?;
+    println!(
+        "{} now points to {}; servers switch on SIGHUP, POST /admin/reload or their next \
+         --watch-interval poll",
+        link.display(),
+        v.name
+    );
     Ok(())
 }
 
@@ -180,6 +298,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         "--default-ef must be between 1 and {}",
         earshot::server::limits::MAX_EF
     );
+    anyhow::ensure!(
+        a.drain_seconds.is_finite() && a.watch_interval.is_finite() && a.watch_interval >= 0.0,
+        "--drain-seconds and --watch-interval must be finite, non-negative numbers of seconds"
+    );
     let opts = earshot::server::ServeOptions {
         index_root: a.index_root,
         addr: a.addr,
@@ -187,10 +309,29 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         lazy: a.lazy,
         drain: std::time::Duration::from_secs_f64(a.drain_seconds.max(0.0)),
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let mut limits = earshot::server::overload::LimitOptions {
+        max_queue: a.max_queue,
+        queue_timeout: std::time::Duration::from_millis(a.queue_timeout_ms),
+        request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
+        ..Default::default()
+    };
+    if let Some(n) = a.max_concurrent {
+        limits.max_concurrent = n as usize;
+    }
+    let ops = earshot::server::OpsOptions {
+        limits,
+        watch_interval: (a.watch_interval > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(a.watch_interval)),
+        allow_schema_change: a.allow_schema_change,
+        api_keys: a.api_keys,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(earshot::server::serve(opts))
+        .build()?;
+    let result = rt.block_on(earshot::server::serve_with(opts, ops));
+    // Queries still computing for requests that timed out get a moment, not forever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    result
 }
 
 fn run_verify(dir: &std::path::Path) -> anyhow::Result<()> {

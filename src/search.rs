@@ -11,6 +11,8 @@ use std::collections::BinaryHeap;
 
 use crate::distance::DistanceFn;
 use crate::format::NONE_U32;
+use crate::metric::Metric;
+use crate::quant::PreparedQuery;
 
 /// Level-0 degrees above this are cut at build time (m ≤ 128 ⇒ 2·m ≤ 256).
 pub const MAX_LEVEL0_DEGREE: usize = 256;
@@ -30,6 +32,18 @@ pub struct Graph<'a> {
     pub entry_point: u32,
     pub max_level: u32,
     pub dist: DistanceFn,
+    /// 8-bit codes for the walk (exact f32 re-ranking at the end), when the collection has them.
+    pub quant: Option<Quantized<'a>>,
+}
+
+/// A collection's 8-bit vectors (see `quant`).
+#[derive(Clone, Copy)]
+pub struct Quantized<'a> {
+    pub codes: &'a [i8],
+    pub scale: &'a [f32],
+    pub offset: &'a [f32],
+    pub sqnorms: &'a [f32],
+    pub metric: Metric,
 }
 
 /// One search result: internal distance (smaller is closer) and row.
@@ -60,6 +74,7 @@ pub struct Scratch {
     epoch: u32,
     candidates: BinaryHeap<Reverse<Hit>>,
     top: BinaryHeap<Hit>,
+    prepared: PreparedQuery,
 }
 
 impl Scratch {
@@ -138,30 +153,29 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// Prefetches the whole vector of `row`: with 384-d vectors a distance reads 24 cache
-    /// lines, and the walk is bound by those misses, not by arithmetic.
+    /// Prefetches the bytes `[start, start + len)` of `base`: with 384-d vectors a distance
+    /// reads 24 cache lines, and the walk is bound by those misses, not by arithmetic.
     #[inline(always)]
-    fn prefetch(&self, row: u32) {
+    fn prefetch_bytes(base: *const u8, start: usize, len: usize) {
         #[cfg(target_arch = "x86_64")]
-        if (row as usize) < self.len() {
-            // SAFETY: prefetch is only a hint; every address is inside the vectors slice.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                let p = self.vectors.as_ptr().add(row as usize * self.dim) as *const i8;
-                let bytes = self.dim * 4;
-                let mut off = 0;
-                while off < bytes {
-                    _mm_prefetch(p.add(off), _MM_HINT_T0);
-                    off += 64;
-                }
+        // SAFETY: prefetch is only a hint; callers pass ranges inside a live slice.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = base.add(start) as *const i8;
+            let mut off = 0;
+            while off < len {
+                _mm_prefetch(p.add(off), _MM_HINT_T0);
+                off += 64;
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (base, start, len);
     }
 
     /// Greedy descent through the upper levels to the best entry for level 0.
-    fn descend(&self, query: &[f32]) -> Hit {
+    fn descend(&self, dist: &impl Fn(u32) -> f32) -> Hit {
         let mut cur = self.entry_point;
-        let mut cur_d = self.dist.distance(query, self.vector(cur));
+        let mut cur_d = dist(cur);
         for level in (1..=self.max_level).rev() {
             let mut changed = true;
             while changed {
@@ -170,7 +184,7 @@ impl<'a> Graph<'a> {
                     if nb as usize >= self.len() {
                         continue;
                     }
-                    let d = self.dist.distance(query, self.vector(nb));
+                    let d = dist(nb);
                     if d < cur_d {
                         cur_d = d;
                         cur = nb;
@@ -189,7 +203,9 @@ impl<'a> Graph<'a> {
     ///
     /// `ef` is the beam width (raised to `k`). With a filter the search keeps walking until it
     /// holds `ef` accepted rows or runs out of graph, so restrictive filters widen the search
-    /// instead of returning short lists.
+    /// instead of returning short lists. With 8-bit codes the walk measures approximate
+    /// distances and the `ef` survivors are re-ranked with the exact f32 vectors.
+    #[allow(clippy::too_many_arguments)]
     pub fn search(
         &self,
         query: &[f32],
@@ -204,8 +220,57 @@ impl<'a> Graph<'a> {
             return;
         }
         let ef = ef.max(k);
+        let start = out.len();
+        match self.quant {
+            Some(q8) => {
+                let mut pq = std::mem::take(&mut scratch.prepared);
+                pq.prepare(query, q8.scale, q8.offset);
+                let dim = self.dim;
+                let dist = |row: u32| {
+                    let r = row as usize;
+                    pq.distance(q8.metric, &q8.codes[r * dim..(r + 1) * dim], q8.sqnorms[r])
+                };
+                let prefetch = |row: u32| {
+                    Self::prefetch_bytes(q8.codes.as_ptr() as *const u8, row as usize * dim, dim)
+                };
+                self.walk(&dist, &prefetch, ef, &accept, filtered, scratch);
+                // Exact re-ranking of the beam's survivors.
+                out.extend(scratch.top.drain().map(|h| Hit {
+                    dist: self.dist.distance(query, self.vector(h.row)),
+                    row: h.row,
+                }));
+                scratch.prepared = pq;
+            }
+            None => {
+                let dist = |row: u32| self.dist.distance(query, self.vector(row));
+                let prefetch = |row: u32| {
+                    Self::prefetch_bytes(
+                        self.vectors.as_ptr() as *const u8,
+                        row as usize * self.dim * 4,
+                        self.dim * 4,
+                    )
+                };
+                self.walk(&dist, &prefetch, ef, &accept, filtered, scratch);
+                out.extend(scratch.top.drain());
+            }
+        }
+        out[start..].sort_unstable();
+        out.truncate(start + k);
+    }
+
+    /// The level-0 beam search (hnswlib's `searchBaseLayerST`); leaves up to `ef` accepted
+    /// rows in `scratch.top`.
+    fn walk(
+        &self,
+        dist: &impl Fn(u32) -> f32,
+        prefetch: &impl Fn(u32),
+        ef: usize,
+        accept: &impl Fn(u32) -> bool,
+        filtered: bool,
+        scratch: &mut Scratch,
+    ) {
         scratch.reset(self.len());
-        let ep = self.descend(query);
+        let ep = self.descend(dist);
         scratch.visit(ep.row);
         scratch.candidates.push(Reverse(ep));
         if accept(ep.row) {
@@ -228,13 +293,13 @@ impl<'a> Graph<'a> {
             }
             let fresh = &fresh[..n_fresh];
             for &nb in fresh.iter().take(PREFETCH_AHEAD) {
-                self.prefetch(nb);
+                prefetch(nb);
             }
             for (i, &nb) in fresh.iter().enumerate() {
                 if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
-                    self.prefetch(ahead);
+                    prefetch(ahead);
                 }
-                let d = self.dist.distance(query, self.vector(nb));
+                let d = dist(nb);
                 if scratch.top.len() < ef || d < bound {
                     scratch.candidates.push(Reverse(Hit { dist: d, row: nb }));
                     if accept(nb) {
@@ -249,12 +314,6 @@ impl<'a> Graph<'a> {
                 }
             }
         }
-        while scratch.top.len() > k {
-            scratch.top.pop();
-        }
-        let start = out.len();
-        out.extend(scratch.top.drain());
-        out[start..].sort_unstable();
     }
 
     /// Exact search by scanning `rows` (used for small filtered sets and for ground truth).

@@ -17,15 +17,27 @@ use crate::metric::Metric;
 pub use graph::GraphParams;
 pub use input::{Dataset, InputSpec};
 
+/// How to build a collection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub metric: Metric,
+    pub params: GraphParams,
+    /// Replace an existing output.
+    pub force: bool,
+    /// Provenance recorded in the manifest.
+    pub source: String,
+    /// Also store 8-bit vectors for the graph walk (see `quant`).
+    pub quantize: bool,
+}
+
 /// Builds `data` into the collection directory `out` and returns its manifest.
-pub fn build_collection(
-    mut data: Dataset,
-    metric: Metric,
-    params: GraphParams,
-    out: &Path,
-    force: bool,
-    source: &str,
-) -> anyhow::Result<Manifest> {
+pub fn build_collection(mut data: Dataset, out: &Path, settings: &Settings) -> anyhow::Result<Manifest> {
+    let (metric, params, force, source) = (
+        settings.metric,
+        settings.params,
+        settings.force,
+        settings.source.as_str(),
+    );
     let started = Instant::now();
     let n = data.len();
     let dim = data.dim;
@@ -71,6 +83,11 @@ pub fn build_collection(
             }
         })
         .collect();
+    let quant = settings.quantize.then(|| {
+        let (p, codes) = crate::quant::quantize(&data.vectors, dim);
+        let sqnorms: Vec<f32> = data.vectors.chunks_exact(dim).map(|v| distance::dot(v, v)).collect();
+        (p, codes, sqnorms)
+    });
     let arrays = writer::CollectionArrays {
         vectors: &data.vectors,
         level0: &g.level0,
@@ -83,6 +100,12 @@ pub fn build_collection(
         creator_item_offsets: &meta.item_offsets,
         creator_items: &meta.items,
         creator_popularity: &creator_popularity,
+        quant: quant.as_ref().map(|(p, codes, sqnorms)| writer::QuantArrays {
+            codes,
+            scale: &p.scale,
+            offset: &p.offset,
+            sqnorms,
+        }),
     };
     let mut manifest = Manifest {
         format_version: crate::format::array_file::FORMAT_VERSION,
@@ -104,6 +127,7 @@ pub fn build_collection(
         build_seconds: 0.0,
         builder: format!("earshot {}", env!("CARGO_PKG_VERSION")),
         source: source.to_string(),
+        quantization: settings.quantize.then(|| "int8".to_string()),
         files: Default::default(),
     };
     manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;

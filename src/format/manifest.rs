@@ -27,6 +27,9 @@ pub struct Manifest {
     /// Where the vectors came from (paths as given to the builder, or the tracks
     /// collection a derived creators collection was made from).
     pub source: String,
+    /// `"int8"` when the collection carries 8-bit vectors for the graph walk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
     /// Every array file: its element count, size in bytes and xxh3-64 checksum.
     pub files: BTreeMap<String, FileEntry>,
 }

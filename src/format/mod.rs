@@ -42,6 +42,10 @@ pub mod names {
     pub const CREATOR_ITEM_OFFSETS: &str = "creator_items_offsets.bin";
     pub const CREATOR_ITEMS: &str = "creator_items.bin";
     pub const CREATOR_POPULARITY: &str = "creator_popularity.bin";
+    pub const VECTORS_I8: &str = "vectors_i8.bin";
+    pub const QUANT_SCALE: &str = "quant_scale.bin";
+    pub const QUANT_OFFSET: &str = "quant_offset.bin";
+    pub const SQNORMS: &str = "vector_sqnorms.bin";
 }
 
 /// Marks "no value" in u32 columns (no creator, no upper layers).

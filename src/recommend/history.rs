@@ -13,7 +13,7 @@
 //! taste moves half a negative-mean away from the positives. Negative evidence alone cannot
 //! say what to recommend and is refused.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Evidence weight of each supported event.
 pub fn event_weight(event: &str) -> Option<f32> {
@@ -31,9 +31,9 @@ pub fn event_weight(event: &str) -> Option<f32> {
 pub const EVENTS: &str = "play, like, save, share, skip, dislike";
 
 /// `0.5^(age/half_life)`; future timestamps count as now.
-pub fn recency(played_at: SystemTime, now: SystemTime, half_life: Duration) -> f32 {
-    let age = now.duration_since(played_at).unwrap_or(Duration::ZERO);
-    0.5f64.powf(age.as_secs_f64() / half_life.as_secs_f64()) as f32
+pub fn recency(played_at: jiff::Timestamp, now: jiff::Timestamp, half_life: Duration) -> f32 {
+    let age = now.duration_since(played_at).as_secs_f64().max(0.0);
+    0.5f64.powf(age / half_life.as_secs_f64()) as f32
 }
 
 /// One history item resolved to a row of the history collection and its signed evidence.

@@ -37,6 +37,17 @@ pub struct Pick {
     pub moved_by: Vec<&'static str>,
 }
 
+/// The picked list plus what the emerging quota could do.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub picks: Vec<Pick>,
+    /// Slots the request asked to reserve for emerging creators.
+    pub quota_requested: usize,
+    /// Slots actually reserved: no more than the emerging items within reach
+    /// (the `QUOTA_WINDOW × k` nearest admissible items of each probe).
+    pub quota_reserved: usize,
+}
+
 /// Graph walks wider than this are replaced by an exact scan.
 const MAX_WALK: usize = 4096;
 
@@ -87,7 +98,7 @@ pub fn recommend(
     filter: &HardFilter,
     shape: &Shape,
     ef: usize,
-) -> Vec<Pick> {
+) -> Selection {
     let k = shape.k;
     let shaped = shape.max_per_creator.is_some() || shape.emerging.is_some();
     let mut size = if shaped {
@@ -100,10 +111,10 @@ pub fn recommend(
             .iter()
             .map(|p| pool(c, &p.query, filter, size, ef))
             .collect();
-        let picks = pick(c, probes, &pools, shape);
+        let selection = pick(c, probes, &pools, shape);
         let exhausted = pools.iter().all(|(_, complete)| *complete) || size >= c.len();
-        if picks.len() >= k || exhausted {
-            return picks;
+        if selection.picks.len() >= k || exhausted {
+            return selection;
         }
         size = (size * 4).min(c.len());
     }
@@ -173,7 +184,7 @@ fn push_once(v: &mut Vec<&'static str>, s: &'static str) {
     }
 }
 
-fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Shape) -> Vec<Pick> {
+fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Shape) -> Selection {
     let k = shape.k;
     // Emerging slots are reserved only as far as emerging items are within reach.
     let quota = shape.emerging.map_or(0, |e| {
@@ -234,5 +245,9 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
     }
     let mut chosen = p.chosen;
     chosen.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.row.cmp(&b.row)));
-    chosen
+    Selection {
+        picks: chosen,
+        quota_requested: shape.emerging.map_or(0, |e| e.slots(k)),
+        quota_reserved: quota,
+    }
 }

@@ -1,14 +1,17 @@
 //! `earshot serve`: loads every collection under the index root and answers HTTP.
 
+pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod overload;
 pub mod query;
+pub mod registry;
 pub mod routes;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::request_id::{
@@ -23,14 +27,23 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::collection::Collection;
-use crate::format::{names, Verify};
-use query::Engine;
+use crate::format::Verify;
+use registry::{Live, Registry, Trigger};
 
 pub struct AppState {
-    pub engine: Engine,
+    /// The served collections; swapped whole on reload.
+    pub registry: Arc<Registry>,
     pub metrics: metrics::Metrics,
     pub ready: AtomicBool,
+    pub limiter: overload::Limiter,
+    pub keys: auth::Keys,
+}
+
+impl AppState {
+    /// The collections a request works on (lock-free; keeps them mapped while held).
+    pub fn live(&self) -> Arc<Live> {
+        self.registry.live()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -44,56 +57,16 @@ pub struct ServeOptions {
     pub drain: Duration,
 }
 
-/// Opens every collection (each subdirectory of `root` holding a manifest).
-pub fn load_collections(
-    root: &Path,
-    verify: Verify,
-) -> anyhow::Result<BTreeMap<String, Arc<Collection>>> {
-    let entries = std::fs::read_dir(root).with_context(|| {
-        format!(
-            "cannot read index root {}: build an index first (earshot build --out {}/NAME …)",
-            root.display(),
-            root.display()
-        )
-    })?;
-    let mut out = BTreeMap::new();
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .filter(|p| {
-            !p.file_name()
-                .map(|n| n.to_string_lossy().starts_with('.'))
-                .unwrap_or(true)
-        })
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        if !dir.join(names::MANIFEST).exists() {
-            anyhow::bail!(
-                "{}: missing; every subdirectory of the index root must be a built collection",
-                dir.join(names::MANIFEST).display()
-            );
-        }
-        let started = Instant::now();
-        let c = Collection::open(&dir, verify)?;
-        tracing::info!(
-            collection = %c.name,
-            count = c.len(),
-            dim = c.dim(),
-            metric = ?c.manifest.metric,
-            ms = started.elapsed().as_millis() as u64,
-            "opened"
-        );
-        out.insert(c.name.clone(), Arc::new(c));
-    }
-    anyhow::ensure!(
-        !out.is_empty(),
-        "no collections under {}: build one with `earshot build --out {}/tracks …`",
-        root.display(),
-        root.display()
-    );
-    Ok(out)
+/// Production settings: limits, reloads, keys (see README "Operations").
+#[derive(Debug, Clone, Default)]
+pub struct OpsOptions {
+    pub limits: overload::LimitOptions,
+    /// Poll the index root for new versions this often (`None`: only SIGHUP / admin reload).
+    pub watch_interval: Option<Duration>,
+    /// Accept a new version whose dimension or metric differs from the served one.
+    pub allow_schema_change: bool,
+    /// `--api-keys FILE` (keys also come from `EARSHOT_QUERY_KEYS` / `EARSHOT_ADMIN_KEYS`).
+    pub api_keys: Option<PathBuf>,
 }
 
 #[derive(Clone, Default)]
@@ -109,7 +82,8 @@ impl MakeRequestId for CounterId {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    // The query API: API key (if configured), then the concurrency limiter.
+    let v1 = Router::new()
         .route(
             "/v1/{collection}/{id}/similar",
             get(routes::similar).post(routes::similar_post),
@@ -118,15 +92,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/search", post(routes::search))
         .route("/v1/batch", post(routes::batch))
         .route("/v1/collections", get(routes::collections))
+        .route_layer(from_fn_with_state(state.clone(), overload::limit))
+        .route_layer(from_fn_with_state(state.clone(), auth::query));
+    let admin = Router::new()
+        .route("/admin/reload", post(admin::reload))
+        .route_layer(from_fn_with_state(state.clone(), auth::admin));
+    // Probes and metrics stay open and outside the limiter.
+    Router::new()
+        .merge(v1)
+        .merge(admin)
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -144,57 +124,106 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    serve_with(opts, OpsOptions::default()).await
+}
+
+pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let verify = if opts.lazy {
         Verify::Lazy
     } else {
         Verify::Full
     };
-    let collections = load_collections(&opts.index_root, verify)?;
-    let metrics = metrics::Metrics::new();
-    for c in collections.values() {
-        if opts.lazy {
-            c.warm();
-        }
-        let label = metrics::CollectionLabel {
-            collection: c.name.clone(),
-        };
-        metrics.items.get_or_create(&label).set(c.len() as i64);
-        metrics
-            .mapped_bytes
-            .get_or_create(&label)
-            .set(c.mapped_bytes() as i64);
-    }
+    let keys = auth::Keys::load(ops.api_keys.as_deref())?;
+    let mut metrics = metrics::Metrics::new();
+    let swap_metrics = registry::SwapMetrics::new(&mut metrics);
+    let limiter = overload::Limiter::new(ops.limits.clone(), &mut metrics);
+    let registry = Arc::new(Registry::open(
+        &opts.index_root,
+        verify,
+        opts.default_ef,
+        ops.allow_schema_change,
+        swap_metrics,
+    )?);
+    let (query_keys, admin_keys) = keys.counts();
     let state = Arc::new(AppState {
-        engine: Engine {
-            collections,
-            default_ef: opts.default_ef,
-        },
+        registry: registry.clone(),
         metrics,
         ready: AtomicBool::new(false),
+        limiter,
+        keys,
     });
+    // SIGHUP reloads (and no longer terminates) from here on.
+    #[cfg(unix)]
+    {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP handler")?;
+        let r = registry.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading collections");
+                r.reload(Trigger::Signal).await;
+            }
+        });
+    }
+    if let Some(every) = ops.watch_interval.filter(|d| !d.is_zero()) {
+        let r = registry.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                r.reload(Trigger::Watch).await;
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;
     let local = listener.local_addr()?;
+    if !local.ip().is_loopback() && query_keys + admin_keys == 0 {
+        tracing::warn!(
+            addr = %local,
+            "listening beyond loopback without API keys: anyone who reaches this port can query \
+             (admin endpoints still answer loopback clients only)"
+        );
+    }
     state.ready.store(true, Ordering::Release);
+    let lim = state.limiter.options();
     tracing::info!(
         addr = %local,
         startup_ms = started.elapsed().as_millis() as u64,
+        max_concurrent = lim.max_concurrent,
+        max_queue = lim.max_queue,
+        query_keys,
+        admin_keys,
         "ready"
     );
     // A machine-readable line for scripts and tests that start us on port 0.
     println!("listening on http://{local}");
     let app = router(state.clone());
     let drain = opts.drain;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        state.ready.store(false, Ordering::Release);
+        tracing::info!(
+            drain_seconds = drain.as_secs_f64(),
+            "shutting down: /readyz now 503; in-flight requests will finish (a second signal stops at once)"
+        );
+        tokio::spawn(async {
             shutdown_signal().await;
-            state.ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: /readyz now 503, draining in-flight requests");
-            tokio::time::sleep(drain).await;
-        })
-        .await?;
+            tracing::warn!("second signal: stopping without draining");
+            std::process::exit(1);
+        });
+        tokio::time::sleep(drain).await;
+        tracing::info!("listener closed; waiting for in-flight requests");
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

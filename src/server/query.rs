@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +184,8 @@ pub struct BatchRequest {
 pub struct Answer {
     pub collection: Arc<Collection>,
     pub picks: Vec<Pick>,
+    /// Emerging-quota slots asked for and actually reserved.
+    pub quota: (usize, usize),
     pub explain: bool,
     /// Slot-share weight of each probe (for explanations).
     pub probe_weights: Vec<f32>,
@@ -218,7 +219,27 @@ pub struct Explanation {
     pub moved_by: Vec<&'static str>,
 }
 
+/// Request-level explanation (with `explain: true`).
+#[derive(Serialize)]
+pub struct ListExplanation {
+    /// Each taste centroid's share of the evidence (one entry without centroids).
+    pub centroid_weights: Vec<f32>,
+    /// Emerging-quota slots requested, and reserved: fewer when fewer emerging items are
+    /// within reach (the 10·k nearest admissible items).
+    pub emerging_slots_requested: usize,
+    pub emerging_slots_reserved: usize,
+}
+
 impl Answer {
+    pub fn list_explanation(&self) -> Option<ListExplanation> {
+        let total: f32 = self.probe_weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+        self.explain.then(|| ListExplanation {
+            centroid_weights: self.probe_weights.iter().map(|w| w / total).collect(),
+            emerging_slots_requested: self.quota.0,
+            emerging_slots_reserved: self.quota.1,
+        })
+    }
+
     pub fn items(&self) -> Vec<ResultItem<'_>> {
         let c = &self.collection;
         let dist = c.dist();
@@ -257,6 +278,17 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 
 impl Engine {
     pub fn collection(&self, name: &str) -> Result<&Arc<Collection>, ApiError> {
+        // Names are only ever looked up here, never joined to a path; a name that could not
+        // be a directory of the index root is still refused outright.
+        if !super::registry::valid_name(name) {
+            return Err(ApiError::bad_request(
+                "invalid_collection",
+                format!(
+                    "{name:?} is not a collection name (no '/', '\\', '..', NUL or control \
+                     characters, no leading '.')"
+                ),
+            ));
+        }
         self.collections
             .get(name)
             .ok_or_else(|| ApiError::unknown_collection(name))
@@ -374,10 +406,11 @@ impl Engine {
         ef: usize,
         explain: Option<bool>,
     ) -> Answer {
-        let picks = recommend(c, &probes, filter, shape, ef);
+        let sel = recommend(c, &probes, filter, shape, ef);
         Answer {
             collection: c.clone(),
-            picks,
+            picks: sel.picks,
+            quota: (sel.quota_requested, sel.quota_reserved),
             explain: explain.unwrap_or(false),
             probe_weights: probes.iter().map(|p| p.weight).collect(),
         }
@@ -418,7 +451,7 @@ impl Engine {
             .transpose()?;
         let now = match &req.now {
             Some(t) => parse_time(t, "now")?,
-            None => SystemTime::now(),
+            None => jiff::Timestamp::now(),
         };
         let mut out = Vec::with_capacity(req.history.len());
         for (i, item) in req.history.iter().enumerate() {
@@ -591,8 +624,8 @@ impl Engine {
     }
 }
 
-fn parse_time(t: &str, field: &str) -> Result<SystemTime, ApiError> {
-    humantime::parse_rfc3339_weak(t).map_err(|_| {
+fn parse_time(t: &str, field: &str) -> Result<jiff::Timestamp, ApiError> {
+    t.parse::<jiff::Timestamp>().map_err(|_| {
         unprocessable(
             "invalid_timestamp",
             format!("{field} {t:?} is not an RFC 3339 time such as \"2026-11-26T08:00:00Z\""),
@@ -693,11 +726,15 @@ fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
         ));
     }
     let mut q = vector.to_vec();
-    if c.manifest.metric == Metric::Cosine && !crate::distance::normalize(&mut q) {
-        return Err(unprocessable(
+    match c.manifest.metric {
+        Metric::Cosine if !crate::distance::normalize(&mut q) => Err(unprocessable(
             "invalid_vector",
             "a zero vector has no direction under cosine",
-        ));
+        )),
+        Metric::Dot if q.iter().all(|&x| x == 0.0) => Err(unprocessable(
+            "invalid_vector",
+            "a zero vector scores every item 0 under dot",
+        )),
+        _ => Ok(q),
     }
-    Ok(q)
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::limits::MAX_BATCH;
+use super::overload::Permit;
 use super::query::{
-    Answer, BatchQuery, BatchRequest, ResultItem, SearchRequest, SimilarParams, SimilarRequest,
+    Answer, BatchQuery, ListExplanation, BatchRequest, ResultItem, SearchRequest, SimilarParams, SimilarRequest,
     TasteRequest,
 };
 use super::AppState;
@@ -42,27 +43,62 @@ mod axum_extra_json {
 #[derive(Serialize)]
 struct Results<'a> {
     results: Vec<ResultItem<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<ListExplanation>,
 }
 
 fn render(answer: &Answer) -> Response {
     Json(Results {
         results: answer.items(),
+        explain: answer.list_explanation(),
     })
     .into_response()
 }
 
+/// Runs a query on the blocking pool, holding the request's execution slot until it ends
+/// (even when the request timed out meanwhile), so the async workers stay free to answer
+/// probes and to refuse overload quickly.
+async fn offload<F>(permit: Option<Extension<Permit>>, f: F) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
+{
+    let held = permit.map(|Extension(p)| p);
+    match tokio::task::spawn_blocking(move || {
+        let _held = held;
+        f()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("query failed: {e}");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the query failed unexpectedly; see the server log",
+            ))
+        }
+    }
+}
+
 pub async fn similar(
     State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     query: Result<Query<SimilarParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((collection, id)) = path?;
     let Query(p) = query?;
-    Ok(render(&state.engine.similar_get(&collection, &id, p)?))
+    let live = state.live();
+    offload(permit, move || {
+        Ok(render(&live.engine.similar_get(&collection, &id, p)?))
+    })
+    .await
 }
 
 pub async fn similar_post(
     State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     AppJson(req): AppJson<SimilarRequest>,
 ) -> Result<Response, ApiError> {
@@ -73,28 +109,40 @@ pub async fn similar_post(
             "the path names the collection and id; leave them out of the body",
         ));
     }
-    Ok(render(&state.engine.similar(&collection, &id, &req)?))
+    let live = state.live();
+    offload(permit, move || {
+        Ok(render(&live.engine.similar(&collection, &id, &req)?))
+    })
+    .await
 }
 
 pub async fn search(
     State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
     AppJson(req): AppJson<SearchRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(render(&state.engine.search(&req)?))
+    let live = state.live();
+    offload(permit, move || Ok(render(&live.engine.search(&req)?))).await
 }
 
 pub async fn taste(
     State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     AppJson(req): AppJson<TasteRequest>,
 ) -> Result<Response, ApiError> {
     let Path(collection) = path?;
-    Ok(render(&state.engine.taste(&collection, &req)?))
+    let live = state.live();
+    offload(permit, move || {
+        Ok(render(&live.engine.taste(&collection, &req)?))
+    })
+    .await
 }
 
 /// Each query of a batch answers on its own: one bad query does not fail the others.
 pub async fn batch(
     State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
     AppJson(req): AppJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if req.queries.is_empty() || req.queries.len() > MAX_BATCH {
@@ -106,7 +154,12 @@ pub async fn batch(
             ),
         ));
     }
-    let engine = &state.engine;
+    let live = state.live();
+    offload(permit, move || Ok(batch_answers(&live, &req))).await
+}
+
+fn batch_answers(live: &super::registry::Live, req: &BatchRequest) -> Response {
+    let engine = &live.engine;
     let answers: Vec<Result<Answer, ApiError>> = req
         .queries
         .iter()
@@ -141,7 +194,7 @@ pub async fn batch(
     struct BatchResponse<'a> {
         responses: Vec<Entry<'a>>,
     }
-    Ok(Json(BatchResponse { responses: entries }).into_response())
+    Json(BatchResponse { responses: entries }).into_response()
 }
 
 pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
@@ -159,8 +212,13 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
         built_at: &'a str,
         builder: &'a str,
         mapped_bytes: u64,
+        /// The version in service (a version directory's name, or a plain one's build time).
+        version: &'a str,
+        /// When this server swapped it in (RFC 3339).
+        loaded_at: Option<String>,
     }
-    let list: Vec<Info> = state
+    let live = state.live();
+    let list: Vec<Info> = live
         .engine
         .collections
         .values()
@@ -173,10 +231,15 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
             has_popularity: c.manifest.has_popularity,
             m: c.manifest.hnsw.m,
             ef_construction: c.manifest.hnsw.ef_construction,
-            default_ef: state.engine.default_ef,
+            default_ef: live.engine.default_ef,
             built_at: &c.manifest.built_at,
             builder: &c.manifest.builder,
             mapped_bytes: c.mapped_bytes(),
+            version: live.versions.get(&c.name).map_or("", |v| v.version.as_str()),
+            loaded_at: live
+                .versions
+                .get(&c.name)
+                .map(|v| humantime::format_rfc3339_seconds(v.loaded_at).to_string()),
         })
         .collect();
     #[derive(Serialize)]

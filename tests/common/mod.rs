@@ -247,7 +247,9 @@ impl Catalogue {
                 vec![
                     self.ids[i].clone(),
                     self.creators[i].clone(),
-                    self.popularity[i].map(|p| p.to_string()).unwrap_or_default(),
+                    self.popularity[i]
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
@@ -288,11 +290,12 @@ pub fn catalogue(
         cat.vectors
             .extend(around(&mut rng, &creator_centres[c], 0.35));
         cat.ids.push(format!("trk-{i:05}"));
-        cat.creators.push(if i % no_creator_every == no_creator_every - 1 {
-            String::new()
-        } else {
-            format!("artist-{c:04}")
-        });
+        cat.creators
+            .push(if i % no_creator_every == no_creator_every - 1 {
+                String::new()
+            } else {
+                format!("artist-{c:04}")
+            });
         // Quarter steps are exact in f32 and in their decimal form.
         cat.popularity.push(if i % no_popularity_every == 3 {
             None
@@ -676,7 +679,9 @@ pub fn assert_error_body(v: &serde_json::Value, code: &str) {
     assert_eq!(keys, ["code", "message"], "error object keys: {v}");
     assert_eq!(err["code"].as_str(), Some(code), "error code: {v}");
     assert!(
-        err["message"].as_str().is_some_and(|m| !m.trim().is_empty()),
+        err["message"]
+            .as_str()
+            .is_some_and(|m| !m.trim().is_empty()),
         "empty error message: {v}"
     );
 }
@@ -692,8 +697,7 @@ fn agent() -> ureq::Agent {
 
 /// One request on a fresh connection.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Resp {
-    try_http(method, url, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+    try_http(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
 }
 
 pub fn try_http(
@@ -782,4 +786,76 @@ pub fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// A POST over a plain socket that reads the response while the body is still being
+/// written. For bodies the server refuses part-way (413): it answers and closes without
+/// reading the rest, so a client that only reads after writing everything would see a
+/// broken pipe instead of the answer.
+pub fn post_streaming(addr: &str, path: &str, content_type: &str, body: Vec<u8>) -> Resp {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        // The server may close before taking everything: that is expected.
+        let _ = writer
+            .write_all(head.as_bytes())
+            .and_then(|_| writer.write_all(&body));
+    });
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // A reset after the response arrived ends the exchange too.
+            Err(_) => break,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response to POST {path}: {text:?}"));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    let mut request_id = None;
+    let mut content_type = None;
+    let mut length = None;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim().to_string();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "x-request-id" => request_id = Some(v),
+            "content-type" => content_type = Some(v),
+            "content-length" => length = v.parse::<usize>().ok(),
+            _ => {}
+        }
+    }
+    let body = match length {
+        Some(n) if rest.len() >= n => rest[..n].to_string(),
+        _ => rest.to_string(),
+    };
+    Resp {
+        status,
+        request_id,
+        content_type,
+        body,
+    }
 }

@@ -1,0 +1,204 @@
+//! `earshot bench-http`: HTTP latency under load, measured open-loop.
+//!
+//! First a closed-loop burst (`--connections` clients back to back) finds the maximum rate the
+//! server sustains. Then, for each fraction of it (`--fractions 0.25,0.5,0.75,0.9`), requests
+//! are sent on a fixed schedule and each latency is measured from the request's *intended*
+//! send time, so a server that falls behind shows its queueing instead of hiding it
+//! (no coordinated omission). Latencies go into an HDR histogram; one JSON line per rate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::collection::Collection;
+use crate::format::Verify;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpBenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// A local copy of the served collection, to draw real item IDs from.
+    #[arg(long)]
+    pub index: std::path::PathBuf,
+    /// `similar` (GET …/similar) or `taste` (POST /v1/taste with a 10-item history).
+    #[arg(long, default_value = "similar")]
+    pub mode: String,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// `ef` sent with each request (default: the server's).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Seconds per measured rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Concurrent clients for the closed-loop maximum.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Fractions of the maximum rate to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    pub fractions: Vec<f64>,
+    /// Skip the closed-loop search and use this as the maximum rate (requests/s).
+    #[arg(long)]
+    pub max_rate: Option<f64>,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Target {
+    client: HttpClient,
+    requests: Vec<(hyper::Method, String, Bytes)>,
+}
+
+impl Target {
+    /// Sends request `i` (cycling); Ok(true) on a 2xx answer.
+    async fn send(&self, i: usize) -> anyhow::Result<bool> {
+        let (method, uri, body) = &self.requests[i % self.requests.len()];
+        let req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))?;
+        let resp = self.client.request(req).await?;
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await?;
+        Ok(ok)
+    }
+}
+
+pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.duration > 0.0 && a.connections > 0, "--duration and --connections must be positive");
+    let c = Collection::open(&a.index, Verify::Lazy)?;
+    let name = &c.name;
+    let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
+    let step = (c.len() / 4096).max(1);
+    let ids: Vec<String> = (0..c.len()).step_by(step).map(|r| c.id(r as u32).to_string()).collect();
+    let requests: Vec<(hyper::Method, String, Bytes)> = match a.mode.as_str() {
+        "similar" => ids
+            .iter()
+            .map(|id| {
+                let path = format!("/v1/{name}/{}/similar?k={}{ef}", encode(id), a.k);
+                (hyper::Method::GET, format!("{}{path}", a.url), Bytes::new())
+            })
+            .collect(),
+        "taste" => ids
+            .chunks(10)
+            .map(|h| {
+                let history: Vec<_> = h.iter().map(|id| serde_json::json!({"id": id})).collect();
+                let mut body = serde_json::json!({"history": history, "k": a.k});
+                if let Some(e) = a.ef {
+                    body["ef"] = e.into();
+                }
+                (
+                    hyper::Method::POST,
+                    format!("{}/v1/taste/{name}", a.url),
+                    Bytes::from(body.to_string()),
+                )
+            })
+            .collect(),
+        other => anyhow::bail!("--mode must be similar or taste (got {other:?})"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+        let target = Arc::new(Target { client, requests });
+        target.send(0).await.context("the server did not answer")?;
+        let max = match a.max_rate {
+            Some(r) => r,
+            None => closed_loop(&target, a.connections, Duration::from_secs_f64(a.duration.min(5.0))).await,
+        };
+        println!("{}", serde_json::json!({"mode": a.mode, "max_rps": max.round(), "connections": a.connections}));
+        for &f in &a.fractions {
+            let line = open_loop(&target, max * f, Duration::from_secs_f64(a.duration)).await?;
+            let mut line = line;
+            line["fraction"] = f.into();
+            line["mode"] = a.mode.clone().into();
+            println!("{line}");
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Requests/s that `connections` back-to-back clients achieve.
+async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|w| {
+            let (t, done) = (target.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = w * 7919;
+                while start.elapsed() < duration {
+                    if let Ok(true) = t.send(i).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Sends at `rate` for `duration`; latencies from each request's intended send time.
+async fn open_loop(target: &Arc<Target>, rate: f64, duration: Duration) -> anyhow::Result<serde_json::Value> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let total = (duration.as_secs_f64() * rate) as usize;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
+    let start = Instant::now() + Duration::from_millis(50);
+    for i in 0..total {
+        let intended = start + interval * i as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        let (t, tx) = (target.clone(), tx.clone());
+        tokio::spawn(async move {
+            let ok = matches!(t.send(i).await, Ok(true));
+            let us = intended.elapsed().as_micros() as u64;
+            let _ = tx.send(ok.then_some(us));
+        });
+    }
+    drop(tx);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0u64;
+    while let Some(r) = rx.recv().await {
+        match r {
+            Some(us) => hist.saturating_record(us.max(1)),
+            None => errors += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "target_rps": rate.round(),
+        "achieved_rps": (hist.len() as f64 / secs).round(),
+        "ok": hist.len(), "errors": errors,
+        "p50_us": hist.value_at_quantile(0.5),
+        "p90_us": hist.value_at_quantile(0.9),
+        "p99_us": hist.value_at_quantile(0.99),
+        "p999_us": hist.value_at_quantile(0.999),
+        "max_us": hist.max(),
+    }))
+}
+
+/// Percent-encodes an ID for a path segment.
+fn encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

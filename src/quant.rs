@@ -1,0 +1,228 @@
+//! 8-bit vectors for the graph walk, with exact f32 re-ranking of the final candidates.
+//!
+//! Each dimension `d` is quantised affinely over its own range in the data:
+//! `x ≈ offset_d + scale_d · code_d`, `code_d ∈ [-127, 127]` — so un-normalised vectors and
+//! skewed dimensions keep their resolution (no clipping). A query is folded into the codes'
+//! space once per query: `q·x ≈ Σ (q_d·scale_d)·code_d + Σ q_d·offset_d`, so a distance
+//! reads `dim` bytes instead of `4·dim`. Squared L2 uses the stored exact `‖x‖²`:
+//! `‖q−x‖² = ‖q‖² − 2 q·x + ‖x‖²`.
+
+use crate::distance;
+use crate::metric::Metric;
+
+/// Per-dimension scale and offset.
+pub struct Params {
+    pub scale: Vec<f32>,
+    pub offset: Vec<f32>,
+}
+
+/// Fits the per-dimension ranges of `vectors` and encodes them.
+pub fn quantize(vectors: &[f32], dim: usize) -> (Params, Vec<i8>) {
+    let mut lo = vec![f32::INFINITY; dim];
+    let mut hi = vec![f32::NEG_INFINITY; dim];
+    for v in vectors.chunks_exact(dim) {
+        for d in 0..dim {
+            lo[d] = lo[d].min(v[d]);
+            hi[d] = hi[d].max(v[d]);
+        }
+    }
+    let offset: Vec<f32> = (0..dim).map(|d| (lo[d] + hi[d]) * 0.5).collect();
+    let scale: Vec<f32> = (0..dim)
+        .map(|d| {
+            let s = (hi[d] - lo[d]) / 254.0;
+            if s > 0.0 && s.is_finite() {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let codes = vectors
+        .chunks_exact(dim)
+        .flat_map(|v| {
+            (0..dim).map(|d| ((v[d] - offset[d]) / scale[d]).round().clamp(-127.0, 127.0) as i8)
+        })
+        .collect::<Vec<_>>();
+    (Params { scale, offset }, codes)
+}
+
+/// A query prepared for one collection's codes.
+pub struct PreparedQuery {
+    /// `q_d · scale_d`
+    pub folded: Vec<f32>,
+    /// `Σ q_d · offset_d`
+    pub constant: f32,
+    /// `‖q‖²`
+    pub norm2: f32,
+}
+
+impl PreparedQuery {
+    pub fn new() -> Self {
+        Self {
+            folded: Vec::new(),
+            constant: 0.0,
+            norm2: 0.0,
+        }
+    }
+
+    /// Refills `self` for `q` (reuses the buffer: no allocation once warmed up).
+    pub fn prepare(&mut self, q: &[f32], scale: &[f32], offset: &[f32]) {
+        self.folded.clear();
+        self.folded
+            .extend(q.iter().zip(scale).map(|(a, s)| a * s));
+        self.constant = distance::dot(q, offset);
+        self.norm2 = distance::dot(q, q);
+    }
+
+    /// Approximate internal distance (smaller is closer) to the item with `codes`.
+    #[inline(always)]
+    pub fn distance(&self, metric: Metric, codes: &[i8], item_norm2: f32) -> f32 {
+        let dot = dot_f32_i8(&self.folded, codes) + self.constant;
+        match metric {
+            Metric::Cosine => 1.0 - dot,
+            Metric::Dot => -dot,
+            Metric::L2 => (self.norm2 - 2.0 * dot + item_norm2).max(0.0),
+        }
+    }
+}
+
+impl Default for PreparedQuery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `Σ a_d · b_d` for f32 `a` and i8 `b`.
+pub fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static K: OnceLock<fn(&[f32], &[i8]) -> f32> = OnceLock::new();
+        let k = K.get_or_init(|| {
+            if std::env::var_os("EARSHOT_NO_SIMD").is_none() {
+                if is_x86_feature_detected!("avx512f") {
+                    return x86::dot_avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return x86::dot_avx2;
+                }
+            }
+            portable
+        });
+        k(a, b)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    portable(a, b)
+}
+
+fn portable(a: &[f32], b: &[i8]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0f32; 8];
+    let chunks = n / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i] as f32;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks..n {
+        s += a[i] * b[i] as f32;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    pub fn dot_avx512(a: &[f32], b: &[i8]) -> f32 {
+        // SAFETY: only selected after avx512f was detected.
+        unsafe { dot_avx512_impl(a, b) }
+    }
+    pub fn dot_avx2(a: &[f32], b: &[i8]) -> f32 {
+        // SAFETY: only selected after avx2 and fma were detected.
+        unsafe { dot_avx2_impl(a, b) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_avx512_impl(a: &[f32], b: &[i8]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            let b0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pb.add(i) as *const __m128i)));
+            let b1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pb.add(i + 16) as *const __m128i)));
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), b0, acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), b1, acc1);
+            i += 32;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i) as f32;
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2_impl(a: &[f32], b: &[i8]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(i) as *const __m128i)));
+            let b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(i + 8) as *const __m128i)));
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), b0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), b1, acc1);
+            i += 16;
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s4 = _mm_add_ps(lo, hi);
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        while i < n {
+            s += *pa.add(i) * *pb.add(i) as f32;
+            i += 1;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_agree_and_quantisation_is_close() {
+        for n in [1usize, 7, 16, 33, 64, 100, 384] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<i8> = (0..n).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+            let exact = portable(&a, &b);
+            assert!((dot_f32_i8(&a, &b) - exact).abs() < 1e-3 * (1.0 + exact.abs()), "n={n}");
+        }
+        // Un-normalised data with a skewed dimension keeps its resolution.
+        let dim = 4;
+        let data: Vec<f32> = (0..400)
+            .map(|i| match i % dim {
+                0 => 1000.0 + (i as f32).sin(),
+                1 => (i as f32 * 0.1).cos() * 0.001,
+                _ => (i as f32 * 0.3).sin() * 5.0,
+            })
+            .collect();
+        let (p, codes) = quantize(&data, dim);
+        let q = [0.5f32, 100.0, -1.0, 2.0];
+        let mut pq = PreparedQuery::new();
+        pq.prepare(&q, &p.scale, &p.offset);
+        for (v, c) in data.chunks_exact(dim).zip(codes.chunks_exact(dim)) {
+            let exact = distance::dot(&q, v);
+            let approx = -pq.distance(Metric::Dot, c, 0.0);
+            assert!((exact - approx).abs() < 0.05 * (1.0 + exact.abs()), "{exact} vs {approx}");
+        }
+    }
+}

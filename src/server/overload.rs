@@ -1,0 +1,200 @@
+//! Bounded concurrency for the query API: at most `max_concurrent` requests execute, at most
+//! `max_queue` wait (each no longer than `queue_timeout`), and every request finishes within
+//! `request_timeout`. Past that the answer is an immediate 503 with `Retry-After: 1` instead of
+//! latency that grows without bound.
+//!
+//! The body is read before a slot is taken (a slow client holds a connection, not an execution
+//! slot). The slot is a [`Permit`] the handler hands to the blocking task that runs the query,
+//! so a request that timed out keeps its slot until its computation really ends.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::{payload_too_large, ApiError};
+use super::limits::MAX_BODY_BYTES;
+use super::metrics::Metrics;
+use super::AppState;
+
+#[derive(Debug, Clone)]
+pub struct LimitOptions {
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for LimitOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            max_concurrent: 4 * cores,
+            max_queue: 256,
+            queue_timeout: Duration::from_millis(100),
+            request_timeout: Duration::from_millis(5000),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// An execution slot, shared by the request and the blocking task computing its answer.
+#[derive(Clone)]
+pub struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+pub struct Limiter {
+    opts: LimitOptions,
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    rejected: Family<ReasonLabel, Counter>,
+    queued_gauge: Gauge<i64, AtomicI64>,
+}
+
+impl Limiter {
+    pub fn new(opts: LimitOptions, m: &mut Metrics) -> Self {
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        for reason in ["queue_full", "queue_timeout", "timeout"] {
+            let _ = rejected.get_or_create(&ReasonLabel { reason });
+        }
+        let queued_gauge = Gauge::<i64, AtomicI64>::default();
+        m.registry.register(
+            "rejected",
+            "Requests answered 503: queue_full / queue_timeout (overloaded) or timeout",
+            rejected.clone(),
+        );
+        m.registry.register(
+            "queued_requests",
+            "Requests waiting for an execution slot",
+            queued_gauge.clone(),
+        );
+        let max_concurrent = opts.max_concurrent.max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            opts: LimitOptions {
+                max_concurrent,
+                ..opts
+            },
+            queued: AtomicUsize::new(0),
+            rejected,
+            queued_gauge,
+        }
+    }
+
+    pub fn options(&self) -> &LimitOptions {
+        &self.opts
+    }
+
+    /// A slot now, or after waiting in the bounded queue; `Err` when overloaded.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, &'static str> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.opts.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err("queue_full");
+        }
+        self.queued_gauge.inc();
+        // Leaves the queue however this future ends (also when the client goes away).
+        struct Leave<'a>(&'a Limiter);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.queued.fetch_sub(1, Ordering::AcqRel);
+                self.0.queued_gauge.dec();
+            }
+        }
+        let _leave = Leave(self);
+        match tokio::time::timeout(self.opts.queue_timeout, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err("queue_timeout"),
+        }
+    }
+
+    fn reject(&self, reason: &'static str) -> Response {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+        let err = if reason == "timeout" {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "the request did not finish within {} ms; retry later or ask for less",
+                    self.opts.request_timeout.as_millis()
+                ),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "the server is at capacity ({} executing, {} queued); retry after a second",
+                    self.opts.max_concurrent, self.opts.max_queue
+                ),
+            )
+        };
+        let mut resp = err.into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
+    }
+}
+
+/// Middleware for the query routes: read the body, take a slot, run within the deadline.
+pub async fn limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limiter = &state.limiter;
+    let deadline = tokio::time::Instant::now() + limiter.opts.request_timeout;
+    let (mut parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return payload_too_large().into_response();
+    }
+    let bytes = match tokio::time::timeout_at(
+        deadline,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Err(_) => return limiter.reject("timeout"),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return payload_too_large().into_response()
+        }
+        Ok(Err(e)) => {
+            return ApiError::bad_request(
+                "malformed_json",
+                format!("cannot read the request body: {e}"),
+            )
+            .into_response()
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let permit = match tokio::time::timeout_at(deadline, limiter.admit()).await {
+        Err(_) => return limiter.reject("timeout"),
+        Ok(Err(reason)) => return limiter.reject(reason),
+        Ok(Ok(p)) => p,
+    };
+    parts.extensions.insert(Permit(Arc::new(permit)));
+    let req = Request::from_parts(parts, Body::from(bytes));
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => limiter.reject("timeout"),
+    }
+}

@@ -1,0 +1,184 @@
+//! Search quality: for each metric, 20,000 clustered vectors built with the real CLI, then
+//! 200 fresh queries searched (in-process through the library at the server's default ef,
+//! and over HTTP through a real server using its own default) and compared with the exact
+//! top-10 computed here by brute force.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use earshot::collection::Collection;
+use earshot::format::Verify;
+use earshot::metric::Metric;
+use earshot::search::with_scratch;
+use serde_json::{json, Value};
+
+const N: usize = 20_000;
+const DIM: usize = 32;
+const QUERIES: usize = 200;
+const K: usize = 10;
+/// `earshot serve --default-ef` (src/main.rs): what a request without `ef` gets.
+const SERVER_DEFAULT_EF: usize = 64;
+const MIN_RECALL: f64 = 0.95;
+/// A result counts as a hit when it is no farther than the true k-th neighbour (+ slack for
+/// float rounding), so ties at the k-th distance are not held against the index.
+const SLACK: f64 = 1e-5;
+
+struct Data {
+    vectors: Vec<f32>,
+    queries: Vec<f32>,
+}
+
+fn data(metric: Metric, seed: u64) -> Data {
+    let mut rng = Rng::new(seed);
+    let cs = centres(&mut rng, 50, DIM);
+    let mut vectors = clustered(&mut rng, &cs, N, 0.5);
+    let mut queries = clustered(&mut rng, &cs, QUERIES, 0.5);
+    if metric == Metric::Dot {
+        // Maximum inner product search only differs from cosine when norms vary.
+        for v in vectors
+            .chunks_exact_mut(DIM)
+            .chain(queries.chunks_exact_mut(DIM))
+        {
+            let s = (rng.gauss() * 0.4).exp() as f32;
+            v.iter_mut().for_each(|x| *x *= s);
+        }
+    }
+    Data { vectors, queries }
+}
+
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Cosine => "cosine",
+        Metric::L2 => "l2",
+        Metric::Dot => "dot",
+    }
+}
+
+/// Counts hits of `got` (rows of the test's data) against the exact top-k of `query`.
+fn hits(metric: Metric, truth: &[f32], query: &[f32], got: &[usize]) -> usize {
+    let exact = exact_top_k(metric, truth, DIM, query, K, |_| false);
+    let kth = exact[K - 1].0;
+    got.iter()
+        .filter(|&&row| distance(metric, query, &truth[row * DIM..(row + 1) * DIM]) <= kth + SLACK)
+        .count()
+}
+
+fn check(metric: Metric, seed: u64) {
+    let name = metric_name(metric);
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(metric, seed);
+    let npy = dir.path().join("vectors.npy");
+    write_npy(&npy, DIM, &d.vectors);
+    let root = dir.path().join("indexes");
+    let out = root.join(name);
+    let mut args = build_args(&npy, None, name, &out);
+    args.extend(["--threads".into(), "1".into()]);
+    earshot(&args).assert_ok();
+
+    // What the index compares: unit vectors under cosine, the raw ones otherwise.
+    let (truth, queries) = if metric == Metric::Cosine {
+        (
+            normalized_rows(&d.vectors, DIM),
+            normalized_rows(&d.queries, DIM),
+        )
+    } else {
+        (d.vectors.clone(), d.queries.clone())
+    };
+
+    in_process(metric, &out, &truth, &queries);
+    over_http(metric, &root, name, &truth, &d.queries, &queries);
+}
+
+fn in_process(metric: Metric, dir: &Path, truth: &[f32], queries: &[f32]) {
+    let c = Collection::open(dir, Verify::Full).expect("open the built collection");
+    assert_eq!(c.len(), N);
+    assert_eq!(c.dim(), DIM);
+    assert_eq!(c.manifest.metric, metric);
+    let graph = c.graph();
+    let mut found = 0;
+    for q in queries.chunks_exact(DIM) {
+        let mut out = Vec::new();
+        with_scratch(|s| graph.search(q, K, SERVER_DEFAULT_EF, |_| true, false, s, &mut out));
+        assert_eq!(out.len(), K);
+        // Without --meta the IDs are the row numbers of the input: map through them
+        // rather than trusting the internal row.
+        let rows: Vec<usize> = out
+            .iter()
+            .map(|h| c.id(h.row).parse::<usize>().expect("numeric id"))
+            .collect();
+        let mut uniq = rows.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), K, "duplicate rows {rows:?}");
+        for w in out.windows(2) {
+            assert!(w[0].dist <= w[1].dist, "results not sorted: {out:?}");
+        }
+        found += hits(metric, truth, q, &rows);
+    }
+    let r = found as f64 / (QUERIES * K) as f64;
+    eprintln!("{metric:?}: in-process recall@{K} at ef={SERVER_DEFAULT_EF}: {r:.4}");
+    assert!(
+        r >= MIN_RECALL,
+        "{metric:?}: recall@{K} {r:.4} < {MIN_RECALL} (library search, ef {SERVER_DEFAULT_EF})"
+    );
+}
+
+fn over_http(
+    metric: Metric,
+    root: &Path,
+    name: &str,
+    truth: &[f32],
+    raw_queries: &[f32],
+    queries: &[f32],
+) {
+    let server = Server::start(root, &[]);
+    let batch: Vec<Value> = raw_queries
+        .chunks_exact(DIM)
+        .map(|q| json!({"type": "search", "collection": name, "vector": q, "k": K}))
+        .collect();
+    let v = server
+        .post_json("/v1/batch", &json!({ "queries": batch }))
+        .ok_json();
+    let responses = v["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), QUERIES);
+    let mut found = 0;
+    for (resp, q) in responses.iter().zip(queries.chunks_exact(DIM)) {
+        let items = check_results(resp);
+        assert_eq!(items.len(), K, "{resp}");
+        let rows: Vec<usize> = items.iter().map(|(id, _)| id.parse().unwrap()).collect();
+        for ((_, score), &row) in items.iter().zip(&rows) {
+            let want = score_of(
+                metric,
+                distance(metric, q, &truth[row * DIM..(row + 1) * DIM]),
+            );
+            assert!(
+                (score - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{metric:?}: score {score} for row {row}, exact {want}"
+            );
+        }
+        found += hits(metric, truth, q, &rows);
+    }
+    let r = found as f64 / (QUERIES * K) as f64;
+    eprintln!("{metric:?}: HTTP recall@{K} at the server's default ef: {r:.4}");
+    assert!(
+        r >= MIN_RECALL,
+        "{metric:?}: recall@{K} {r:.4} < {MIN_RECALL} (POST /v1/batch, default ef)"
+    );
+}
+
+#[test]
+fn recall_cosine() {
+    check(Metric::Cosine, 11);
+}
+
+#[test]
+fn recall_l2() {
+    check(Metric::L2, 22);
+}
+
+#[test]
+fn recall_dot() {
+    check(Metric::Dot, 33);
+}
