@@ -186,7 +186,8 @@ fn push_once(v: &mut Vec<&'static str>, s: &'static str) {
 
 fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Shape) -> Selection {
     let k = shape.k;
-    // Emerging slots are reserved only as far as emerging items are within reach.
+    // Emerging slots are reserved only as far as emerging items are within reach — and,
+    // under a per-creator cap, as far as the cap lets their creators contribute.
     let quota = shape.emerging.map_or(0, |e| {
         let reachable: HashSet<u32> = pools
             .iter()
@@ -194,7 +195,17 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
             .filter(|h| e.eligible(c, h.row))
             .map(|h| h.row)
             .collect();
-        e.slots(k).min(reachable.len())
+        let usable = match shape.max_per_creator {
+            None => reachable.len(),
+            Some(cap) => {
+                let mut per: HashMap<u32, usize> = HashMap::new();
+                for &r in &reachable {
+                    *per.entry(c.creator_index(r).unwrap_or(u32::MAX - r)).or_default() += 1;
+                }
+                per.values().map(|&n| n.min(cap)).sum()
+            }
+        };
+        e.slots(k).min(usable)
     });
     let mut p = Picker {
         c,
