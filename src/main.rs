@@ -270,7 +270,10 @@ fn run_activate(link: &std::path::Path, version: &str, force: bool) -> anyhow::R
                 v.name
             )));
         }
-        eprintln!("warning: activating {} although it fails verification: {e:#}", v.name);
+        eprintln!(
+            "warning: activating {} although it fails verification: {e:#}",
+            v.name
+        );
     }
     writer::activate(link, &v.name)?;
     println!(

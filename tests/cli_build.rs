@@ -240,11 +240,14 @@ fn existing_out_needs_force_and_force_replaces() {
     let sub = dir.path().join("b");
     std::fs::create_dir(&sub).unwrap();
     let (b, npy_b, csv_b) = small_inputs(&sub, 80, 4, 9);
-    earshot(build_args(&npy_b, Some(&csv_b), "l2", &out)).assert_fails_with(&[
-        "already exists",
-        "--force",
-        "tracks",
-    ]);
+    let refused = earshot(build_args(&npy_b, Some(&csv_b), "l2", &out));
+    refused.assert_fails_with(&["already exists", "--force", "tracks"]);
+    // Refused up front, not after building the whole graph.
+    assert!(
+        !refused.stderr.contains("tracks: "),
+        "the graph was built before the existing --out was refused:\n{}",
+        refused.stderr
+    );
     // The refused build changed nothing.
     assert_eq!(
         std::fs::read_to_string(out.join("manifest.json")).unwrap(),
@@ -430,4 +433,42 @@ fn killed_build_leaves_nothing_loadable_and_next_build_recovers() {
         .collect();
     assert_eq!(names, ["tracks"]);
     assert_eq!(v["collections"][0]["count"].as_u64(), Some(500));
+}
+
+#[test]
+fn csv_with_bom_crlf_and_quoting_builds() {
+    // As spreadsheet programs export it: a UTF-8 byte-order mark, CRLF line ends, quoted
+    // fields with commas and quotes, and columns in another order.
+    let dir = tempfile::tempdir().unwrap();
+    let vectors: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 + 1.0).collect();
+    let npy = dir.path().join("v.npy");
+    write_npy(&npy, 3, &vectors);
+    let csv = dir.path().join("meta.csv");
+    std::fs::write(
+        &csv,
+        "\u{feff}popularity,creator,track_id\r\n\
+         1.5,\"Smith, Jane\",a\r\n\
+         ,\"The \"\"Band\"\"\",\"b,2\"\r\n\
+         3,,c\r\n\
+         4,\"Smith, Jane\",d\r\n",
+    )
+    .unwrap();
+    let out = dir.path().join("idx/t");
+    earshot(build_args(&npy, Some(&csv), "l2", &out)).assert_ok();
+    let c = Collection::open(&out, Verify::Full).unwrap();
+    assert_eq!(c.len(), 4);
+    let expect = [
+        ("a", Some("Smith, Jane"), Some(1.5)),
+        ("b,2", Some("The \"Band\""), None),
+        ("c", None, Some(3.0)),
+        ("d", Some("Smith, Jane"), Some(4.0)),
+    ];
+    for (row, (id, creator, pop)) in expect.iter().enumerate() {
+        let r = c.row_of(id).unwrap_or_else(|| panic!("{id:?} missing"));
+        assert_eq!(r as usize, row);
+        assert_eq!(c.creator(r), *creator);
+        assert_eq!(c.popularity(r), *pop);
+        assert_eq!(c.vector(r), &vectors[row * 3..row * 3 + 3]);
+    }
+    assert_eq!(c.manifest.creators, 2);
 }

@@ -426,6 +426,43 @@ fn taste_includes_history_when_asked() {
 }
 
 #[test]
+fn taste_weights_are_relative_at_any_scale() {
+    // Weights are documented as relative (any finite number > 0): scaling them all by the
+    // same factor must not change the answer.
+    let f = fx();
+    let (a, b) = (&f.cat.ids[10], &f.cat.ids[2000]);
+    let taste = |wa: f64, wb: f64| {
+        f.server.post_json(
+            "/v1/taste/tracks",
+            &json!({"history": [{"id": a, "weight": wa}, {"id": b, "weight": wb}], "k": 10}),
+        )
+    };
+    let ids =
+        |v: &Value| -> Vec<String> { check_results(v).into_iter().map(|(id, _)| id).collect() };
+    let equal = ids(&taste(1.0, 1.0).ok_json());
+    let skewed = ids(&taste(2.0, 1.0).ok_json());
+    for (wa, wb, want) in [
+        (1e30, 1e30, &equal),
+        (2e-30, 1e-30, &skewed),
+        // Each weight is a valid f32; only their sum or products leave its range.
+        (3e38, 3e38, &equal),
+        (2e-40, 1e-40, &skewed),
+    ] {
+        let r = taste(wa, wb);
+        assert_eq!(
+            r.status, 200,
+            "weights {wa:e} and {wb:e} (valid: finite and > 0) were refused: {}",
+            r.body
+        );
+        assert_eq!(
+            &ids(&r.json()),
+            want,
+            "weights {wa:e} and {wb:e} rank differently from the same weights at scale 1"
+        );
+    }
+}
+
+#[test]
 fn taste_across_collections() {
     let f = fx();
     let (mut hits, mut total) = (0, 0);
@@ -965,6 +1002,62 @@ fn sigterm_exits_zero_promptly() {
         sent.elapsed()
     );
     assert_no_panic(&s.stderr());
+}
+
+/// Starts a server whose stdout goes straight into a shell that sends SIGTERM the moment
+/// the `listening on` line arrives (with its builtin `kill`, so within microseconds, as a
+/// supervisor watching for the line would). Returns the server's exit status and stderr.
+fn serve_then_term_on_listening_line(root: &std::path::Path) -> (std::process::ExitStatus, String) {
+    use std::process::{Command, Stdio};
+    let mut server = Command::new(BIN)
+        .arg("serve")
+        .arg("--index-root")
+        .arg(root)
+        .args(["--addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let mut stderr = server.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut killer = Command::new("sh")
+        .arg("-c")
+        .arg(r#"while read -r line; do case "$line" in "listening on "*) kill -TERM "$1"; exit 0;; esac; done; exit 1"#)
+        .arg("sh")
+        .arg(server.id().to_string())
+        .stdin(Stdio::from(stdout))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (killer_status, _) = wait_timeout(&mut killer, Duration::from_secs(60));
+    let (status, timed_out) = wait_timeout(&mut server, Duration::from_secs(10));
+    let stderr = errors.join().unwrap();
+    assert!(killer_status.success(), "no `listening on` line:\n{stderr}");
+    assert!(!timed_out, "no exit within 10 s of SIGTERM:\n{stderr}");
+    (status, stderr)
+}
+
+#[test]
+fn sigterm_right_after_the_listening_line_exits_zero() {
+    // A supervisor may stop the server as soon as it has announced itself. The line must
+    // therefore come after the SIGTERM handler is in place, or the signal's default action
+    // kills the process (no drain, no exit 0).
+    let f = fx();
+    for attempt in 1..=20 {
+        let (status, stderr) = serve_then_term_on_listening_line(&f.root);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "attempt {attempt}: SIGTERM sent right after `listening on` ended the server with \
+             {status} instead of a graceful exit 0\n{stderr}"
+        );
+    }
 }
 
 #[test]

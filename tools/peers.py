@@ -56,9 +56,12 @@ Libraries (--libs, comma-separated):
   usearch-i8     the same with dtype 'i8'. usearch quantises f32 to i8 as clamp(x*127) so it is only
                  meaningful for vectors within [-1, 1]: for cosine, base and queries are normalised first;
                  for l2/dot it is skipped (with a note) when base or queries leave [-1, 1]
+  hnswlib-batch  NOT a separate index, optional: hnswlib as above, but each pass is ONE knn_query call over the
+                 whole query matrix with num_threads=1, so the difference to "hnswlib" is the Python per-call
+                 overhead (argument conversion, result allocation) of one call per query
   annoy          NOT HNSW, optional: AnnoyIndex angular / euclidean / dot, n_trees=100 (--annoy-trees),
                  and each ef maps to search_k = ef * k_asked * 10 (k_asked = k, or k+1 with --skip-self)
-Default --libs is every one of them except annoy.
+Default --libs is every one of them except annoy and hnswlib-batch.
 
 Output: one JSON line per (lib, ef) on stdout, e.g.
   {"lib":"hnswlib","ef":32,"recall":0.965,"qps":5768.1,"build_s":29.1,"k":10,...}
@@ -77,8 +80,9 @@ import time
 
 import numpy as np
 
-ALL_LIBS = ["hnswlib", "voyager-f32", "voyager-e4m3", "faiss-hnsw", "usearch-f32", "usearch-i8", "annoy"]
-DEFAULT_LIBS = [lib for lib in ALL_LIBS if lib != "annoy"]
+ALL_LIBS = ["hnswlib", "voyager-f32", "voyager-e4m3", "faiss-hnsw", "usearch-f32", "usearch-i8", "annoy",
+            "hnswlib-batch"]
+DEFAULT_LIBS = [lib for lib in ALL_LIBS if lib not in ("annoy", "hnswlib-batch")]
 EPS = 1e-6
 WARMUP = 100
 
@@ -93,6 +97,15 @@ def rss_mb():
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError):
         return float("nan")
+
+
+def loadavg1():
+    """1-minute load average (the machine is shared: recorded with every measurement)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------- exact distances
@@ -152,6 +165,18 @@ class HnswlibLib:
 
     def search(self, q, k):
         return self.idx.knn_query(q, k=k, num_threads=1)[0][0]
+
+
+class HnswlibBatchLib(HnswlibLib):
+    """hnswlib, all queries in one knn_query call on one thread (measures the per-call overhead)."""
+    name = "hnswlib-batch"
+    batched = True
+
+    def prep_queries(self, q):
+        return np.ascontiguousarray(q, dtype=np.float32)
+
+    def search_all(self, qs, k):
+        return self.idx.knn_query(qs, k=k, num_threads=1)[0]
 
 
 class VoyagerLib:
@@ -265,6 +290,8 @@ class AnnoyLib:
 def make_lib(name, metric):
     if name == "hnswlib":
         return HnswlibLib(metric)
+    if name == "hnswlib-batch":
+        return HnswlibBatchLib(metric)
     if name in ("voyager-f32", "voyager-e4m3"):
         return VoyagerLib(metric, name == "voyager-e4m3")
     if name == "faiss-hnsw":
@@ -458,21 +485,31 @@ def main(argv=None):
         qs = lib.prep_queries(queries)
         for ef in efs:
             lib.set_ef(ef, k_ask)
-            for i in range(min(WARMUP, nq)):  # untimed warm-up
-                lib.search(qs[i], k_ask)
+            batched = getattr(lib, "batched", False)
+            if batched:
+                lib.search_all(qs[:WARMUP], k_ask)  # untimed warm-up
+            else:
+                for i in range(min(WARMUP, nq)):  # untimed warm-up
+                    lib.search(qs[i], k_ask)
             search = lib.search
             results = [None] * nq
             dt, total, passes = math.inf, 0.0, 0
             while passes == 0 or (total < a.min_time and passes < 50):
                 t0 = time.perf_counter()
-                for i in range(nq):
-                    results[i] = search(qs[i], k_ask)
+                if batched:
+                    results = list(lib.search_all(qs, k_ask))
+                else:
+                    for i in range(nq):
+                        results[i] = search(qs[i], k_ask)
                 t = time.perf_counter() - t0
                 dt, total, passes = min(dt, t), total + t, passes + 1
             recall = score(exact, queries_prep, results, kth, a.k, self_rows)
             row = {"lib": name, "ef": ef, "recall": round(recall, 4), "qps": round(nq / dt, 1),
                    "build_s": round(build_s, 2), "k": a.k, "mem_mb": round(mem_mb, 1), "n_queries": nq,
-                   "metric": a.metric, "m": a.m, "ef_construction": a.ef_construction, "passes": passes}
+                   "metric": a.metric, "m": a.m, "ef_construction": a.ef_construction, "passes": passes,
+                   "load1": loadavg1()}
+            if batched:
+                row["batched"] = True
             if name == "annoy":
                 row["search_k"] = lib.search_k
                 row["n_trees"] = a.annoy_trees

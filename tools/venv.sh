@@ -5,8 +5,8 @@
 #   .venv/bin/python tools/peers.py --help
 #
 # The venv lives at <repo>/.venv and holds the exact versions pinned in tools/requirements-peers.txt
-# (numpy, hnswlib, voyager, faiss-cpu, usearch, annoy). hnswlib has no wheel for every platform and may be
-# compiled from source: gcc/g++ and python3-dev (or the python's own headers) must be present.
+# (numpy, hnswlib, voyager, faiss-cpu, usearch, annoy; matplotlib for tools/bench_report.py). hnswlib has no
+# wheel for every platform and may be compiled from source: gcc/g++ and python3-dev (or the python's own headers) must be present.
 # Re-runs compare a hash of the requirements file with the one recorded after the last successful install
 # and do nothing if they match. Set PYTHON=/path/to/python3 to pick the interpreter (default: python3).
 set -euo pipefail
@@ -31,7 +31,7 @@ fi
 echo "venv.sh: installing pinned peers from $req (hnswlib may compile from source; ~1 min)" >&2
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
-"$venv/bin/python" -c 'import numpy, hnswlib, voyager, faiss, usearch.index, annoy' >&2
+"$venv/bin/python" -c 'import numpy, hnswlib, voyager, faiss, usearch.index, annoy, matplotlib' >&2
 
 echo "$want" > "$stamp"
 echo "venv.sh: ready: $venv/bin/python" >&2

@@ -305,8 +305,7 @@ pub fn plan_output(out: &Path, versioned: bool, force: bool) -> anyhow::Result<O
         _ => false,
     };
     let home = versions_home(out)?;
-    std::fs::create_dir_all(&home)
-        .with_context(|| format!("cannot create {}", home.display()))?;
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     remove_dead_temps(&home);
     let base = version_name(std::time::SystemTime::now());
     let mut version = base.clone();
@@ -324,9 +323,9 @@ pub fn plan_output(out: &Path, versioned: bool, force: bool) -> anyhow::Result<O
     })
 }
 
-/// `20250101T120000Z-PID`: sorts by time, and two builds never collide.
+/// `20250101T120000.123Z-PID`: sorts by time, and two builds never collide.
 fn version_name(t: std::time::SystemTime) -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(t)
+    let stamp: String = humantime::format_rfc3339_millis(t)
         .to_string()
         .chars()
         .filter(|c| *c != '-' && *c != ':')
@@ -432,13 +431,13 @@ pub fn list_versions(link: &Path) -> anyhow::Result<Vec<VersionEntry>> {
 pub fn find_version(link: &Path, version: &str) -> anyhow::Result<VersionEntry> {
     let list = list_versions(link)?;
     if version == "previous" {
-        let at = list.iter().position(|v| v.active).with_context(|| {
-            format!("{} points to no listed version", link.display())
-        })?;
-        return at
-            .checked_sub(1)
-            .map(|i| list[i].clone())
-            .with_context(|| format!("{} has no version before {}", link.display(), list[at].name));
+        let at = list
+            .iter()
+            .position(|v| v.active)
+            .with_context(|| format!("{} points to no listed version", link.display()))?;
+        return at.checked_sub(1).map(|i| list[i].clone()).with_context(|| {
+            format!("{} has no version before {}", link.display(), list[at].name)
+        });
     }
     if let Err(problem) = check_name(version) {
         anyhow::bail!("version name {version:?} {problem}");
@@ -469,10 +468,18 @@ pub fn activate(link: &Path, version: &str) -> anyhow::Result<()> {
     switch_link(link, &v.name)
 }
 
-/// Deletes versions of `link` beyond the newest `keep` (at least 1), never the active one.
-/// A server still reading a deleted version keeps its mapped files until it lets go of them.
+/// Deletes versions of `link` beyond the newest `keep` (at least 1), never the active one,
+/// and only those named by a build (`YYYYMMDDTHHMMSS…`): a directory placed there by hand is
+/// left alone. A server still reading a deleted version keeps its mapped files until it lets
+/// go of them.
 pub fn prune(link: &Path, keep: usize) -> anyhow::Result<Vec<String>> {
-    let list = list_versions(link)?;
+    let built_name = |n: &str| {
+        n.len() > 9 && n.as_bytes()[..8].iter().all(u8::is_ascii_digit) && n.as_bytes()[8] == b'T'
+    };
+    let list: Vec<VersionEntry> = list_versions(link)?
+        .into_iter()
+        .filter(|v| built_name(&v.name))
+        .collect();
     let keep = keep.max(1);
     let mut removed = Vec::new();
     for (i, v) in list.iter().enumerate() {
@@ -528,7 +535,7 @@ mod tests {
     fn version_names_sort_by_time() {
         let t = humantime::parse_rfc3339("2025-03-04T05:06:07Z").unwrap();
         let v = version_name(t);
-        assert!(v.starts_with("20250304T050607Z-"), "{v}");
+        assert!(v.starts_with("20250304T050607.000Z-"), "{v}");
         let later = version_name(t + std::time::Duration::from_secs(3600));
         assert!(later > v);
     }

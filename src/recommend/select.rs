@@ -53,7 +53,7 @@ const MAX_WALK: usize = 4096;
 
 /// Exact scans are chosen when the filter admits at most this many items.
 fn scan_threshold(n: usize) -> usize {
-    (n / 50).max(2_000)
+    (n / 50).max(1_000)
 }
 
 /// The `size` nearest admissible items to `query`, nearest first. The second value says

@@ -24,7 +24,8 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
         error: Option<ErrorDetail<'a>>,
         collections: &'a std::collections::BTreeMap<String, Outcome>,
     }
-    let message = format!("{refused} collection(s) refused their new version; the old one keeps serving");
+    let message =
+        format!("{refused} collection(s) refused their new version; the old one keeps serving");
     let body = Body {
         error: (refused > 0).then(|| ErrorDetail {
             code: "swap_refused",

@@ -144,10 +144,7 @@ fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = std::fs::metadata(path) {
         if m.permissions().mode() & 0o004 != 0 {
-            tracing::warn!(
-                "{} is readable by every user: chmod 600 it",
-                path.display()
-            );
+            tracing::warn!("{} is readable by every user: chmod 600 it", path.display());
         }
     }
 }
@@ -256,7 +253,10 @@ mod tests {
         assert_eq!(presented(&h), None);
         h.insert("x-api-key", HeaderValue::from_static("k1"));
         assert_eq!(presented(&h), Some(&b"k1"[..]));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  k2"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  k2"),
+        );
         assert_eq!(presented(&h), Some(&b"k2"[..]));
     }
 }

@@ -167,25 +167,22 @@ pub async fn limit(State(state): State<Arc<AppState>>, req: Request, next: Next)
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return payload_too_large().into_response();
     }
-    let bytes = match tokio::time::timeout_at(
-        deadline,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await
-    {
-        Err(_) => return limiter.reject("timeout"),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return payload_too_large().into_response()
-        }
-        Ok(Err(e)) => {
-            return ApiError::bad_request(
-                "malformed_json",
-                format!("cannot read the request body: {e}"),
-            )
-            .into_response()
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-    };
+    let bytes =
+        match tokio::time::timeout_at(deadline, Limited::new(body, MAX_BODY_BYTES).collect()).await
+        {
+            Err(_) => return limiter.reject("timeout"),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return payload_too_large().into_response()
+            }
+            Ok(Err(e)) => {
+                return ApiError::bad_request(
+                    "malformed_json",
+                    format!("cannot read the request body: {e}"),
+                )
+                .into_response()
+            }
+            Ok(Ok(c)) => c.to_bytes(),
+        };
     let permit = match tokio::time::timeout_at(deadline, limiter.admit()).await {
         Err(_) => return limiter.reject("timeout"),
         Ok(Err(reason)) => return limiter.reject(reason),

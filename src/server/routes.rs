@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::limits::MAX_BATCH;
 use super::overload::Permit;
 use super::query::{
-    Answer, BatchQuery, ListExplanation, BatchRequest, ResultItem, SearchRequest, SimilarParams, SimilarRequest,
-    TasteRequest,
+    Answer, BatchQuery, BatchRequest, ListExplanation, ResultItem, SearchRequest, SimilarParams,
+    SimilarRequest, TasteRequest,
 };
 use super::AppState;
 
@@ -235,7 +235,10 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
             built_at: &c.manifest.built_at,
             builder: &c.manifest.builder,
             mapped_bytes: c.mapped_bytes(),
-            version: live.versions.get(&c.name).map_or("", |v| v.version.as_str()),
+            version: live
+                .versions
+                .get(&c.name)
+                .map_or("", |v| v.version.as_str()),
             loaded_at: live
                 .versions
                 .get(&c.name)
