@@ -135,6 +135,10 @@ impl Fixture {
     fn check_track_metadata(&self, v: &Value) {
         for r in results(v) {
             let row = self.row(r["id"].as_str().unwrap());
+            assert!(
+                r.get("creator").is_some() && r.get("popularity").is_some(),
+                "creator and popularity must be present (null when unknown): {r}"
+            );
             let creator = &self.cat.creators[row];
             if creator.is_empty() {
                 assert!(r["creator"].is_null(), "row {row} has no creator: {r}");
@@ -357,7 +361,8 @@ fn search_on_l2_collection() {
     for r in results(&v) {
         // IDs are row numbers without --meta; no creator or popularity.
         let row: usize = r["id"].as_str().unwrap().parse().unwrap();
-        assert!(r["creator"].is_null() && r["popularity"].is_null(), "{r}");
+        assert!(r.get("creator") == Some(&Value::Null), "{r}");
+        assert!(r.get("popularity") == Some(&Value::Null), "{r}");
         let want = score_of(
             Metric::L2,
             l2sq64(&q, &f.small[row * SMALL_DIM..(row + 1) * SMALL_DIM]),
@@ -1063,7 +1068,7 @@ fn sigterm_right_after_the_listening_line_exits_zero() {
 #[test]
 fn sigterm_drains_with_readyz_503_then_exits_zero() {
     let f = fx();
-    let mut s = Server::start(&f.root, &["--drain-seconds", "2"]);
+    let mut s = Server::start(&f.root, &["--drain-seconds", "3"]);
     assert_eq!(s.get("/readyz").status, 200);
     signal(s.pid(), "TERM");
     // During the drain the listener still answers, and /readyz says 503.

@@ -419,8 +419,11 @@ fn versioned_builds_list_activate_and_prune() {
     assert_eq!(names, std::slice::from_ref(&v4));
 
     // Names that are not versions, and versions that fail verification.
-    earshot(["activate".as_ref(), link.as_os_str(), "../../etc".as_ref()])
-        .assert_fails_with(&["version name", "../../etc", "starts with '.'"]);
+    earshot(["activate".as_ref(), link.as_os_str(), "../../etc".as_ref()]).assert_fails_with(&[
+        "version name",
+        "../../etc",
+        "starts with '.'",
+    ]);
     earshot(["activate".as_ref(), link.as_os_str(), "a/../../b".as_ref()])
         .assert_fails_with(&["version name", "'..'"]);
     earshot(["activate".as_ref(), link.as_os_str(), "nope".as_ref()])
@@ -704,6 +707,26 @@ fn watch_interval_swaps_without_a_signal_and_does_not_retry_a_refused_version() 
         "an unchanged refused version was retried"
     );
     assert_eq!(served_version(&s.addr, "tracks"), v2);
+    assert_serving(&s, &f);
+    // A link left dangling is reported once, not at every poll.
+    std::fs::remove_dir_all(&bad).unwrap();
+    wait_until(
+        "the dangling link's refusal",
+        Duration::from_secs(30),
+        || refusals(&s.addr) == 2.0,
+    );
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        refusals(&s.addr),
+        2.0,
+        "a dangling link was reported at every poll"
+    );
+    assert_eq!(
+        s.stderr().matches("cannot resolve").count(),
+        1,
+        "{}",
+        s.stderr()
+    );
     assert_serving(&s, &f);
 }
 
@@ -1077,7 +1100,10 @@ fn names_and_symlinks_cannot_leave_the_index_root() {
 fn sigterm_drains_an_in_flight_request() {
     let f = Fixture::new(500);
     f.build(&[]);
-    let mut s = Server::start(&f.root, &["--drain-seconds", "1"]);
+    let mut s = Server::start(
+        &f.root,
+        &["--drain-seconds", "1", "--request-timeout-ms", "60000"],
+    );
     let body = json!({"collection": "tracks", "vector": f.cat.row(5), "k": 3}).to_string();
     let req = request_bytes(&s.addr, "POST", "/v1/search", &[], Some(&body));
     let split = req.len() - body.len() / 2;

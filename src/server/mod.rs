@@ -129,6 +129,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
 pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<()> {
     let started = Instant::now();
+    // From here on SIGHUP means "reload" (one arriving while loading is acted on once ready)
+    // instead of terminating the process.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     let verify = if opts.lazy {
         Verify::Lazy
     } else {
@@ -153,11 +158,8 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
         limiter,
         keys,
     });
-    // SIGHUP reloads (and no longer terminates) from here on.
     #[cfg(unix)]
     {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot install the SIGHUP handler")?;
         let r = registry.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {

@@ -386,8 +386,9 @@ pub struct Registry {
     metrics: SwapMetrics,
     /// Held for the whole of a reload: reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
-    /// The last refused target per collection (the watch poll does not retry it).
-    refused: Mutex<HashMap<String, Identity>>,
+    /// What was last refused or reported missing per collection (a target's identity or the
+    /// problem's text): the watch poll neither retries nor re-reports it.
+    reported: Mutex<HashMap<String, String>>,
 }
 
 impl Registry {
@@ -442,7 +443,7 @@ impl Registry {
             allow_schema_change,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
-            refused: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
         })
     }
 
@@ -481,7 +482,9 @@ impl Registry {
         let mut changed = false;
         for p in problems {
             let serving = current.versions.get(&p.name).map(|s| s.version.clone());
-            self.refuse(&p.name, None, None, &p.reason, serving.as_deref(), trigger);
+            if !self.seen(trigger, &p.name, &p.reason) {
+                self.refuse(&p.name, None, &p.reason, serving.as_deref(), trigger);
+            }
             outcomes.insert(
                 p.name.clone(),
                 Outcome::Refused {
@@ -503,9 +506,7 @@ impl Registry {
                 continue;
             }
             let serving = old.map(|o| o.version.clone());
-            if trigger == Trigger::Watch
-                && self.refused.lock().unwrap().get(&c.name) == Some(&c.identity)
-            {
+            if self.seen(trigger, &c.name, &fingerprint(c.identity)) {
                 // Refused before and not changed since: not worth another full verification.
                 outcomes.insert(
                     c.name.clone(),
@@ -545,7 +546,7 @@ impl Registry {
                             collection: c.name.clone(),
                         })
                         .inc();
-                    self.refused.lock().unwrap().remove(&c.name);
+                    self.reported.lock().unwrap().remove(&c.name);
                     outcomes.insert(
                         c.name.clone(),
                         Outcome::Swapped {
@@ -559,9 +560,12 @@ impl Registry {
                     changed = true;
                 }
                 Err(reason) => {
+                    self.reported
+                        .lock()
+                        .unwrap()
+                        .insert(c.name.clone(), fingerprint(c.identity));
                     self.refuse(
                         &c.name,
-                        Some(c),
                         c.version.as_deref(),
                         &reason,
                         serving.as_deref(),
@@ -580,11 +584,13 @@ impl Registry {
         }
         for (name, served) in &current.versions {
             if !outcomes.contains_key(name) {
-                tracing::warn!(
-                    collection = %name,
-                    version = %served.version,
-                    "gone from the index root; still serving the loaded version (restart to drop it)"
-                );
+                if !self.seen(trigger, name, "missing") {
+                    tracing::warn!(
+                        collection = %name,
+                        version = %served.version,
+                        "gone from the index root; still serving the loaded version (restart to drop it)"
+                    );
+                }
                 outcomes.insert(
                     name.clone(),
                     Outcome::Missing {
@@ -607,10 +613,16 @@ impl Registry {
         }
     }
 
+    /// Records `what` as reported for `name`; true if the watch poll reported it already.
+    fn seen(&self, trigger: Trigger, name: &str, what: &str) -> bool {
+        let mut reported = self.reported.lock().unwrap();
+        let before = reported.insert(name.to_string(), what.to_string());
+        trigger == Trigger::Watch && before.as_deref() == Some(what)
+    }
+
     fn refuse(
         &self,
         name: &str,
-        candidate: Option<&Candidate>,
         version: Option<&str>,
         reason: &str,
         serving: Option<&str>,
@@ -629,13 +641,11 @@ impl Registry {
                 collection: name.to_string(),
             })
             .inc();
-        if let Some(c) = candidate {
-            self.refused
-                .lock()
-                .unwrap()
-                .insert(name.to_string(), c.identity);
-        }
     }
+}
+
+fn fingerprint(id: Identity) -> String {
+    format!("target {}:{}", id.0, id.1)
 }
 
 /// A new version must keep the dimension and metric of the one it replaces: clients send
