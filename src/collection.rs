@@ -229,13 +229,17 @@ impl Collection {
     /// The graph; `quantized = false` walks the exact f32 vectors even when codes exist.
     pub fn graph_with(&self, quantized: bool) -> Graph<'_> {
         let h = &self.manifest.hnsw;
-        let quant = self.quant.as_ref().filter(|_| quantized).map(|q| Quantized {
-            codes: q.codes.as_slice(),
-            scale: q.scale.as_slice(),
-            offset: q.offset.as_slice(),
-            sqnorms: q.sqnorms.as_slice(),
-            metric: self.manifest.metric,
-        });
+        let quant = self
+            .quant
+            .as_ref()
+            .filter(|_| quantized)
+            .map(|q| Quantized {
+                codes: q.codes.as_slice(),
+                scale: q.scale.as_slice(),
+                offset: q.offset.as_slice(),
+                sqnorms: q.sqnorms.as_slice(),
+                metric: self.manifest.metric,
+            });
         Graph {
             vectors: self.vectors.as_slice(),
             dim: self.manifest.dim as usize,

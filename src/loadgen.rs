@@ -74,12 +74,18 @@ impl Target {
 }
 
 pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.duration > 0.0 && a.connections > 0, "--duration and --connections must be positive");
+    anyhow::ensure!(
+        a.duration > 0.0 && a.connections > 0,
+        "--duration and --connections must be positive"
+    );
     let c = Collection::open(&a.index, Verify::Lazy)?;
     let name = &c.name;
     let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
     let step = (c.len() / 4096).max(1);
-    let ids: Vec<String> = (0..c.len()).step_by(step).map(|r| c.id(r as u32).to_string()).collect();
+    let ids: Vec<String> = (0..c.len())
+        .step_by(step)
+        .map(|r| c.id(r as u32).to_string())
+        .collect();
     let requests: Vec<(hyper::Method, String, Bytes)> = match a.mode.as_str() {
         "similar" => ids
             .iter()
@@ -105,7 +111,9 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
             .collect(),
         other => anyhow::bail!("--mode must be similar or taste (got {other:?})"),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1024)
@@ -153,7 +161,11 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
 }
 
 /// Sends at `rate` for `duration`; latencies from each request's intended send time.
-async fn open_loop(target: &Arc<Target>, rate: f64, duration: Duration) -> anyhow::Result<serde_json::Value> {
+async fn open_loop(
+    target: &Arc<Target>,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = (duration.as_secs_f64() * rate) as usize;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();

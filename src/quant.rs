@@ -68,8 +68,7 @@ impl PreparedQuery {
     /// Refills `self` for `q` (reuses the buffer: no allocation once warmed up).
     pub fn prepare(&mut self, q: &[f32], scale: &[f32], offset: &[f32]) {
         self.folded.clear();
-        self.folded
-            .extend(q.iter().zip(scale).map(|(a, s)| a * s));
+        self.folded.extend(q.iter().zip(scale).map(|(a, s)| a * s));
         self.constant = distance::dot(q, offset);
         self.norm2 = distance::dot(q, q);
     }
@@ -92,12 +91,14 @@ impl Default for PreparedQuery {
     }
 }
 
+type Kernel = fn(&[f32], &[i8]) -> f32;
+
 /// `Σ a_d · b_d` for f32 `a` and i8 `b`.
 pub fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
-        static K: OnceLock<fn(&[f32], &[i8]) -> f32> = OnceLock::new();
+        static K: OnceLock<Kernel> = OnceLock::new();
         let k = K.get_or_init(|| {
             if std::env::var_os("EARSHOT_NO_SIMD").is_none() {
                 if is_x86_feature_detected!("avx512f") {
@@ -152,8 +153,12 @@ mod x86 {
         let mut acc1 = _mm512_setzero_ps();
         let mut i = 0;
         while i + 32 <= n {
-            let b0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pb.add(i) as *const __m128i)));
-            let b1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(pb.add(i + 16) as *const __m128i)));
+            let b0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                pb.add(i) as *const __m128i
+            )));
+            let b1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                pb.add(i + 16) as *const __m128i
+            )));
             acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), b0, acc0);
             acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), b1, acc1);
             i += 32;
@@ -174,8 +179,12 @@ mod x86 {
         let mut acc1 = _mm256_setzero_ps();
         let mut i = 0;
         while i + 16 <= n {
-            let b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(i) as *const __m128i)));
-            let b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(pb.add(i + 8) as *const __m128i)));
+            let b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                pb.add(i) as *const __m128i
+            )));
+            let b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                pb.add(i + 8) as *const __m128i
+            )));
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), b0, acc0);
             acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), b1, acc1);
             i += 16;
@@ -202,9 +211,14 @@ mod tests {
     fn kernels_agree_and_quantisation_is_close() {
         for n in [1usize, 7, 16, 33, 64, 100, 384] {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<i8> = (0..n).map(|i| ((i * 37 % 255) as i32 - 127) as i8).collect();
+            let b: Vec<i8> = (0..n)
+                .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+                .collect();
             let exact = portable(&a, &b);
-            assert!((dot_f32_i8(&a, &b) - exact).abs() < 1e-3 * (1.0 + exact.abs()), "n={n}");
+            assert!(
+                (dot_f32_i8(&a, &b) - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "n={n}"
+            );
         }
         // Un-normalised data with a skewed dimension keeps its resolution.
         let dim = 4;
@@ -222,7 +236,10 @@ mod tests {
         for (v, c) in data.chunks_exact(dim).zip(codes.chunks_exact(dim)) {
             let exact = distance::dot(&q, v);
             let approx = -pq.distance(Metric::Dot, c, 0.0);
-            assert!((exact - approx).abs() < 0.05 * (1.0 + exact.abs()), "{exact} vs {approx}");
+            assert!(
+                (exact - approx).abs() < 0.05 * (1.0 + exact.abs()),
+                "{exact} vs {approx}"
+            );
         }
     }
 }

@@ -305,9 +305,9 @@ fn jsonl_input_builds() {
         let r = i as usize;
         let row = c.row_of(&format!("j{i}")).expect("id present");
         assert_eq!(c.vector(row), &vectors[r * 6..(r + 1) * 6]);
-        let creator = (r % 3 != 0).then(|| format!("c{}", r % 4));
+        let creator = (!r.is_multiple_of(3)).then(|| format!("c{}", r % 4));
         assert_eq!(c.creator(row), creator.as_deref());
-        let pop = (r % 5 != 0).then_some(r as f32 * 1.5);
+        let pop = (!r.is_multiple_of(5)).then_some(r as f32 * 1.5);
         assert_eq!(c.popularity(row), pop);
     }
     earshot(["verify".as_ref(), out.as_os_str()]).assert_ok();

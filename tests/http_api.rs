@@ -179,7 +179,7 @@ fn assert_close(got: f64, want: f64, what: &str) {
 
 /// Weighted mean of unit vectors, as a taste query (the server normalises it).
 fn taste_vector(rows: &[(&[f32], f32)]) -> Vec<f32> {
-    let mut t = vec![0f64; DIM];
+    let mut t = [0f64; DIM];
     let total: f64 = rows.iter().map(|(_, w)| *w as f64).sum();
     for (v, w) in rows {
         for (t, &x) in t.iter_mut().zip(v.iter()) {

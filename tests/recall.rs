@@ -56,13 +56,55 @@ fn metric_name(metric: Metric) -> &'static str {
     }
 }
 
-/// Counts hits of `got` (rows of the test's data) against the exact top-k of `query`.
-fn hits(metric: Metric, truth: &[f32], query: &[f32], got: &[usize]) -> usize {
-    let exact = exact_top_k(metric, truth, DIM, query, K, |_| false);
-    let kth = exact[K - 1].0;
-    got.iter()
-        .filter(|&&row| distance(metric, query, &truth[row * DIM..(row + 1) * DIM]) <= kth + SLACK)
-        .count()
+/// What the index compares (unit vectors under cosine, the raw ones otherwise) and, per
+/// query, the exact distance of its k-th nearest neighbour.
+struct Truth {
+    metric: Metric,
+    vectors: Vec<f32>,
+    queries: Vec<f32>,
+    kth: Vec<f64>,
+}
+
+impl Truth {
+    fn new(metric: Metric, d: &Data) -> Truth {
+        let (vectors, queries) = if metric == Metric::Cosine {
+            (
+                normalized_rows(&d.vectors, DIM),
+                normalized_rows(&d.queries, DIM),
+            )
+        } else {
+            (d.vectors.clone(), d.queries.clone())
+        };
+        let kth = queries
+            .chunks_exact(DIM)
+            .map(|q| exact_top_k(metric, &vectors, DIM, q, K, |_| false)[K - 1].0)
+            .collect();
+        Truth {
+            metric,
+            vectors,
+            queries,
+            kth,
+        }
+    }
+
+    fn query(&self, i: usize) -> &[f32] {
+        &self.queries[i * DIM..(i + 1) * DIM]
+    }
+
+    fn distance(&self, i: usize, row: usize) -> f64 {
+        distance(
+            self.metric,
+            self.query(i),
+            &self.vectors[row * DIM..(row + 1) * DIM],
+        )
+    }
+
+    /// How many of `rows` are true top-k neighbours of query `i`.
+    fn hits(&self, i: usize, rows: &[usize]) -> usize {
+        rows.iter()
+            .filter(|&&row| self.distance(i, row) <= self.kth[i] + SLACK)
+            .count()
+    }
 }
 
 fn check(metric: Metric, seed: u64) {
@@ -77,28 +119,21 @@ fn check(metric: Metric, seed: u64) {
     args.extend(["--threads".into(), "1".into()]);
     earshot(&args).assert_ok();
 
-    // What the index compares: unit vectors under cosine, the raw ones otherwise.
-    let (truth, queries) = if metric == Metric::Cosine {
-        (
-            normalized_rows(&d.vectors, DIM),
-            normalized_rows(&d.queries, DIM),
-        )
-    } else {
-        (d.vectors.clone(), d.queries.clone())
-    };
-
-    in_process(metric, &out, &truth, &queries);
-    over_http(metric, &root, name, &truth, &d.queries, &queries);
+    let truth = Truth::new(metric, &d);
+    in_process(&out, &truth);
+    over_http(&root, name, &truth, &d.queries);
 }
 
-fn in_process(metric: Metric, dir: &Path, truth: &[f32], queries: &[f32]) {
+fn in_process(dir: &Path, truth: &Truth) {
+    let metric = truth.metric;
     let c = Collection::open(dir, Verify::Full).expect("open the built collection");
     assert_eq!(c.len(), N);
     assert_eq!(c.dim(), DIM);
     assert_eq!(c.manifest.metric, metric);
     let graph = c.graph();
     let mut found = 0;
-    for q in queries.chunks_exact(DIM) {
+    for i in 0..QUERIES {
+        let q = truth.query(i);
         let mut out = Vec::new();
         with_scratch(|s| graph.search(q, K, SERVER_DEFAULT_EF, |_| true, false, s, &mut out));
         assert_eq!(out.len(), K);
@@ -115,7 +150,7 @@ fn in_process(metric: Metric, dir: &Path, truth: &[f32], queries: &[f32]) {
         for w in out.windows(2) {
             assert!(w[0].dist <= w[1].dist, "results not sorted: {out:?}");
         }
-        found += hits(metric, truth, q, &rows);
+        found += truth.hits(i, &rows);
     }
     let r = found as f64 / (QUERIES * K) as f64;
     eprintln!("{metric:?}: in-process recall@{K} at ef={SERVER_DEFAULT_EF}: {r:.4}");
@@ -125,14 +160,9 @@ fn in_process(metric: Metric, dir: &Path, truth: &[f32], queries: &[f32]) {
     );
 }
 
-fn over_http(
-    metric: Metric,
-    root: &Path,
-    name: &str,
-    truth: &[f32],
-    raw_queries: &[f32],
-    queries: &[f32],
-) {
+/// The same queries as sent by a client (not normalised), all in one batch.
+fn over_http(root: &Path, name: &str, truth: &Truth, raw_queries: &[f32]) {
+    let metric = truth.metric;
     let server = Server::start(root, &[]);
     let batch: Vec<Value> = raw_queries
         .chunks_exact(DIM)
@@ -144,21 +174,18 @@ fn over_http(
     let responses = v["responses"].as_array().expect("responses");
     assert_eq!(responses.len(), QUERIES);
     let mut found = 0;
-    for (resp, q) in responses.iter().zip(queries.chunks_exact(DIM)) {
+    for (i, resp) in responses.iter().enumerate() {
         let items = check_results(resp);
         assert_eq!(items.len(), K, "{resp}");
         let rows: Vec<usize> = items.iter().map(|(id, _)| id.parse().unwrap()).collect();
         for ((_, score), &row) in items.iter().zip(&rows) {
-            let want = score_of(
-                metric,
-                distance(metric, q, &truth[row * DIM..(row + 1) * DIM]),
-            );
+            let want = score_of(metric, truth.distance(i, row));
             assert!(
                 (score - want).abs() <= 1e-4 * want.abs().max(1.0),
                 "{metric:?}: score {score} for row {row}, exact {want}"
             );
         }
-        found += hits(metric, truth, q, &rows);
+        found += truth.hits(i, &rows);
     }
     let r = found as f64 / (QUERIES * K) as f64;
     eprintln!("{metric:?}: HTTP recall@{K} at the server's default ef: {r:.4}");

@@ -125,9 +125,9 @@ fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
         if level > 0 {
             let start = upper.len() / (1 + upper_degree);
             upper_start[row] = start as u32;
-            for l in 1..=level as usize {
+            for links in neighbourhood.iter().take(level as usize + 1).skip(1) {
                 let mut block = vec![0u32; 1 + upper_degree];
-                copy_links(&mut block, &neighbourhood[l]);
+                copy_links(&mut block, links);
                 upper.extend_from_slice(&block);
             }
         }

@@ -31,7 +31,11 @@ pub struct Settings {
 }
 
 /// Builds `data` into the collection directory `out` and returns its manifest.
-pub fn build_collection(mut data: Dataset, out: &Path, settings: &Settings) -> anyhow::Result<Manifest> {
+pub fn build_collection(
+    mut data: Dataset,
+    out: &Path,
+    settings: &Settings,
+) -> anyhow::Result<Manifest> {
     let (metric, params, force, source) = (
         settings.metric,
         settings.params,
@@ -85,7 +89,11 @@ pub fn build_collection(mut data: Dataset, out: &Path, settings: &Settings) -> a
         .collect();
     let quant = settings.quantize.then(|| {
         let (p, codes) = crate::quant::quantize(&data.vectors, dim);
-        let sqnorms: Vec<f32> = data.vectors.chunks_exact(dim).map(|v| distance::dot(v, v)).collect();
+        let sqnorms: Vec<f32> = data
+            .vectors
+            .chunks_exact(dim)
+            .map(|v| distance::dot(v, v))
+            .collect();
         (p, codes, sqnorms)
     });
     let arrays = writer::CollectionArrays {
@@ -100,12 +108,14 @@ pub fn build_collection(mut data: Dataset, out: &Path, settings: &Settings) -> a
         creator_item_offsets: &meta.item_offsets,
         creator_items: &meta.items,
         creator_popularity: &creator_popularity,
-        quant: quant.as_ref().map(|(p, codes, sqnorms)| writer::QuantArrays {
-            codes,
-            scale: &p.scale,
-            offset: &p.offset,
-            sqnorms,
-        }),
+        quant: quant
+            .as_ref()
+            .map(|(p, codes, sqnorms)| writer::QuantArrays {
+                codes,
+                scale: &p.scale,
+                offset: &p.offset,
+                sqnorms,
+            }),
     };
     let mut manifest = Manifest {
         format_version: crate::format::array_file::FORMAT_VERSION,

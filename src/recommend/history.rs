@@ -40,7 +40,8 @@ pub fn recency(played_at: jiff::Timestamp, now: jiff::Timestamp, half_life: Dura
 #[derive(Debug, Clone, Copy)]
 pub struct Evidence {
     pub row: u32,
-    pub weight: f32,
+    /// f64: a client weight near f32::MAX times an event weight must not overflow.
+    pub weight: f64,
 }
 
 /// Weighted mean of the rows' vectors, or None if the weights sum to zero.

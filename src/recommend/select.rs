@@ -200,7 +200,8 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
             Some(cap) => {
                 let mut per: HashMap<u32, usize> = HashMap::new();
                 for &r in &reachable {
-                    *per.entry(c.creator_index(r).unwrap_or(u32::MAX - r)).or_default() += 1;
+                    *per.entry(c.creator_index(r).unwrap_or(u32::MAX - r))
+                        .or_default() += 1;
                 }
                 per.values().map(|&n| n.min(cap)).sum()
             }
@@ -245,7 +246,7 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
             .enumerate()
             .flat_map(|(j, (hits, _))| hits.iter().enumerate().map(move |(r, &h)| (h, j, r)))
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by_key(|a| a.0);
         let mut moved = Vec::new();
         for (h, j, r) in all {
             if p.chosen.len() >= k {

@@ -134,6 +134,9 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;
+    // Installed before anything is announced, so a SIGTERM that arrives right after the
+    // `listening on` line still drains instead of killing the process.
+    let mut stop = StopSignals::install()?;
     let verify = if opts.lazy {
         Verify::Lazy
     } else {
@@ -211,14 +214,14 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        stop.recv().await;
         state.ready.store(false, Ordering::Release);
         tracing::info!(
             drain_seconds = drain.as_secs_f64(),
             "shutting down: /readyz now 503; in-flight requests will finish (a second signal stops at once)"
         );
-        tokio::spawn(async {
-            shutdown_signal().await;
+        tokio::spawn(async move {
+            stop.recv().await;
             tracing::warn!("second signal: stopping without draining");
             std::process::exit(1);
         });
@@ -230,23 +233,39 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment they are installed.
+struct StopSignals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())
+                    .context("cannot install the SIGTERM handler")?,
+                int: signal(SignalKind::interrupt())
+                    .context("cannot install the SIGINT handler")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -232,7 +232,11 @@ pub struct ListExplanation {
 
 impl Answer {
     pub fn list_explanation(&self) -> Option<ListExplanation> {
-        let total: f32 = self.probe_weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+        let total: f32 = self
+            .probe_weights
+            .iter()
+            .sum::<f32>()
+            .max(f32::MIN_POSITIVE);
         self.explain.then(|| ListExplanation {
             centroid_weights: self.probe_weights.iter().map(|w| w / total).collect(),
             emerging_slots_requested: self.quota.0,
@@ -487,7 +491,7 @@ impl Engine {
                 .ok_or_else(|| ApiError::unknown_id(&source.name, &item.id))?;
             out.push(Evidence {
                 row,
-                weight: w * ew * recency,
+                weight: w as f64 * ew as f64 * recency as f64,
             });
         }
         Ok(out)
@@ -641,11 +645,26 @@ fn taste_probes(
     centroids: Option<usize>,
 ) -> Result<Vec<Probe>, ApiError> {
     let dim = c.dim();
-    // Merge repeated items: one point per distinct row, evidence summed.
-    let mut merged: BTreeMap<u32, f32> = BTreeMap::new();
+    // Merge repeated items: one point per distinct row, evidence summed (in f64, then scaled
+    // so the largest magnitude is 1: weights are relative, and 3e38 must not overflow).
+    let mut sums: BTreeMap<u32, f64> = BTreeMap::new();
     for e in evidence {
-        *merged.entry(e.row).or_default() += e.weight;
+        *sums.entry(e.row).or_default() += e.weight;
     }
+    let largest = sums.values().fold(0f64, |m, w| m.max(w.abs()));
+    let merged: BTreeMap<u32, f32> = sums
+        .into_iter()
+        .map(|(r, w)| {
+            (
+                r,
+                if largest > 0.0 {
+                    (w / largest) as f32
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect();
     let positives: Vec<(&[f32], f32)> = merged
         .iter()
         .filter(|(_, &w)| w > 0.0)
