@@ -69,11 +69,17 @@ pub fn write_collection(
     }
     sync_dir(&tmp)?;
     if out.exists() {
-        // Move the old build aside first; a server that mapped it keeps its files alive.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old)?;
-        std::fs::rename(&tmp, out)?;
-        let _ = std::fs::remove_dir_all(&old);
+        // Swap the new build in with one atomic exchange where the OS has it, so `out` is
+        // never missing; the old build ends up in `tmp` and is deleted (a server that mapped
+        // it keeps its files alive until it drops them).
+        if exchange(&tmp, out).is_err() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(out, &old)?;
+            std::fs::rename(&tmp, out)?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
     } else {
         std::fs::rename(&tmp, out)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
@@ -175,6 +181,35 @@ fn remove_stale_temps(parent: &Path, name: &str) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Atomically exchanges two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
