@@ -23,11 +23,6 @@ pub struct RouteStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabel {
-    pub route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CollectionLabel {
     pub collection: String,
 }
@@ -41,7 +36,7 @@ pub struct BuildLabel {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RouteStatus, Counter>,
-    pub latency: Family<RouteLabel, Histogram>,
+    pub latency: Family<RouteStatus, Histogram>,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub items: Family<CollectionLabel, Gauge>,
     pub mapped_bytes: Family<CollectionLabel, Gauge>,
@@ -51,7 +46,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("earshot");
         let requests = Family::<RouteStatus, Counter>::default();
-        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+        let latency = Family::<RouteStatus, Histogram>::new_with_constructor(|| {
             // 25 µs … ~3.3 s
             Histogram::new(exponential_buckets(25e-6, 2.0, 18))
         });
@@ -72,7 +67,7 @@ impl Metrics {
         );
         registry.register(
             "http_request_duration_seconds",
-            "HTTP request latency by route",
+            "HTTP request latency by route and status",
             latency.clone(),
         );
         registry.register(
@@ -123,16 +118,13 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
     let started = Instant::now();
     let resp = next.run(req).await;
     m.in_flight.dec();
+    let labels = RouteStatus {
+        route,
+        status: resp.status().as_u16(),
+    };
     m.latency
-        .get_or_create(&RouteLabel {
-            route: route.clone(),
-        })
+        .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RouteStatus {
-            route,
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    m.requests.get_or_create(&labels).inc();
     resp
 }
