@@ -281,6 +281,16 @@ impl<'a> Graph<'a> {
             if c.dist > bound && (scratch.top.len() >= ef || !filtered) {
                 break;
             }
+            // The next candidate's link block lives apart from its vector: fetch it now,
+            // while this candidate's neighbours are measured.
+            if let Some(Reverse(next)) = scratch.candidates.peek() {
+                let stride = 1 + self.level0_degree;
+                Self::prefetch_bytes(
+                    self.level0.as_ptr() as *const u8,
+                    next.row as usize * stride * 4,
+                    stride * 4,
+                );
+            }
             // Gather the unvisited neighbours first so their vectors can be prefetched a few
             // steps ahead of the distance computations that read them.
             let mut fresh = [0u32; MAX_LEVEL0_DEGREE];
