@@ -380,6 +380,91 @@ def drift(res):
     return "\n".join(out)
 
 
+def pairs_section(res):
+    """tools/bench_pairs.py results: interleaved rounds, best of rounds, per-round ratios, thread scaling."""
+    out = []
+    scaling = []
+    for ds, title in DATASETS:
+        rows = read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl"))
+        if not rows:
+            continue
+        rounds = sorted({r["round"] for r in rows})
+        libs = list(dict.fromkeys(r["lib"] for r in rows))
+        efs = sorted({r["ef"] for r in rows})
+        loads = [r["load1"] for r in rows if r.get("load1") is not None]
+
+        def curve(lib, rnd=None):
+            by = {}
+            for r in rows:
+                if r["lib"] != lib or (rnd is not None and r["round"] != rnd):
+                    continue
+                cur = by.get(r["ef"])
+                if cur is None or r["qps"] > cur["qps"]:
+                    by[r["ef"]] = r
+            return Curve(lib, [(e, by[e]["recall"], by[e]["qps"]) for e in sorted(by)])
+
+        out.append(f"### {title}")
+        out.append("")
+        out.append(f"{len(rounds)} interleaved rounds; best QPS of the rounds per ef; 1-min load "
+                   f"{min(loads):.2f}–{max(loads):.2f}.")
+        out.append("")
+        shown = [e for e in efs if e in (10, 16, 24, 32, 64, 128, 256, 384, 512)]
+        head = ["lib"] + [f"ef {e}" for e in shown] + ["QPS @0.95", "QPS @0.99"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---"] * len(head)) + "|")
+        curves = {lib: curve(lib) for lib in libs if lib != "earshot-int8-t2"}
+        for lib, c in curves.items():
+            by = {p[0]: p for p in c.points}
+            cells = [f"**{lib}**" if lib.startswith("earshot") else (lib + (" ¹" if lib == "hnswlib-batch" else ""))]
+            cells += [f"{by[e][1]:.3f} / {by[e][2]:,.0f}" if e in by else "—" for e in shown]
+            cells += [fmt_qps_at(c.qps_at(t)) for t in TARGETS]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        for t in TARGETS:
+            peers_c = [curves[x] for x in ("hnswlib", "faiss-hnsw") if x in curves]
+            for lib in ("earshot-int8", "earshot-f32"):
+                if lib not in curves or not peers_c:
+                    continue
+                best = max(peers_c, key=lambda c: c.qps_at(t)[0] or 0)
+                per_round = []
+                for rnd in rounds:
+                    e = curve(lib, rnd).qps_at(t)
+                    bp = max((curve(x.name, rnd) for x in peers_c), key=lambda c: c.qps_at(t)[0] or 0).qps_at(t)
+                    per_round.append(ratio(e, bp))
+                out.append(f"- recall {t}: {lib} {fmt_qps_at(curves[lib].qps_at(t))} vs {best.name} "
+                           f"{fmt_qps_at(best.qps_at(t))} → **{ratio(curves[lib].qps_at(t), best.qps_at(t))}** "
+                           f"(per round: {', '.join(per_round)})")
+            if "hnswlib-batch" in curves and "earshot-int8" in curves:
+                out.append(f"- recall {t}: earshot-int8 vs hnswlib-batch ¹ "
+                           f"{fmt_qps_at(curves['hnswlib-batch'].qps_at(t))} → "
+                           f"{ratio(curves['earshot-int8'].qps_at(t), curves['hnswlib-batch'].qps_at(t))}")
+        out.append("")
+        # thread scaling per round: t2 / t1 at each ef
+        for rnd in rounds:
+            t1 = {r["ef"]: r["qps"] for r in rows if r["lib"] == "earshot-int8" and r["round"] == rnd}
+            t2 = {r["ef"]: r["qps"] for r in rows if r["lib"] == "earshot-int8-t2" and r["round"] == rnd}
+            for e in t1:
+                if e in t2:
+                    scaling.append((ds, rnd, e, t2[e] / t1[e]))
+    if scaling:
+        out.append("### Two query threads vs one, interleaved (earshot-int8, `--threads 2` right after `--threads 1`)")
+        out.append("")
+        out.append("| data set | median t2/t1 over rounds × ef | best | worst | per ef (median over rounds) |")
+        out.append("|---|---|---|---|---|")
+        for ds, _ in DATASETS:
+            xs = [x for x in scaling if x[0] == ds]
+            if not xs:
+                continue
+            per_ef = {}
+            for _, _, e, r in xs:
+                per_ef.setdefault(e, []).append(r)
+            out.append(f"| {ds} | {med([x[3] for x in xs]):.2f}× | {max(x[3] for x in xs):.2f}× | "
+                       f"{min(x[3] for x in xs):.2f}× | "
+                       + ", ".join(f"{e}: {med(v):.2f}×" for e, v in sorted(per_ef.items())) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------ plots
 
 STYLE = {
@@ -428,6 +513,44 @@ def plot_curves(all_curves, img):
     return paths
 
 
+def plot_pairs(res, img):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sets = [(ds, read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl"))) for ds, _ in DATASETS]
+    sets = [(ds, rows) for ds, rows in sets if rows]
+    if not sets:
+        return []
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 4.0), dpi=100)
+    axes = axes if len(sets) > 1 else [axes]
+    for ax, (ds, rows) in zip(axes, sets):
+        for lib in dict.fromkeys(r["lib"] for r in rows):
+            if lib == "earshot-int8-t2":
+                continue
+            by = {}
+            for r in rows:
+                if r["lib"] == lib and (r["ef"] not in by or r["qps"] > by[r["ef"]]["qps"]):
+                    by[r["ef"]] = r
+            pts = [by[e] for e in sorted(by)]
+            st = dict(STYLE.get(lib, {}))
+            st.setdefault("lw", 1.3)
+            ax.plot([p["recall"] for p in pts], [p["qps"] for p in pts], label=lib, ms=4, **st)
+        ax.set_yscale("log")
+        ax.set_xlim(0.895, 1.0005)
+        for t in TARGETS:
+            ax.axvline(t, color="grey", lw=0.6, ls=":")
+        ax.set_title(f"{ds} (interleaved, best of rounds)", fontsize=9)
+        ax.set_xlabel("recall@10")
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    axes[0].set_ylabel("queries / s, one thread (log)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    p = os.path.join(img, "bench-pairs.png")
+    fig.savefig(p)
+    plt.close(fig)
+    return [p]
+
+
 def plot_http(res, img):
     import matplotlib
     matplotlib.use("Agg")
@@ -447,7 +570,8 @@ def plot_http(res, img):
         ax.set_title(f"{mode} (yes-tracks, ef 64)")
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
     axes[0].set_ylabel("latency ms (from intended send time)")
-    axes[0].legend(fontsize=7)
+    if any_rows:
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     p = os.path.join(img, "bench-http.png")
     if any_rows:
@@ -487,6 +611,10 @@ def main(argv=None):
             all_curves[ds] = curves
     out.append("¹ hnswlib-batch: a second hnswlib index (same parameters) queried with ONE knn_query call for "
                "all queries on one thread; every other peer row pays one Python call per query.\n")
+    pr = pairs_section(res)
+    if pr:
+        out.append("## Interleaved rounds: earshot vs hnswlib / FAISS in the same minutes (tools/bench_pairs.py)\n")
+        out.append(pr)
     out.append("## Two query threads vs one (earshot bench --threads 2 / --threads 1)\n")
     out.append(table_threads(res) + "\n")
     out.append("## Drift: the same earshot run before and after the peers\n")
@@ -507,7 +635,7 @@ def main(argv=None):
         out.append(h)
     if not a.no_plots:
         os.makedirs(a.img, exist_ok=True)
-        paths = plot_curves(all_curves, a.img) + plot_http(res, a.img)
+        paths = plot_curves(all_curves, a.img) + plot_pairs(res, a.img) + plot_http(res, a.img)
         out.append("Plots: " + ", ".join(f"{os.path.relpath(p, root)} ({os.path.getsize(p) // 1024} KB)"
                                          for p in paths))
     print("\n".join(out))

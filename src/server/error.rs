@@ -12,14 +12,19 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
+/// Every error response: `{"error": {"code", "message"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "unknown_id", "message": "no item with id \"x\" in collection \"tracks\""}}))]
 pub struct ErrorBody<'a> {
     pub error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
+    /// Stable, machine-readable error code (README "Errors" lists them by status).
+    #[schema(example = "unknown_id")]
     pub code: &'a str,
+    /// What went wrong and how to fix it, for humans; not stable.
     pub message: &'a str,
 }
 

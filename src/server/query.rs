@@ -17,22 +17,31 @@ use crate::recommend::history::{self, Evidence};
 use crate::recommend::select::{recommend, Pick, Probe};
 
 /// Creator allow/deny lists and a popularity range.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSpec {
     /// Only items by these creators.
+    #[schema(max_items = 10000)]
     pub creators: Option<Vec<String>>,
     /// Never items by these creators.
+    #[schema(max_items = 10000)]
     pub exclude_creators: Option<Vec<String>>,
+    /// Only items with at least this popularity (items of unknown popularity fail the bound).
     pub min_popularity: Option<f32>,
+    /// Only items with at most this popularity (items of unknown popularity fail the bound).
     pub max_popularity: Option<f32>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+/// Reserve slots for emerging creators.
+#[derive(Debug, Deserialize, Clone, Copy, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmergingSpec {
+    /// A creator is emerging when its popularity (the sum of its items' popularity) is at
+    /// most this.
     pub max_popularity: f32,
+    /// Share of the `k` slots reserved for items of emerging creators: `ceil(min_share·k)`.
     /// Default 0.3.
+    #[schema(minimum = 0, maximum = 1)]
     pub min_share: Option<f32>,
 }
 
@@ -63,31 +72,54 @@ macro_rules! list_spec {
 }
 
 /// `GET /v1/{collection}/{id}/similar` query string.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarParams {
+    /// Results wanted (default 10).
+    #[param(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
+    /// Beam width (default: the server's `--default-ef`; raised to `k`).
+    #[param(minimum = 1, maximum = 4096)]
     pub ef: Option<usize>,
+    /// At most this many results per creator; the list is backfilled to `k`.
+    #[param(minimum = 1)]
     pub max_per_creator: Option<usize>,
+    /// Leave out items by the query item's creator.
     pub exclude_same_creator: Option<bool>,
+    /// Only items with at least this popularity.
     pub min_popularity: Option<f32>,
+    /// Only items with at most this popularity.
     pub max_popularity: Option<f32>,
+    /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
 }
 
 /// `POST /v1/{collection}/{id}/similar` body, and the `similar` query of a batch.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarRequest {
     /// Batch only (the path names them otherwise).
     pub collection: Option<String>,
+    /// Batch only: the item whose neighbours are wanted.
     pub id: Option<String>,
+    /// Results wanted (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
+    /// Beam width (default: the server's `--default-ef`; raised to `k`).
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef: Option<usize>,
+    /// IDs never to return (unknown IDs are ignored).
+    #[schema(max_items = 10000)]
     pub exclude: Option<Vec<String>>,
+    /// Creator and popularity constraints, applied during the graph walk.
     pub filter: Option<FilterSpec>,
+    /// At most this many results per creator; the list is backfilled to `k`.
+    #[schema(minimum = 1)]
     pub max_per_creator: Option<usize>,
+    /// Reserve slots for items of emerging creators.
     pub emerging: Option<EmergingSpec>,
+    /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
     /// Leave out items by the query item's creator ("similar tracks by other artists").
     pub exclude_same_creator: Option<bool>,
@@ -113,25 +145,47 @@ impl From<SimilarParams> for SimilarRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/search` body, and the `search` query of a batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"collection": "tracks", "vector": [0.12, -0.5, 0.33, 0.9, -0.07, 0.21, 0.4, -0.18], "k": 5}))]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The collection to search.
+    #[schema(example = "tracks")]
     pub collection: String,
+    /// The query: as many finite numbers as the collection's dimension (not all zero under
+    /// cosine and dot).
+    #[schema(min_items = 1)]
     pub vector: Vec<f32>,
+    /// Results wanted (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
+    /// Beam width (default: the server's `--default-ef`; raised to `k`).
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef: Option<usize>,
+    /// IDs never to return (unknown IDs are ignored).
+    #[schema(max_items = 10000)]
     pub exclude: Option<Vec<String>>,
+    /// Creator and popularity constraints, applied during the graph walk.
     pub filter: Option<FilterSpec>,
+    /// At most this many results per creator; the list is backfilled to `k`.
+    #[schema(minimum = 1)]
     pub max_per_creator: Option<usize>,
+    /// Reserve slots for items of emerging creators.
     pub emerging: Option<EmergingSpec>,
+    /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/taste/{collection}` body, and the `taste` query of a batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"history": [{"id": "demo:track:0000001", "event": "like", "played_at": "2026-11-20T18:00:00Z"}, {"id": "demo:track:0000002", "weight": 3.0}, {"id": "demo:track:0000003", "event": "skip"}], "half_life": "30d", "now": "2026-11-26T00:00:00Z", "centroids": 2, "k": 10, "explain": true}))]
 #[serde(deny_unknown_fields)]
 pub struct TasteRequest {
-    /// Batch only (the path names it otherwise).
+    /// Batch only (the path names it otherwise; if given anyway it must equal the path's).
     pub collection: Option<String>,
+    /// The listening history: what the results should be like.
+    #[schema(min_items = 1, max_items = 10000)]
     pub history: Vec<HistoryItem>,
     /// Leave the history's own items out of the results (default true).
     pub exclude_history: Option<bool>,
@@ -141,27 +195,46 @@ pub struct TasteRequest {
     /// Older plays count less: weight × 0.5^(age / half_life), e.g. "30d", "12h".
     pub half_life: Option<String>,
     /// The instant ages are measured from (RFC 3339); default: the server's clock.
+    #[schema(format = DateTime)]
     pub now: Option<String>,
-    /// Cluster the history into this many taste centroids and share the k slots among them.
+    /// Cluster the history into this many taste centroids and share the k slots among them
+    /// (at most the number of distinct positively weighted history items).
+    #[schema(minimum = 1, maximum = 16)]
     pub centroids: Option<usize>,
+    /// Results wanted (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
+    /// Beam width (default: the server's `--default-ef`; raised to `k`).
+    #[schema(minimum = 1, maximum = 4096)]
     pub ef: Option<usize>,
+    /// IDs never to return (unknown IDs are ignored).
+    #[schema(max_items = 10000)]
     pub exclude: Option<Vec<String>>,
+    /// Creator and popularity constraints, applied during the graph walk.
     pub filter: Option<FilterSpec>,
+    /// At most this many results per creator; the list is backfilled to `k`.
+    #[schema(minimum = 1)]
     pub max_per_creator: Option<usize>,
+    /// Reserve slots for items of emerging creators.
     pub emerging: Option<EmergingSpec>,
+    /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One listening event.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryItem {
+    /// An item of the history collection.
     pub id: String,
     /// Relative weight (default 1.0); must be finite and > 0. The event gives the sign.
+    #[schema(exclusive_minimum = 0)]
     pub weight: Option<f32>,
     /// RFC 3339 time of the event, for `half_life`.
+    #[schema(format = DateTime)]
     pub played_at: Option<String>,
     /// play (default), like, save, share, skip, dislike.
+    #[schema(schema_with = super::openapi::event_schema)]
     pub event: Option<String>,
 }
 
@@ -174,9 +247,18 @@ pub enum BatchQuery {
     Taste(TasteRequest),
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/batch` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"queries": [
+    {"type": "similar", "collection": "tracks", "id": "demo:track:0000001", "k": 3},
+    {"type": "search", "collection": "tracks", "vector": [0.12, -0.5, 0.33, 0.9, -0.07, 0.21, 0.4, -0.18], "k": 3, "explain": true},
+    {"type": "taste", "collection": "tracks", "history": [{"id": "demo:track:0000002"}, {"id": "demo:track:0000003", "event": "like"}], "k": 3},
+    {"type": "similar", "collection": "tracks", "id": "no-such-id"}
+]}))]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    /// Answered in this order, each on its own.
+    #[schema(schema_with = super::openapi::batch_queries_schema)]
     pub queries: Vec<BatchQuery>,
 }
 
@@ -191,23 +273,34 @@ pub struct Answer {
     pub probe_weights: Vec<f32>,
 }
 
-#[derive(Serialize)]
+/// One result.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ResultItem<'a> {
+    /// The item's ID.
     pub id: &'a str,
+    /// Higher is closer: cosine similarity under `cosine`, the negative Euclidean distance
+    /// under `l2`, the inner product under `dot`.
     pub score: f32,
+    /// The item's creator; null when unknown.
+    #[schema(required = true)]
     pub creator: Option<&'a str>,
+    /// The item's popularity; null when unknown.
+    #[schema(required = true)]
     pub popularity: Option<f32>,
+    /// With `explain: true` only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub explain: Option<Explanation>,
 }
 
 /// What placed a result where it is.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// Similarity to the taste probe that found it (same scale as `score`).
     pub similarity: f32,
     /// Which taste centroid found it, and that centroid's share of the evidence.
     pub centroid: usize,
+    /// That centroid's share of the evidence (0…1).
     pub centroid_weight: f32,
     /// Position among that centroid's admissible candidates (0 = nearest).
     pub rank: usize,
@@ -215,18 +308,20 @@ pub struct Explanation {
     pub emerging_quota: bool,
     /// Taken in its centroid's own share of slots; false = backfilled.
     pub in_share: bool,
-    /// Constraints that passed over nearer candidates just before it was picked.
+    /// Constraints that passed over nearer candidates just before it was picked
+    /// (`max_per_creator`, `emerging_quota`).
     pub moved_by: Vec<&'static str>,
 }
 
 /// Request-level explanation (with `explain: true`).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ListExplanation {
     /// Each taste centroid's share of the evidence (one entry without centroids).
     pub centroid_weights: Vec<f32>,
     /// Emerging-quota slots requested, and reserved: fewer when fewer emerging items are
     /// within reach (the 10·k nearest admissible items).
     pub emerging_slots_requested: usize,
+    /// Emerging-quota slots actually reserved.
     pub emerging_slots_reserved: usize,
 }
 

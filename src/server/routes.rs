@@ -10,7 +10,7 @@ use axum::Json;
 use axum_extra_json::AppJson;
 use serde::Serialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::limits::MAX_BATCH;
 use super::overload::Permit;
 use super::query::{
@@ -40,10 +40,14 @@ mod axum_extra_json {
     }
 }
 
-#[derive(Serialize)]
-struct Results<'a> {
+/// The answer of `similar`, `taste` and `search`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Results<'a> {
+    /// Sorted by score, highest first; no duplicates; at most `k`.
     results: Vec<ResultItem<'a>>,
+    /// With `explain: true` only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     explain: Option<ListExplanation>,
 }
 
@@ -81,6 +85,23 @@ where
     }
 }
 
+/// Nearest items to an item, the item itself excluded.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}/similar",
+    tag = "query",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "tracks"),
+        ("id" = String, Path, description = "Item ID (percent-encode `/`)", example = "demo:track:0000001"),
+        SimilarParams,
+    ),
+    responses(
+        (status = 200, description = "Results", body = Results),
+        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `invalid_query`, `invalid_path`, `invalid_collection`", body = ErrorBody),
+        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
+        (status = 422, description = "`conflicting_filters`, `invalid_filter`", body = ErrorBody),
+    )
+)]
 pub async fn similar(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
@@ -96,6 +117,24 @@ pub async fn similar(
     .await
 }
 
+/// Nearest items to an item, with every list option.
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}/{id}/similar",
+    tag = "query",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "tracks"),
+        ("id" = String, Path, description = "Item ID (percent-encode `/`)", example = "demo:track:0000001"),
+    ),
+    request_body = super::openapi::SimilarBody,
+    responses(
+        (status = 200, description = "Results", body = Results),
+        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_path`, `invalid_collection`, `invalid_request` (`collection` or `id` in the body)", body = ErrorBody),
+        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (wrong shape), `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
+    )
+)]
 pub async fn similar_post(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
@@ -116,6 +155,20 @@ pub async fn similar_post(
     .await
 }
 
+/// Nearest items to a raw vector.
+#[utoipa::path(
+    post,
+    path = "/v1/search",
+    tag = "query",
+    request_body = SearchRequest,
+    responses(
+        (status = 200, description = "Results", body = Results),
+        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_collection`", body = ErrorBody),
+        (status = 404, description = "`unknown_collection`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `dimension_mismatch`, `invalid_vector`, `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
+    )
+)]
 pub async fn search(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
@@ -125,6 +178,24 @@ pub async fn search(
     offload(permit, move || Ok(render(&live.engine.search(&req)?))).await
 }
 
+/// Items matching a listening history (README "Taste").
+#[utoipa::path(
+    post,
+    path = "/v1/taste/{collection}",
+    tag = "query",
+    params(
+        ("collection" = String, Path, description = "Collection to recommend from", example = "tracks"),
+    ),
+    request_body = TasteRequest,
+    responses(
+        (status = 200, description = "Results", body = Results),
+        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_centroids`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_path`, `invalid_collection`, `invalid_request` (body names another collection)", body = ErrorBody),
+        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`, `history_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`, `empty_history`, `invalid_weight`, `unknown_event`, `invalid_half_life`, `invalid_timestamp`, `degenerate_history`, `no_positive_history`, `too_many_centroids`, `dimension_mismatch`, `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
+    )
+)]
 pub async fn taste(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
@@ -140,6 +211,19 @@ pub async fn taste(
 }
 
 /// Each query of a batch answers on its own: one bad query does not fail the others.
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    tag = "query",
+    summary = "Several similar, search and taste queries in one request",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One entry per query, in request order: results, or the error that query alone would have had", body = BatchResponse),
+        (status = 400, description = "`invalid_batch` (0 or more than 256 queries), `malformed_json`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (a query of the wrong shape)", body = ErrorBody),
+    )
+)]
 pub async fn batch(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
@@ -169,60 +253,102 @@ fn batch_answers(live: &super::registry::Live, req: &BatchRequest) -> Response {
             BatchQuery::Taste(t) => engine.taste_in_batch(t),
         })
         .collect();
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum Entry<'a> {
-        Ok {
-            results: Vec<ResultItem<'a>>,
-        },
-        Err {
-            error: super::error::ErrorDetail<'a>,
-            status: u16,
-        },
-    }
-    let entries: Vec<Entry> = answers
+    let entries: Vec<BatchEntry> = answers
         .iter()
         .map(|a| match a {
-            Ok(a) => Entry::Ok { results: a.items() },
-            Err(e) => Entry::Err {
+            Ok(a) => BatchEntry::Ok { results: a.items() },
+            Err(e) => BatchEntry::Err {
                 error: e.body().error,
                 status: e.status.as_u16(),
             },
         })
         .collect();
-    #[derive(Serialize)]
-    struct BatchResponse<'a> {
-        responses: Vec<Entry<'a>>,
-    }
     Json(BatchResponse { responses: entries }).into_response()
 }
 
+/// One query's answer in a batch.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BatchEntry<'a> {
+    Ok {
+        /// Sorted by score, highest first; no duplicates; at most `k`.
+        results: Vec<ResultItem<'a>>,
+    },
+    Err {
+        error: super::error::ErrorDetail<'a>,
+        /// The HTTP status this query alone would have had.
+        #[schema(minimum = 400, maximum = 599)]
+        status: u16,
+    },
+}
+
+/// `POST /v1/batch` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchResponse<'a> {
+    /// One per query, in request order.
+    responses: Vec<BatchEntry<'a>>,
+}
+
+/// One served collection.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionInfo<'a> {
+    /// The collection's name (its directory under the index root).
+    name: &'a str,
+    /// How closeness is measured; scores are always "higher is closer".
+    #[schema(schema_with = super::openapi::metric_schema)]
+    metric: crate::metric::Metric,
+    /// Vector dimension.
+    dim: u32,
+    /// Items.
+    count: u64,
+    /// Distinct creators.
+    creators: u64,
+    /// Whether items carry a popularity (needed by `emerging`).
+    has_popularity: bool,
+    /// HNSW parameter M.
+    m: u32,
+    /// HNSW build beam width.
+    ef_construction: u32,
+    /// The beam width used when a request gives none.
+    default_ef: usize,
+    /// When it was built (RFC 3339).
+    built_at: &'a str,
+    /// The earshot version that built it.
+    builder: &'a str,
+    /// Bytes of its memory-mapped files.
+    mapped_bytes: u64,
+    /// The version in service (a version directory's name, or a plain one's build time).
+    version: &'a str,
+    /// When this server swapped it in (RFC 3339).
+    #[schema(required = true)]
+    loaded_at: Option<String>,
+}
+
+/// `GET /v1/collections` answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CollectionsResponse<'a> {
+    /// Every served collection, by name.
+    collections: Vec<CollectionInfo<'a>>,
+    /// The SIMD distance kernels in use.
+    kernels: &'static str,
+}
+
+/// The served collections and the version of each in service.
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "query",
+    responses(
+        (status = 200, description = "Served collections", body = CollectionsResponse),
+    )
+)]
 pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
-    #[derive(Serialize)]
-    struct Info<'a> {
-        name: &'a str,
-        metric: crate::metric::Metric,
-        dim: u32,
-        count: u64,
-        creators: u64,
-        has_popularity: bool,
-        m: u32,
-        ef_construction: u32,
-        default_ef: usize,
-        built_at: &'a str,
-        builder: &'a str,
-        mapped_bytes: u64,
-        /// The version in service (a version directory's name, or a plain one's build time).
-        version: &'a str,
-        /// When this server swapped it in (RFC 3339).
-        loaded_at: Option<String>,
-    }
     let live = state.live();
-    let list: Vec<Info> = live
+    let list: Vec<CollectionInfo> = live
         .engine
         .collections
         .values()
-        .map(|c| Info {
+        .map(|c| CollectionInfo {
             name: &c.name,
             metric: c.manifest.metric,
             dim: c.manifest.dim,
@@ -245,25 +371,45 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
                 .map(|v| humantime::format_rfc3339_seconds(v.loaded_at).to_string()),
         })
         .collect();
-    #[derive(Serialize)]
-    struct Body<'a> {
-        collections: Vec<Info<'a>>,
-        kernels: &'static str,
-    }
-    Json(Body {
+    Json(CollectionsResponse {
         collections: list,
         kernels: crate::distance::kernel_name(),
     })
     .into_response()
 }
 
-pub async fn healthz() -> Response {
-    Json(serde_json::json!({"status": "ok"})).into_response()
+/// `{"status": …}` of the probes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
+/// Liveness: 200 while the process runs (never queued, no key needed).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", body = Status, example = json!({"status": "ok"}))),
+)]
+pub async fn healthz() -> Response {
+    Json(Status { status: "ok" }).into_response()
+}
+
+/// Readiness: 200 when serving, 503 while starting or shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Serving", body = Status, example = json!({"status": "ready"})),
+        (status = 503, description = "`not_ready`: shutting down", body = ErrorBody),
+    ),
+)]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+        Json(Status { status: "ready" }).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -274,6 +420,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Prometheus metrics (README "Monitor").
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(
