@@ -275,6 +275,30 @@ def table_build(res, builds):
             f"| {ds} | {b['n']:,} × {b['dim']} | {b['build_s']:.1f} (wall {b['wall_s']:.1f}) | "
             f"{b['vectors_per_s']:,.0f} | {cpu:.0f} % of 1 core | — | — | — | — | — | — |")
     out.append("")
+    out.append("CPU time (all threads; robust to the other jobs on the machine, which wall time is not): "
+               "CPU-µs per inserted vector.")
+    out.append("")
+    out.append("| data set | earshot (whole `earshot build` process) | hnswlib | faiss-hnsw | voyager-f32 | "
+               "earshot / hnswlib CPU per vector |")
+    out.append("|---|---|---|---|---|---|")
+    for ds in [d for d, _ in DATASETS] + ["scale"]:
+        b = builds.get(ds)
+        if not b or not b.get("cpu_s"):
+            continue
+        cpu = {}
+        srcs = ([os.path.join(res, "scale.peers-build.jsonl")] if ds == "scale" else
+                [os.path.join(res, f"{ds}.peers.jsonl"), os.path.join(res, f"{ds}.pairs.jsonl")])
+        for src in srcs:
+            for r in read_jsonl(src):
+                if r.get("build_cpu_s") and "lib" in r:
+                    cpu.setdefault(r["lib"], []).append(r["build_cpu_s"])
+        per = lambda lib: (med(cpu[lib]) * 1e6 / b["n"]) if lib in cpu else None  # noqa: E731
+        e = b["cpu_s"] * 1e6 / b["n"]
+        cell = lambda v: f"{v:,.0f}" if v is not None else "—"  # noqa: E731
+        hn = per("hnswlib")
+        out.append(f"| {ds} | {e:,.0f} | {cell(hn)} | {cell(per('faiss-hnsw'))} | {cell(per('voyager-f32'))} | "
+                   f"{(e / hn if hn else float('nan')):.2f}× |")
+    out.append("")
     out.append("All with M=16, ef_construction=200, 2 build threads. earshot's figure is the manifest's "
                "build_seconds (graph with hnsw_rs + flattening + int8 codes, inputs already read, writing "
                "excluded); wall includes reading the inputs and writing the files. Peers: the add call only.")
@@ -385,7 +409,7 @@ def pairs_section(res):
     out = []
     scaling = []
     for ds, title in DATASETS:
-        rows = read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl"))
+        rows = [r for r in read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl")) if "ef" in r]
         if not rows:
             continue
         rounds = sorted({r["round"] for r in rows})
@@ -517,7 +541,8 @@ def plot_pairs(res, img):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sets = [(ds, read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl"))) for ds, _ in DATASETS]
+    sets = [(ds, [r for r in read_jsonl(os.path.join(res, f"{ds}.pairs.jsonl")) if "ef" in r])
+            for ds, _ in DATASETS]
     sets = [(ds, rows) for ds, rows in sets if rows]
     if not sets:
         return []

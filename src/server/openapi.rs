@@ -14,7 +14,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::path::HttpMethod;
 use utoipa::openapi::schema::{
     ArrayBuilder, Discriminator, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
 };
@@ -181,10 +180,7 @@ impl Modify for Layers {
         for (path, item) in doc.paths.paths.iter_mut() {
             let query_api = path.starts_with("/v1/");
             let admin_api = path.starts_with("/admin/");
-            for (method, op) in [
-                (HttpMethod::Get, &mut item.get),
-                (HttpMethod::Post, &mut item.post),
-            ] {
+            for op in [&mut item.get, &mut item.post] {
                 let Some(op) = op.as_mut() else { continue };
                 let responses = &mut op.responses.responses;
                 for r in responses.values_mut() {
@@ -210,11 +206,9 @@ impl Modify for Layers {
                 }
                 if query_api {
                     // The limiter reads every body (also a GET's) before taking a slot.
-                    if method == HttpMethod::Post {
-                        responses
-                            .entry("413".into())
-                            .or_insert_with(|| shared("PayloadTooLarge"));
-                    }
+                    responses
+                        .entry("413".into())
+                        .or_insert_with(|| shared("PayloadTooLarge"));
                     responses.insert("503".into(), shared("Unavailable"));
                     responses.insert("500".into(), shared("Internal"));
                 }
