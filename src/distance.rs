@@ -99,13 +99,18 @@ impl DistanceFn {
 
 /// Scales `v` to unit length; returns false (leaving it unchanged) if its norm is 0 or not finite.
 pub fn normalize(v: &mut [f32]) -> bool {
-    let norm = dot(v, v).sqrt();
+    // In f64: the norm of finite f32 components such as 1e20 overflows f32 but not f64.
+    let norm = norm_f64(v);
     if !(norm.is_finite() && norm > 0.0) {
         return false;
     }
-    let inv = 1.0 / norm;
-    v.iter_mut().for_each(|x| *x *= inv);
+    v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
     true
+}
+
+/// Euclidean norm computed in f64.
+pub fn norm_f64(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
 }
 
 mod portable {

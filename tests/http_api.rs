@@ -1093,3 +1093,33 @@ fn sigterm_drains_with_readyz_503_then_exits_zero() {
         .unwrap_or_else(|| panic!("no exit after the drain:\n{}", s.stderr()));
     assert_eq!(status.code(), Some(0), "{}", s.stderr());
 }
+
+#[test]
+fn huge_but_finite_query_vectors() {
+    let f = fx();
+    // Cosine only needs a direction: the norm of 1e20 components overflows f32, not f64.
+    let v = f
+        .server
+        .post_json(
+            "/v1/search",
+            &json!({"collection": "tracks", "vector": vec![1e20f32; DIM], "k": 3}),
+        )
+        .ok_json();
+    assert_eq!(check_results(&v).len(), 3);
+    // Under l2 the magnitude enters the score, which must stay a finite number.
+    let r = f.server.post_json(
+        "/v1/search",
+        &json!({"collection": "small", "vector": vec![3e38f32; SMALL_DIM], "k": 3}),
+    );
+    r.assert_error(422, "invalid_vector");
+    let v = f
+        .server
+        .post_json(
+            "/v1/search",
+            &json!({"collection": "small", "vector": vec![1e6f32; SMALL_DIM], "k": 3}),
+        )
+        .ok_json();
+    for r in results(&v) {
+        assert!(r["score"].is_f64(), "score must be a number: {r}");
+    }
+}

@@ -347,11 +347,11 @@ impl Answer {
             .iter()
             .map(|p| ResultItem {
                 id: c.id(p.row),
-                score: dist.score(p.dist),
+                score: finite(dist.score(p.dist)),
                 creator: c.creator(p.row),
                 popularity: c.popularity(p.row),
                 explain: self.explain.then(|| Explanation {
-                    similarity: dist.score(p.dist),
+                    similarity: finite(dist.score(p.dist)),
                     centroid: p.probe,
                     centroid_weight: self.probe_weights.get(p.probe).copied().unwrap_or(0.0)
                         / total.max(f32::MIN_POSITIVE),
@@ -820,6 +820,16 @@ fn taste_probes(
     Ok(probes)
 }
 
+/// Scores are always JSON numbers: an overflow (only possible with extreme stored vectors)
+/// saturates instead of turning into `null`.
+fn finite(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::MIN
+    } else {
+        x.clamp(f32::MIN, f32::MAX)
+    }
+}
+
 /// Validates a query vector and brings it into the collection's space.
 fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
     if vector.len() != c.dim() {
@@ -837,6 +847,14 @@ fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
         return Err(unprocessable(
             "invalid_vector",
             format!("vector[{i}] is not a finite number (or overflows f32)"),
+        ));
+    }
+    // Under l2 and dot the query's magnitude enters the scores: past this norm they would
+    // overflow f32 (the scores must stay finite numbers).
+    if c.manifest.metric != Metric::Cosine && crate::distance::norm_f64(vector) > MAX_QUERY_NORM {
+        return Err(unprocessable(
+            "invalid_vector",
+            format!("the vector's norm is above {MAX_QUERY_NORM:e}: scores would overflow"),
         ));
     }
     let mut q = vector.to_vec();
