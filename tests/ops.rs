@@ -569,7 +569,9 @@ fn swaps_under_concurrent_load_fail_no_request() {
     // A reload with nothing new changes nothing.
     let r = reload(&s.addr).ok();
     assert_eq!(r["collections"]["tracks"]["outcome"], "unchanged", "{r}");
-    assert!(s.stderr().contains("swapped in new version"));
+    wait_until("the swap log line", Duration::from_secs(30), || {
+        s.stderr().contains("swapped in new version")
+    });
     assert_no_panic(&s.stderr());
 }
 
@@ -592,12 +594,12 @@ fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
     assert_eq!(refusals(&s.addr), 1.0);
     assert_eq!(served_version(&s.addr, "tracks"), v1);
     assert_serving(&s, &f);
-    let log = s.stderr();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("refused new version") && l.contains("vectors.bin")),
-        "{log}"
-    );
+    // The log is read by another thread: wait for the line rather than race it.
+    wait_until("the refusal log line", Duration::from_secs(30), || {
+        s.stderr()
+            .lines()
+            .any(|l| l.contains("refused new version") && l.contains("vectors.bin"))
+    });
 
     // 2. A truncated file, via SIGHUP.
     let cut = f.copy_version(&v1, "zz-2-truncated");
@@ -614,7 +616,9 @@ fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
     wait_until("the second refusal", Duration::from_secs(30), || {
         refusals(&s.addr) == 2.0
     });
-    assert!(s.stderr().contains("graph_level0.bin"));
+    wait_until("the truncation log line", Duration::from_secs(30), || {
+        s.stderr().contains("graph_level0.bin")
+    });
     assert_eq!(served_version(&s.addr, "tracks"), v1);
     assert_serving(&s, &f);
 
