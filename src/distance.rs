@@ -153,7 +153,7 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     // Safe wrappers: only handed out after the features were detected.
@@ -170,8 +170,9 @@ mod x86 {
         unsafe { l2sq_avx512_impl(a, b) }
     }
 
+    /// Horizontal sum of eight lanes (also used by the 8-bit kernels in `quant`).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum256(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);

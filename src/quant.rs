@@ -189,12 +189,7 @@ mod x86 {
             acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), b1, acc1);
             i += 16;
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s4 = _mm_add_ps(lo, hi);
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+        let mut s = crate::distance::x86::hsum256(_mm256_add_ps(acc0, acc1));
         while i < n {
             s += *pa.add(i) * *pb.add(i) as f32;
             i += 1;
