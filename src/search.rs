@@ -226,9 +226,12 @@ impl<'a> Graph<'a> {
                 let mut pq = std::mem::take(&mut scratch.prepared);
                 pq.prepare(query, q8.scale, q8.offset);
                 let dim = self.dim;
+                let l2 = q8.metric == Metric::L2;
                 let dist = |row: u32| {
                     let r = row as usize;
-                    pq.distance(q8.metric, &q8.codes[r * dim..(r + 1) * dim], q8.sqnorms[r])
+                    // Only l2 needs ‖x‖²: reading it otherwise costs a cache miss per distance.
+                    let norm2 = if l2 { q8.sqnorms[r] } else { 0.0 };
+                    pq.distance(q8.metric, &q8.codes[r * dim..(r + 1) * dim], norm2)
                 };
                 let prefetch = |row: u32| {
                     Self::prefetch_bytes(q8.codes.as_ptr() as *const u8, row as usize * dim, dim)
