@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every measurement behind BENCHMARKS.md, in one command:
 #
-#   bash tools/bench_all.sh                       # ~1-1.5 h on 2 cores (the 1M build dominates)
+#   bash tools/bench_all.sh                       # ~1.5-2 h on 2 cores (the 1M builds dominate)
 #   nohup bash tools/bench_all.sh > target/bench/run.log 2>&1 &    # and poll run.log
 #   .venv/bin/python tools/bench_report.py        # tables (markdown) + PNG plots from the results
 #
@@ -19,16 +19,25 @@
 #      (drift check: the machine is shared);
 #   d. the open-time experiment: `earshot generate` N x 128 (N = BENCH_SCALE_N, default 1,000,000),
 #      build, then `earshot bench --lazy` and the default (checksum-verifying) open, 3 times each,
-#      and tools/peers_load.py: hnswlib load_index / voyager Index.load time and RSS on the same data;
+#      and tools/peers_load.py: hnswlib load_index / voyager Index.load time and RSS on the same data,
+#      and hnswlib's recall at ef 64 on the same 100 queries (a check of the earshot graph at scale);
 #   e. HTTP: `earshot serve` on the data sets' indexes, `earshot bench-http --mode similar` and
-#      `--mode taste` on yes-tracks at ef 64 (closed-loop max, then open-loop at 25/50/75/90 %).
+#      `--mode taste` on yes-tracks at ef 64 (closed-loop max, then open-loop at 25/50/75/90 %), plus the
+#      server's CPU time and request count (http.server-cpu.jsonl) and the in-process QPS at ef 64;
+#   f. interleaved rounds (tools/bench_pairs.py): per data set, 3 rounds of earshot (int8, f32, int8 on
+#      2 threads) then hnswlib, FAISS and batched hnswlib over ef 10 … 512, back to back, so the headline
+#      ratios and the thread scaling come from the same minutes even when the machine's load drifts.
+#   Order: c, e, f, then d (the longest).
 #
 # Environment knobs:
 #   BENCH_DATASETS="yes-tracks fashion-mnist lastfm"   which data sets (step c)
 #   BENCH_SKIP_SCALE=1      skip step d        BENCH_SCALE_N=300000   smaller scale run
 #   BENCH_SKIP_PEERS=1      skip peers.py      BENCH_SKIP_HTTP=1      skip step e
 #   BENCH_EF=10,16,...      the ef sweep       BENCH_PORT=7791        the HTTP port (loopback only)
+#   BENCH_SKIP_SETS=1       skip step c (the data sets' indexes from an earlier run are reused)
+#   BENCH_SKIP_PAIRS=1      skip step f        BENCH_ROUNDS=3         rounds in step f
 #   BENCH_KEEP=1            keep earlier *.jsonl results instead of starting clean
+#   BENCH_NO_BUILD=1        reuse target/bench/bin/earshot (e.g. to add a step to an earlier run)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -76,10 +85,12 @@ step() {
 }
 
 # ------------------------------------------------------------------ a. binary, machine facts
-log "building the release binary"
-cargo build --release --quiet
-cp target/release/earshot "$bin"
-{
+if [[ -z "${BENCH_NO_BUILD:-}" || ! -x "$bin" ]]; then
+    log "building the release binary"
+    cargo build --release --quiet
+    cp target/release/earshot "$bin"
+fi
+[[ -n "${BENCH_KEEP:-}" && -f "$out/machine.json" ]] || {
     printf '{"cpu":%s,"cores":%s,"mem_gib":%s,"kernel":"%s","rustc":"%s","commit":"%s",' \
         "$(lscpu | sed -n 's/^Model name: *//p' | head -1 | jq -R .)" "$(nproc)" \
         "$(free -g | awk '/^Mem:/{print $2}')" "$(uname -r)" "$(rustc --version)" "$(git rev-parse HEAD)"
@@ -152,6 +163,7 @@ run_ds() {
 }
 
 for ds in $DATASETS; do
+    [[ -z "${BENCH_SKIP_SETS:-}" ]] || break
     case "$ds" in
         yes-tracks)
             run_ds yes-tracks cosine 5 \
@@ -180,6 +192,7 @@ done
 
 # ------------------------------------------------------------------ e. HTTP (before d: d is long)
 if [[ -z "${BENCH_SKIP_HTTP:-}" && -d "$out/idx/yes-tracks" ]]; then
+    rm -f "$out"/http.*.jsonl  # a re-run (BENCH_KEEP=1) replaces this step's results
     unset EARSHOT_QUERY_KEYS EARSHOT_ADMIN_KEYS
     "$bin" serve --index-root "$out/idx" --addr "127.0.0.1:$PORT" --default-ef 64 \
         > "$out/logs/serve.log" 2>&1 &
@@ -190,10 +203,23 @@ if [[ -z "${BENCH_SKIP_HTTP:-}" && -d "$out/idx/yes-tracks" ]]; then
         sleep 0.5
     done
     curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null
+    # the load generator shares the 2 cores with the server: also record the server's own CPU time
+    # (utime + stime) and the requests it answered (from /metrics), i.e. requests per server CPU-second
+    server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server/stat"; }
+    served() {
+        curl -sf "http://127.0.0.1:$PORT/metrics" |
+            awk '/^earshot_http_requests_total/ && /route="\/v1\// {s += $NF} END {print s + 0}'
+    }
     for mode in similar taste; do
+        c0="$(server_cpu)"; r0="$(served)"; t0="$(now)"
         step "http.$mode" "http.$mode.jsonl" "$bin" bench-http --url "http://127.0.0.1:$PORT" \
             --index "$out/idx/yes-tracks" --mode "$mode" --ef 64 --k 10 --duration 10 \
             --fractions 0.25,0.5,0.75,0.9
+        c1="$(server_cpu)"; r1="$(served)"
+        awk -v m="$mode" -v c="$(awk -v a="$c1" -v b="$c0" 'BEGIN{print a-b}')" -v r="$((r1 - r0))" \
+            -v w="$(awk -v a="$(now)" -v b="$t0" 'BEGIN{print a-b}')" \
+            'BEGIN{printf "{\"mode\":\"%s\",\"server_cpu_s\":%.2f,\"requests\":%d,\"wall_s\":%.1f,\"requests_per_cpu_s\":%.0f}\n", m, c, r, w, (c > 0 ? r / c : 0)}' \
+            >> "$out/http.server-cpu.jsonl"
     done
     kill "$server"
     wait "$server" 2>/dev/null || true
@@ -206,10 +232,34 @@ if [[ -z "${BENCH_SKIP_HTTP:-}" && -d "$out/idx/yes-tracks" ]]; then
         --gt "$Y/gt_track_to_track_angular_ids.npy"
 fi
 
+# ------------------------------------------------------------------ f. interleaved rounds
+if [[ -z "${BENCH_SKIP_PAIRS:-}" ]]; then
+    pairs=("$py" tools/bench_pairs.py --earshot "$bin" --rounds "${BENCH_ROUNDS:-3}" --repeat 3
+           --m 16 --ef-construction 200 --threads 2)
+    for ds in $DATASETS; do
+        [[ -d "$out/idx/$ds" ]] || continue
+        rm -f "$out/$ds.pairs.jsonl"
+        case "$ds" in
+            yes-tracks)
+                step "$ds.pairs" "$ds.pairs.jsonl" "${pairs[@]}" --ds "$ds" --index "$out/idx/$ds" \
+                    --metric cosine --base "$Y/tracks_minilm384.npy" --query-rows "$Y/track_query_rows.npy" \
+                    --skip-self --gt "$Y/gt_track_to_track_angular_ids.npy" ;;
+            fashion-mnist)
+                step "$ds.pairs" "$ds.pairs.jsonl" "${pairs[@]}" --ds "$ds" --index "$out/idx/$ds" \
+                    --metric l2 --base "$F/base.npy" --queries "$F/queries.npy" --gt "$F/gt_ids.npy" ;;
+            lastfm)
+                step "$ds.pairs" "$ds.pairs.jsonl" "${pairs[@]}" --ds "$ds" --index "$out/idx/$ds" \
+                    --metric dot --base "$L/artists_als64.npy" --queries "$L/users_als64.npy" \
+                    --gt "$L/gt_users_to_artists_dot_ids.npy" ;;
+        esac
+    done
+fi
+
 # ------------------------------------------------------------------ d. open time at scale
 if [[ -z "${BENCH_SKIP_SCALE:-}" ]]; then
     S="$out/scale"
     mkdir -p "$S"
+    rm -f "$out"/scale.*.jsonl
     if [[ "$(cat "$S/data/.n" 2>/dev/null)" != "$SCALE_N" ]]; then
         step "scale.generate" - "$bin" generate --out "$S/data" --tracks "$SCALE_N" --dim 128 --queries 1000
         echo "$SCALE_N" > "$S/data/.n"
@@ -225,6 +275,9 @@ if [[ -z "${BENCH_SKIP_SCALE:-}" ]]; then
     step "scale.peers-build" scale.peers-build.jsonl "$py" tools/peers_load.py build \
         --base "$S/data/tracks.npy" --metric l2 --out "$S/peers" --threads 2
     step "scale.peers-load" scale.peers-load.jsonl "$py" tools/peers_load.py load --out "$S/peers" --repeat 3
+    # sanity check of the synthetic set's difficulty: hnswlib's recall on the same 100 queries at ef 64
+    step "scale.peers-recall" scale.peers-recall.jsonl "$py" tools/peers_load.py recall --out "$S/peers" \
+        --base "$S/data/tracks.npy" --queries "$S/data/queries100.npy" --ef 64
 fi
 
 log "done: results in $out/*.jsonl; now: $py tools/bench_report.py"

@@ -6,9 +6,14 @@
         --out target/bench/scale/peers
     # load each saved index in a FRESH process, --repeat times: one JSON line per load
     .venv/bin/python tools/peers_load.py load --out target/bench/scale/peers --repeat 3
+    # hnswlib's recall@10 at ef 64 on 100 queries (exact ground truth by brute force)
+    .venv/bin/python tools/peers_load.py recall --out target/bench/scale/peers \
+        --base target/bench/scale/data/tracks.npy --queries target/bench/scale/data/queries100.npy --ef 64
 
 `build` prints one JSON line per library: {"lib","build_s","n","dim","file_bytes",...} and writes
   hnswlib.bin (hnswlib.Index.save_index) and voyager.voy (voyager.Index.save).
+`recall` (sanity check of the data set's difficulty, next to `earshot bench` on the same queries) loads the
+  saved hnswlib index and prints its recall@k at --ef for --queries against exact brute force (numpy).
 `load` runs, for each library, a child process (`load-one`) that imports the library first (so the
   import is not counted), records VmRSS, then times hnswlib `Index.load_index(path)` /
   voyager `Index.load(path)` (wall clock, perf_counter), records VmRSS again, and answers one query so the
@@ -117,6 +122,34 @@ def cmd_load_one(a):
                       "load1": loadavg1()}), flush=True)
 
 
+def cmd_recall(a):
+    """recall@k of the saved hnswlib index at --ef for --queries (exact L2/IP/cosine top-k by numpy): a
+    sanity check of the scale data set next to `earshot bench` on the same queries."""
+    import hnswlib
+    with open(os.path.join(a.out, "meta.json")) as f:
+        meta = json.load(f)
+    base = np.load(a.base, mmap_mode="r")
+    q = np.ascontiguousarray(np.load(a.queries), dtype=np.float32)
+    metric = meta["metric"]
+    hits = 0
+    hn_space, _ = space_names(metric)
+    idx = hnswlib.Index(space=hn_space, dim=meta["dim"])
+    idx.load_index(os.path.join(a.out, "hnswlib.bin"), max_elements=meta["n"])
+    idx.set_num_threads(1)
+    idx.set_ef(a.ef)
+    labels = idx.knn_query(q, k=a.k, num_threads=1)[0]
+    for i in range(q.shape[0]):
+        qi = q[i].astype(np.float64)
+        d = np.empty(meta["n"])
+        for s in range(0, meta["n"], 200_000):  # blocks keep the float64 copy small
+            blk = np.asarray(base[s:s + 200_000], dtype=np.float64)
+            d[s:s + len(blk)] = ((blk - qi) ** 2).sum(1) if metric == "l2" else -(blk @ qi)
+        kth = np.partition(d, a.k - 1)[a.k - 1]
+        hits += int(np.count_nonzero(d[labels[i].astype(np.int64)] <= kth + 1e-6))
+    print(json.dumps({"lib": "hnswlib", "ef": a.ef, "k": a.k, "recall": round(hits / (a.k * q.shape[0]), 4),
+                      "n_queries": int(q.shape[0]), "n": meta["n"]}), flush=True)
+
+
 def cmd_load(a):
     libs = [x.strip() for x in a.libs.split(",") if x.strip()]
     for lib in libs:
@@ -141,11 +174,17 @@ def main(argv=None):
     ld.add_argument("--out", required=True)
     ld.add_argument("--repeat", type=int, default=3)
     ld.add_argument("--libs", default="hnswlib,voyager")
+    rc = sub.add_parser("recall")
+    rc.add_argument("--out", required=True)
+    rc.add_argument("--base", required=True)
+    rc.add_argument("--queries", required=True)
+    rc.add_argument("--ef", type=int, default=64)
+    rc.add_argument("--k", type=int, default=10)
     one = sub.add_parser("load-one")
     one.add_argument("--out", required=True)
     one.add_argument("--lib", required=True, choices=["hnswlib", "voyager"])
     a = p.parse_args(argv)
-    {"build": cmd_build, "load": cmd_load, "load-one": cmd_load_one}[a.cmd](a)
+    {"build": cmd_build, "load": cmd_load, "load-one": cmd_load_one, "recall": cmd_recall}[a.cmd](a)
     return 0
 
 
