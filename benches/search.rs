@@ -39,6 +39,7 @@ fn search(c: &mut Criterion) {
                 m: 16,
                 ef_construction: 100,
                 threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                builder: Default::default(),
             },
             force: false,
             source: "benches/search.rs".into(),

@@ -165,6 +165,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             m: 16,
             ef_construction: 200,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            builder: Default::default(),
         };
         let mut settings = build::Settings {
             metric: Metric::Cosine,

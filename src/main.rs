@@ -92,6 +92,10 @@ struct BuildArgs {
     /// Build threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Graph builder: earshot's own (native, the default) or the hnsw_rs crate. Same layout
+    /// and algorithm; native builds several times faster (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = build::Builder::Native)]
+    graph_builder: build::Builder,
     /// Replace an existing output directory (or, with --versioned, turn a plain one into a
     /// versioned collection, keeping the old build as a version).
     #[arg(long)]
@@ -202,6 +206,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         threads: a
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        builder: a.graph_builder,
     };
     tracing::info!("reading {}", a.vectors.display());
     let data = build::input::load(&spec, a.metric)?;

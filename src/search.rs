@@ -104,6 +104,27 @@ impl Scratch {
     }
 }
 
+/// Prefetches `data[start..start + len]` into cache: with 384-d vectors a distance reads 24
+/// cache lines, and the walk is bound by those misses, not by arithmetic. Out-of-range
+/// positions are harmless (a prefetch is only a hint and never faults).
+#[inline(always)]
+pub fn prefetch_range<T>(data: &[T], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let size = std::mem::size_of::<T>();
+        let p = data.as_ptr().wrapping_add(start) as *const i8;
+        let mut off = 0;
+        while off < len * size {
+            // SAFETY: _mm_prefetch never dereferences or faults; SSE is baseline on x86_64.
+            unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T0) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, start, len);
+}
+
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
@@ -151,25 +172,6 @@ impl<'a> Graph<'a> {
             }
             None => &[],
         }
-    }
-
-    /// Prefetches the bytes `[start, start + len)` of `base`: with 384-d vectors a distance
-    /// reads 24 cache lines, and the walk is bound by those misses, not by arithmetic.
-    #[inline(always)]
-    fn prefetch_bytes(base: *const u8, start: usize, len: usize) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: prefetch is only a hint; callers pass ranges inside a live slice.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = base.add(start) as *const i8;
-            let mut off = 0;
-            while off < len {
-                _mm_prefetch(p.add(off), _MM_HINT_T0);
-                off += 64;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (base, start, len);
     }
 
     /// Greedy descent through the upper levels to the best entry for level 0.
@@ -233,9 +235,7 @@ impl<'a> Graph<'a> {
                     let norm2 = if l2 { q8.sqnorms[r] } else { 0.0 };
                     pq.distance(q8.metric, &q8.codes[r * dim..(r + 1) * dim], norm2)
                 };
-                let prefetch = |row: u32| {
-                    Self::prefetch_bytes(q8.codes.as_ptr() as *const u8, row as usize * dim, dim)
-                };
+                let prefetch = |row: u32| prefetch_range(q8.codes, row as usize * dim, dim);
                 self.walk(&dist, &prefetch, ef, &accept, filtered, scratch);
                 // Exact re-ranking of the beam's survivors.
                 out.extend(scratch.top.drain().map(|h| Hit {
@@ -246,13 +246,8 @@ impl<'a> Graph<'a> {
             }
             None => {
                 let dist = |row: u32| self.dist.distance(query, self.vector(row));
-                let prefetch = |row: u32| {
-                    Self::prefetch_bytes(
-                        self.vectors.as_ptr() as *const u8,
-                        row as usize * self.dim * 4,
-                        self.dim * 4,
-                    )
-                };
+                let prefetch =
+                    |row: u32| prefetch_range(self.vectors, row as usize * self.dim, self.dim);
                 self.walk(&dist, &prefetch, ef, &accept, filtered, scratch);
                 out.extend(scratch.top.drain());
             }
@@ -288,11 +283,7 @@ impl<'a> Graph<'a> {
             // while this candidate's neighbours are measured.
             if let Some(Reverse(next)) = scratch.candidates.peek() {
                 let stride = 1 + self.level0_degree;
-                Self::prefetch_bytes(
-                    self.level0.as_ptr() as *const u8,
-                    next.row as usize * stride * 4,
-                    stride * 4,
-                );
+                prefetch_range(self.level0, next.row as usize * stride, stride);
             }
             // Gather the unvisited neighbours first so their vectors can be prefetched a few
             // steps ahead of the distance computations that read them.

@@ -107,7 +107,8 @@ impl Truth {
     }
 }
 
-fn check(metric: Metric, seed: u64) {
+/// Builds with `extra` CLI options and checks recall in-process and (if `http`) over HTTP.
+fn check(metric: Metric, seed: u64, extra: &[&str], http: bool) {
     let name = metric_name(metric);
     let dir = tempfile::tempdir().unwrap();
     let d = data(metric, seed);
@@ -116,12 +117,14 @@ fn check(metric: Metric, seed: u64) {
     let root = dir.path().join("indexes");
     let out = root.join(name);
     let mut args = build_args(&npy, None, name, &out);
-    args.extend(["--threads".into(), "1".into()]);
+    args.extend(extra.iter().map(Into::into));
     earshot(&args).assert_ok();
 
     let truth = Truth::new(metric, &d);
     in_process(&out, &truth);
-    over_http(&root, name, &truth, &d.queries);
+    if http {
+        over_http(&root, name, &truth, &d.queries);
+    }
 }
 
 fn in_process(dir: &Path, truth: &Truth) {
@@ -197,15 +200,54 @@ fn over_http(root: &Path, name: &str, truth: &Truth, raw_queries: &[f32]) {
 
 #[test]
 fn recall_cosine() {
-    check(Metric::Cosine, 11);
+    check(Metric::Cosine, 11, &["--threads", "1"], true);
 }
 
 #[test]
 fn recall_l2() {
-    check(Metric::L2, 22);
+    check(Metric::L2, 22, &["--threads", "1"], true);
 }
 
+/// Also the concurrent build: two threads inserting into the same graph.
 #[test]
 fn recall_dot() {
-    check(Metric::Dot, 33);
+    check(Metric::Dot, 33, &["--threads", "2"], true);
+}
+
+/// The hnsw_rs builder stays available and builds the same kind of graph.
+#[test]
+fn recall_hnsw_rs_builder() {
+    check(
+        Metric::Cosine,
+        44,
+        &["--threads", "2", "--graph-builder", "hnsw-rs"],
+        false,
+    );
+}
+
+/// With one thread the native builder is deterministic: the same input gives the same graph
+/// files, byte for byte (levels come from a fixed seed, rows go in in order).
+#[test]
+fn one_thread_native_build_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(Metric::L2, 55);
+    let npy = dir.path().join("vectors.npy");
+    write_npy(&npy, DIM, &d.vectors[..5_000 * DIM]);
+    let graph_files = |out: &Path| -> Vec<Vec<u8>> {
+        let mut args = build_args(&npy, None, "l2", out);
+        args.extend(["--threads".into(), "1".into()]);
+        earshot(&args).assert_ok();
+        [
+            earshot::format::names::LEVEL0,
+            earshot::format::names::UPPER,
+            earshot::format::names::UPPER_START,
+        ]
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect()
+    };
+    let a = graph_files(&dir.path().join("a"));
+    let b = graph_files(&dir.path().join("b"));
+    assert!(a.iter().all(|f| f.len() > 64), "graph files are empty");
+    assert!(a == b, "two one-thread builds of the same input differ");
 }

@@ -1,5 +1,5 @@
-//! Builds the HNSW graph with hnsw_rs, then flattens it into the served layout
-//! (see `search.rs` and docs/format.md).
+//! Builds the HNSW graph in the served layout (see `search.rs` and docs/format.md), either
+//! with earshot's own builder (`hnsw.rs`, the default) or with hnsw_rs, flattened afterwards.
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
@@ -12,6 +12,27 @@ pub struct GraphParams {
     pub m: usize,
     pub ef_construction: usize,
     pub threads: usize,
+    pub builder: Builder,
+}
+
+/// Which implementation builds the graph. Both produce the same layout and the same kind of
+/// graph (hnswlib's algorithm and neighbour heuristic); `native` is 2–4× faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Builder {
+    /// earshot's builder, writing the served layout directly.
+    #[default]
+    Native,
+    /// The hnsw_rs crate, flattened into the served layout afterwards.
+    HnswRs,
+}
+
+impl Builder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Builder::Native => "native",
+            Builder::HnswRs => "hnsw_rs",
+        }
+    }
 }
 
 /// The graph in the served layout.
@@ -69,6 +90,20 @@ pub fn build(
         params.ef_construction >= params.m,
         "--ef-construction must be at least --m"
     );
+    match params.builder {
+        Builder::Native => super::hnsw::build(vectors, dim, metric, params, progress),
+        Builder::HnswRs => build_hnsw_rs(vectors, dim, metric, params, progress),
+    }
+}
+
+fn build_hnsw_rs(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    params: GraphParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> anyhow::Result<FlatGraph> {
+    let n = vectors.len() / dim;
     let max_sq_norm = vectors
         .chunks_exact(dim)
         .map(|v| distance::dot(v, v))

@@ -1,7 +1,8 @@
-//! `earshot build`: inputs → HNSW graph (hnsw_rs) → a collection directory.
+//! `earshot build`: inputs → HNSW graph → a collection directory.
 
 pub mod creators;
 pub mod graph;
+pub mod hnsw;
 pub mod input;
 pub mod progress;
 pub mod writer;
@@ -14,7 +15,7 @@ use crate::distance;
 use crate::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
 use crate::metric::Metric;
 
-pub use graph::GraphParams;
+pub use graph::{Builder, GraphParams};
 pub use input::{Dataset, InputSpec};
 
 /// How to build a collection.
@@ -135,7 +136,11 @@ pub fn build_collection(
         has_popularity: data.popularity.is_some(),
         built_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         build_seconds: 0.0,
-        builder: format!("earshot {}", env!("CARGO_PKG_VERSION")),
+        builder: format!(
+            "earshot {} ({} graph builder)",
+            env!("CARGO_PKG_VERSION"),
+            params.builder.name()
+        ),
         source: source.to_string(),
         quantization: settings.quantize.then(|| "int8".to_string()),
         files: Default::default(),

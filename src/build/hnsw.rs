@@ -1,0 +1,360 @@
+//! earshot's own HNSW builder: hnswlib's `addPoint`, writing straight into the served layout.
+//!
+//! Why not only hnsw_rs: it keeps each point as a heap object behind `Arc`s and a `HashMap`,
+//! so a build chases pointers and builds 2–4× slower than hnswlib (BENCHMARKS.md, "why the
+//! build is slow"). Here the links live in the flat arrays the server maps (`search.rs`),
+//! one `AtomicU32` per slot:
+//!
+//! - levels are drawn up front from a seeded RNG, so every node's upper blocks have a fixed
+//!   place (`upper_start`) before any insert and the layout never moves;
+//! - a node's link list is read and written under that node's mutex, and a thread never holds
+//!   two node locks at once, so there is no lock order to get wrong;
+//! - threads take the next row from one atomic counter (rows go in roughly in order, as in
+//!   hnswlib's `ParallelFor`); one thread gives the same graph on every run.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+use rand::{RngExt, SeedableRng};
+
+use super::graph::{FlatGraph, GraphParams};
+use crate::distance::DistanceFn;
+use crate::metric::Metric;
+use crate::search::{prefetch_range, Hit};
+
+/// No node gets more levels than this (1M points at m = 16 reach level ~5).
+const MAX_LEVEL: u32 = 16;
+/// Seed of the level generator (hnswlib's default `random_seed`).
+const LEVEL_SEED: u64 = 100;
+/// How many neighbours ahead of the one being measured have their vectors prefetched.
+const PREFETCH_AHEAD: usize = 3;
+
+/// Builds the graph over `vectors` (row-major, `dim` wide; unit length for cosine).
+pub fn build(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    params: GraphParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> anyhow::Result<FlatGraph> {
+    let n = vectors.len() / dim;
+    let b = Builder::new(vectors, dim, metric, params, n);
+    let next = AtomicUsize::new(1);
+    let done = AtomicUsize::new(1);
+    progress(1);
+    let threads = params.threads.clamp(1, n.max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut scratch = Scratch::default();
+                loop {
+                    let row = next.fetch_add(1, Relaxed);
+                    if row >= n {
+                        break;
+                    }
+                    b.insert(row as u32, &mut scratch);
+                    let d = done.fetch_add(1, Relaxed) + 1;
+                    if d.is_multiple_of(4096) || d == n {
+                        progress(d);
+                    }
+                }
+            });
+        }
+    });
+    Ok(b.finish())
+}
+
+struct Builder<'a> {
+    vectors: &'a [f32],
+    dim: usize,
+    dist: DistanceFn,
+    m: usize,
+    ef_construction: usize,
+    levels: Vec<u8>,
+    /// `n` blocks of `[count, links ..]`, `1 + 2m` slots each.
+    level0: Vec<AtomicU32>,
+    /// Blocks of `1 + m` slots; node `v`'s level `l ≥ 1` is block `upper_start[v] + l - 1`.
+    upper: Vec<AtomicU32>,
+    upper_start: Vec<u32>,
+    locks: Vec<Mutex<()>>,
+    /// (entry point, its level). Held for a whole insert only by a node that will top it.
+    entry: Mutex<(u32, u32)>,
+}
+
+/// Per-thread search state, reused across inserts.
+#[derive(Default)]
+struct Scratch {
+    visited: Vec<u32>,
+    epoch: u32,
+    candidates: BinaryHeap<Reverse<Hit>>,
+    top: BinaryHeap<Hit>,
+    links: Vec<u32>,
+    sorted: Vec<Hit>,
+    selected: Vec<Hit>,
+    prune_in: Vec<Hit>,
+    prune_out: Vec<Hit>,
+}
+
+fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // The guarded data is the link slots, which a panicking holder cannot leave torn in a
+    // way that matters more than a lost link; poisoning would only turn that into a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn atomics(len: usize) -> Vec<AtomicU32> {
+    (0..len).map(|_| AtomicU32::new(0)).collect()
+}
+
+impl<'a> Builder<'a> {
+    fn new(vectors: &'a [f32], dim: usize, metric: Metric, p: GraphParams, n: usize) -> Self {
+        // hnswlib's level distribution: floor(-ln(U) / ln(m)).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(LEVEL_SEED);
+        let mult = 1.0 / (p.m as f64).ln();
+        let levels: Vec<u8> = (0..n)
+            .map(|_| {
+                let u: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+                ((-u.ln() * mult) as u32).min(MAX_LEVEL) as u8
+            })
+            .collect();
+        let mut upper_start = vec![crate::format::NONE_U32; n];
+        let mut blocks = 0u32;
+        for (v, &l) in levels.iter().enumerate() {
+            if l > 0 {
+                upper_start[v] = blocks;
+                blocks += l as u32;
+            }
+        }
+        Self {
+            vectors,
+            dim,
+            dist: DistanceFn::new(metric),
+            m: p.m,
+            ef_construction: p.ef_construction,
+            level0: atomics(n * (1 + 2 * p.m)),
+            upper: atomics(blocks as usize * (1 + p.m)),
+            upper_start,
+            locks: (0..n).map(|_| Mutex::new(())).collect(),
+            entry: Mutex::new((0, levels[0] as u32)),
+            levels,
+        }
+    }
+
+    fn vector(&self, row: u32) -> &'a [f32] {
+        let s = row as usize * self.dim;
+        &self.vectors[s..s + self.dim]
+    }
+
+    fn distance(&self, a: u32, b: u32) -> f32 {
+        self.dist.distance(self.vector(a), self.vector(b))
+    }
+
+    /// The slots of `row`'s block on `level`: `[count, links ..]`.
+    fn block(&self, row: u32, level: u32) -> &[AtomicU32] {
+        if level == 0 {
+            let stride = 1 + 2 * self.m;
+            &self.level0[row as usize * stride..(row as usize + 1) * stride]
+        } else {
+            let stride = 1 + self.m;
+            let b = self.upper_start[row as usize] as usize + level as usize - 1;
+            &self.upper[b * stride..(b + 1) * stride]
+        }
+    }
+
+    /// Copies `row`'s links on `level` into `out`.
+    fn read_links(&self, row: u32, level: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let block = self.block(row, level);
+        let _g = lock(&self.locks[row as usize]);
+        let count = block[0].load(Relaxed) as usize;
+        out.extend(block[1..1 + count].iter().map(|s| s.load(Relaxed)));
+    }
+
+    /// Writes `links` as `row`'s list on `level`; the caller holds `row`'s lock.
+    fn write_links(&self, row: u32, level: u32, links: impl ExactSizeIterator<Item = u32>) {
+        let block = self.block(row, level);
+        block[0].store(links.len() as u32, Relaxed);
+        for (slot, l) in block[1..].iter().zip(links) {
+            slot.store(l, Relaxed);
+        }
+    }
+
+    fn insert(&self, row: u32, s: &mut Scratch) {
+        let level = self.levels[row as usize] as u32;
+        let guard = lock_entry(&self.entry);
+        let (entry, top_level) = *guard;
+        // A node that will become the new entry point keeps the lock for its whole insert, so
+        // nobody starts from an entry point whose upper levels are still being linked.
+        let held = (level > top_level).then_some(guard);
+        let mut cur = Hit {
+            dist: self.distance(row, entry),
+            row: entry,
+        };
+        for l in (level + 1..=top_level).rev() {
+            cur = self.greedy(row, cur, l, &mut s.links);
+        }
+        for l in (0..=level.min(top_level)).rev() {
+            self.search_layer(row, cur, l, s);
+            s.sorted.clear();
+            s.sorted.extend(s.top.drain());
+            s.sorted.sort_unstable();
+            self.select(&s.sorted, self.m, &mut s.selected);
+            {
+                let _g = lock(&self.locks[row as usize]);
+                self.write_links(row, l, s.selected.iter().map(|h| h.row));
+            }
+            let max_links = if l == 0 { 2 * self.m } else { self.m };
+            for i in 0..s.selected.len() {
+                let nb = s.selected[i];
+                let new = Hit { dist: nb.dist, row };
+                self.link_back(nb.row, new, l, max_links, s);
+            }
+            if let Some(&best) = s.sorted.first() {
+                cur = best;
+            }
+        }
+        if let Some(mut g) = held {
+            *g = (row, level);
+        }
+    }
+
+    /// Greedy walk on one upper level towards `row`.
+    fn greedy(&self, row: u32, mut cur: Hit, level: u32, links: &mut Vec<u32>) -> Hit {
+        let q = self.vector(row);
+        loop {
+            self.read_links(cur.row, level, links);
+            let mut moved = false;
+            for &nb in links.iter() {
+                let d = self.dist.distance(q, self.vector(nb));
+                if d < cur.dist {
+                    cur = Hit { dist: d, row: nb };
+                    moved = true;
+                }
+            }
+            if !moved {
+                return cur;
+            }
+        }
+    }
+
+    /// Beam search of width ef_construction on `level`; leaves the beam in `s.top`.
+    fn search_layer(&self, row: u32, entry: Hit, level: u32, s: &mut Scratch) {
+        let q = self.vector(row);
+        let n = self.levels.len();
+        if s.visited.len() < n {
+            s.visited.resize(n, 0);
+        }
+        s.epoch = s.epoch.wrapping_add(1);
+        if s.epoch == 0 {
+            s.visited.iter_mut().for_each(|v| *v = 0);
+            s.epoch = 1;
+        }
+        s.candidates.clear();
+        s.top.clear();
+        s.visited[entry.row as usize] = s.epoch;
+        s.visited[row as usize] = s.epoch;
+        s.candidates.push(Reverse(entry));
+        s.top.push(entry);
+        let mut bound = entry.dist;
+        while let Some(Reverse(c)) = s.candidates.pop() {
+            if c.dist > bound {
+                break;
+            }
+            self.read_links(c.row, level, &mut s.links);
+            // Keep only unvisited neighbours, then prefetch their vectors before measuring:
+            // the build, like a query, waits on those cache misses more than on arithmetic.
+            s.links.retain(|&nb| {
+                let seen = &mut s.visited[nb as usize];
+                let fresh = *seen != s.epoch;
+                *seen = s.epoch;
+                fresh
+            });
+            let prefetch = |nb: u32| prefetch_range(self.vectors, nb as usize * self.dim, self.dim);
+            s.links
+                .iter()
+                .take(PREFETCH_AHEAD)
+                .for_each(|&nb| prefetch(nb));
+            for (i, &nb) in s.links.iter().enumerate() {
+                if let Some(&ahead) = s.links.get(i + PREFETCH_AHEAD) {
+                    prefetch(ahead);
+                }
+                let d = self.dist.distance(q, self.vector(nb));
+                if s.top.len() < self.ef_construction || d < bound {
+                    s.candidates.push(Reverse(Hit { dist: d, row: nb }));
+                    s.top.push(Hit { dist: d, row: nb });
+                    if s.top.len() > self.ef_construction {
+                        s.top.pop();
+                    }
+                    bound = s.top.peek().map_or(f32::INFINITY, |h| h.dist);
+                }
+            }
+        }
+    }
+
+    /// hnswlib's `getNeighborsByHeuristic2`: from `sorted` (closest first, distances to the
+    /// base point) keep a candidate only if it is closer to the base than to every one kept
+    /// so far, up to `max` — links that spread in different directions.
+    fn select(&self, sorted: &[Hit], max: usize, out: &mut Vec<Hit>) {
+        out.clear();
+        if sorted.len() <= max {
+            out.extend_from_slice(sorted);
+            return;
+        }
+        for &c in sorted {
+            if out.len() >= max {
+                break;
+            }
+            let v = self.vector(c.row);
+            if out
+                .iter()
+                .all(|k| self.dist.distance(v, self.vector(k.row)) >= c.dist)
+            {
+                out.push(c);
+            }
+        }
+    }
+
+    /// Adds `new` to `nb`'s links on `level`; a full list is re-pruned with the heuristic.
+    fn link_back(&self, nb: u32, new: Hit, level: u32, max: usize, s: &mut Scratch) {
+        let _g = lock(&self.locks[nb as usize]);
+        let block = self.block(nb, level);
+        let count = block[0].load(Relaxed) as usize;
+        if count < max {
+            block[1 + count].store(new.row, Relaxed);
+            block[0].store(count as u32 + 1, Relaxed);
+            return;
+        }
+        let base = self.vector(nb);
+        s.prune_in.clear();
+        s.prune_in.push(new);
+        s.prune_in.extend(block[1..1 + count].iter().map(|slot| {
+            let r = slot.load(Relaxed);
+            Hit {
+                dist: self.dist.distance(base, self.vector(r)),
+                row: r,
+            }
+        }));
+        s.prune_in.sort_unstable();
+        self.select(&s.prune_in, max, &mut s.prune_out);
+        self.write_links(nb, level, s.prune_out.iter().map(|h| h.row));
+    }
+
+    fn finish(self) -> FlatGraph {
+        let (entry_point, max_level) = *lock_entry(&self.entry);
+        let unwrap = |v: Vec<AtomicU32>| v.into_iter().map(AtomicU32::into_inner).collect();
+        FlatGraph {
+            level0: unwrap(self.level0),
+            level0_degree: 2 * self.m,
+            upper: unwrap(self.upper),
+            upper_degree: self.m,
+            upper_start: self.upper_start,
+            entry_point,
+            max_level,
+        }
+    }
+}
+
+fn lock_entry(m: &Mutex<(u32, u32)>) -> MutexGuard<'_, (u32, u32)> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
