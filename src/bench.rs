@@ -80,6 +80,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     );
     let queries = load_queries(a, &c)?;
     let g = c.graph_with(!a.exact_walk);
+    // One untimed pass first, so the first ef measured does not pay for cold caches.
+    run_chunk(&g, &queries, a.k, a.ef.first().copied().unwrap_or(64), 1);
     for &ef in &a.ef {
         let started = Instant::now();
         let per_thread = queries.len().div_ceil(a.threads);

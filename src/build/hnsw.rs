@@ -261,6 +261,10 @@ impl<'a> Builder<'a> {
             if c.dist > bound {
                 break;
             }
+            if let Some(Reverse(next)) = s.candidates.peek() {
+                let block = self.block(next.row, level);
+                prefetch_range(block, 0, block.len());
+            }
             self.read_links(c.row, level, &mut s.links);
             // Keep only unvisited neighbours, then prefetch their vectors before measuring:
             // the build, like a query, waits on those cache misses more than on arithmetic.
