@@ -27,7 +27,11 @@
 #   f. interleaved rounds (tools/bench_pairs.py): per data set, 3 rounds of earshot (int8, f32, int8 on
 #      2 threads) then hnswlib, FAISS and batched hnswlib over ef 10 … 512, back to back, so the headline
 #      ratios and the thread scaling come from the same minutes even when the machine's load drifts.
-#   Order: c, e, f, then d (the longest).
+#   g. build throughput (tools/bench_build.py): per data set, BENCH_BUILD_ROUNDS (default 2) rounds of
+#      earshot's native builder, earshot with hnsw_rs, hnswlib and FAISS, each build in a fresh process
+#      with the same M, ef_construction and 2 threads; then at scale (N x 128) one round of earshot
+#      native vs hnswlib, and the recall of the native 1M graph over an ef sweep on 1,000 queries.
+#   Order: c, e, f, g, then d (the longest).
 #
 # Environment knobs:
 #   BENCH_DATASETS="yes-tracks fashion-mnist lastfm"   which data sets (step c)
@@ -38,13 +42,15 @@
 #   BENCH_SKIP_PAIRS=1      skip step f        BENCH_ROUNDS=3         rounds in step f
 #   BENCH_KEEP=1            keep earlier *.jsonl results instead of starting clean
 #   BENCH_NO_BUILD=1        reuse target/bench/bin/earshot (e.g. to add a step to an earlier run)
+#   BENCH_SKIP_BUILDS=1     skip step g        BENCH_BUILD_ROUNDS=2   rounds in step g
+#   BENCH_OUT=target/bench  where results go (a second directory keeps an earlier run)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 cd "$root"
 shared="$(cd "$root/.." && pwd)/shared/datasets"
-out="$root/target/bench"
+out="$root/${BENCH_OUT:-target/bench}"
 bin="$out/bin/earshot"
 py="$root/.venv/bin/python"
 EFS="${BENCH_EF:-10,16,24,32,48,64,96,128,256}"
@@ -253,6 +259,35 @@ if [[ -z "${BENCH_SKIP_PAIRS:-}" ]]; then
                     --gt "$L/gt_users_to_artists_dot_ids.npy" ;;
         esac
     done
+fi
+
+# ------------------------------------------------------------------ g. build throughput
+if [[ -z "${BENCH_SKIP_BUILDS:-}" ]]; then
+    rm -f "$out"/build-throughput.jsonl
+    bb=("$py" tools/bench_build.py --earshot "$bin" --m 16 --ef-construction 200 --threads 2
+        --rounds "${BENCH_BUILD_ROUNDS:-2}" --libs earshot-native,earshot-hnsw_rs,hnswlib,faiss-hnsw)
+    for ds in $DATASETS; do
+        case "$ds" in
+            yes-tracks) step "$ds.build-throughput" build-throughput.jsonl "${bb[@]}" --ds "$ds" \
+                            --metric cosine --base "$Y/tracks_minilm384.npy" ;;
+            fashion-mnist) step "$ds.build-throughput" build-throughput.jsonl "${bb[@]}" --ds "$ds" \
+                            --metric l2 --base "$F/base.npy" ;;
+            lastfm) step "$ds.build-throughput" build-throughput.jsonl "${bb[@]}" --ds "$ds" \
+                            --metric dot --base "$L/artists_als64.npy" ;;
+        esac
+    done
+    S="$out/scale"
+    if [[ "$(cat "$S/data/.n" 2>/dev/null)" != "$SCALE_N" ]]; then
+        step "scale.generate" - "$bin" generate --out "$S/data" --tracks "$SCALE_N" --dim 128 --queries 1000
+        echo "$SCALE_N" > "$S/data/.n"
+    fi
+    step "scale.build-throughput" build-throughput.jsonl "$py" tools/bench_build.py --earshot "$bin" \
+        --m 16 --ef-construction 200 --threads 2 --rounds 1 --libs earshot-native,hnswlib --ds scale \
+        --metric l2 --base "$S/data/tracks.npy"
+    "$bin" build --vectors "$S/data/tracks.npy" --metric l2 --out "$S/idx-native" "${BUILD_FLAGS[@]}" \
+        2>> "$out/logs/scale.native-build.log"
+    step "scale.native-recall" scale.native-recall.jsonl "$bin" bench --index "$S/idx-native" --exact-walk \
+        --queries "$S/data/queries.npy" --k 10 --ef 16,32,64,128,256
 fi
 
 # ------------------------------------------------------------------ d. open time at scale
