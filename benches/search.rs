@@ -40,6 +40,7 @@ fn search(c: &mut Criterion) {
                 ef_construction: 100,
                 threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 builder: Default::default(),
+                walk: Default::default(),
             },
             force: false,
             source: "benches/search.rs".into(),

@@ -166,6 +166,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             ef_construction: 200,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             builder: Default::default(),
+            walk: Default::default(),
         };
         let mut settings = build::Settings {
             metric: Metric::Cosine,

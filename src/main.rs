@@ -96,6 +96,10 @@ struct BuildArgs {
     /// and algorithm; native builds several times faster (BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = build::Builder::Native)]
     graph_builder: build::Builder,
+    /// What the native builder's beam search measures: 8-bit codes (int8, faster; the links
+    /// are still chosen on exact distances) or the f32 vectors.
+    #[arg(long, value_enum, default_value_t = build::BuildWalk::Int8)]
+    build_walk: build::BuildWalk,
     /// Replace an existing output directory (or, with --versioned, turn a plain one into a
     /// versioned collection, keeping the old build as a version).
     #[arg(long)]
@@ -207,6 +211,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         builder: a.graph_builder,
+        walk: a.build_walk,
     };
     tracing::info!("reading {}", a.vectors.display());
     let data = build::input::load(&spec, a.metric)?;

@@ -198,9 +198,15 @@ fn over_http(root: &Path, name: &str, truth: &Truth, raw_queries: &[f32]) {
     );
 }
 
+/// The native builder walking the f32 vectors (the other tests use its default int8 walk).
 #[test]
 fn recall_cosine() {
-    check(Metric::Cosine, 11, &["--threads", "1"], true);
+    check(
+        Metric::Cosine,
+        11,
+        &["--threads", "1", "--build-walk", "f32"],
+        true,
+    );
 }
 
 #[test]

@@ -13,6 +13,18 @@ pub struct GraphParams {
     pub ef_construction: usize,
     pub threads: usize,
     pub builder: Builder,
+    pub walk: BuildWalk,
+}
+
+/// What the native builder's beam search measures distances on. The links are always chosen
+/// with exact distances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BuildWalk {
+    /// Temporary 8-bit codes: 4× fewer bytes per distance, about 1.5× faster on 384-d.
+    #[default]
+    Int8,
+    /// The f32 vectors (as hnswlib does).
+    F32,
 }
 
 /// Which implementation builds the graph. Both produce the same layout and the same kind of

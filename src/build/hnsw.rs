@@ -10,7 +10,10 @@
 //! - a node's link list is read and written under that node's mutex, and a thread never holds
 //!   two node locks at once, so there is no lock order to get wrong;
 //! - threads take the next row from one atomic counter (rows go in roughly in order, as in
-//!   hnswlib's `ParallelFor`); one thread gives the same graph on every run.
+//!   hnswlib's `ParallelFor`); one thread gives the same graph on every run;
+//! - by default the beam search walks 8-bit codes of the vectors (`quant`, 4× fewer bytes per
+//!   distance: the build is bound by memory, not arithmetic) and the links are then chosen
+//!   from the beam with exact f32 distances, so the graph keeps its quality (BENCHMARKS.md).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,9 +22,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use rand::{RngExt, SeedableRng};
 
-use super::graph::{FlatGraph, GraphParams};
-use crate::distance::DistanceFn;
+use super::graph::{BuildWalk, FlatGraph, GraphParams};
+use crate::distance::{dot, DistanceFn};
 use crate::metric::Metric;
+use crate::quant::PreparedQuery;
 use crate::search::{prefetch_range, Hit};
 
 /// No node gets more levels than this (1M points at m = 16 reach level ~5).
@@ -81,6 +85,16 @@ struct Builder<'a> {
     locks: Vec<Mutex<()>>,
     /// (entry point, its level). Held for a whole insert only by a node that will top it.
     entry: Mutex<(u32, u32)>,
+    /// 8-bit codes the beam search walks (exact distances still choose the links).
+    codes: Option<Codes>,
+}
+
+/// Per-dimension int8 codes of the vectors being built (see `quant`).
+struct Codes {
+    params: crate::quant::Params,
+    codes: Vec<i8>,
+    sqnorms: Vec<f32>,
+    metric: Metric,
 }
 
 /// Per-thread search state, reused across inserts.
@@ -95,6 +109,7 @@ struct Scratch {
     selected: Vec<Hit>,
     prune_in: Vec<Hit>,
     prune_out: Vec<Hit>,
+    query: PreparedQuery,
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -138,6 +153,16 @@ impl<'a> Builder<'a> {
             locks: (0..n).map(|_| Mutex::new(())).collect(),
             entry: Mutex::new((0, levels[0] as u32)),
             levels,
+            codes: (p.walk == BuildWalk::Int8).then(|| {
+                let (params, codes) = crate::quant::quantize(vectors, dim);
+                let sqnorms = vectors.chunks_exact(dim).map(|v| dot(v, v)).collect();
+                Codes {
+                    params,
+                    codes,
+                    sqnorms,
+                    metric,
+                }
+            }),
         }
     }
 
@@ -195,9 +220,19 @@ impl<'a> Builder<'a> {
             cur = self.greedy(row, cur, l, &mut s.links);
         }
         for l in (0..=level.min(top_level)).rev() {
-            self.search_layer(row, cur, l, s);
+            self.search_layer(row, cur.row, l, s);
             s.sorted.clear();
-            s.sorted.extend(s.top.drain());
+            match self.codes {
+                // The walk measured approximate distances: the links are chosen on exact ones.
+                Some(_) => {
+                    let q = self.vector(row);
+                    s.sorted.extend(s.top.drain().map(|h| Hit {
+                        dist: self.dist.distance(q, self.vector(h.row)),
+                        row: h.row,
+                    }))
+                }
+                None => s.sorted.extend(s.top.drain()),
+            }
             s.sorted.sort_unstable();
             self.select(&s.sorted, self.m, &mut s.selected);
             {
@@ -238,9 +273,43 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Beam search of width ef_construction on `level`; leaves the beam in `s.top`.
-    fn search_layer(&self, row: u32, entry: Hit, level: u32, s: &mut Scratch) {
-        let q = self.vector(row);
+    /// Beam search of width ef_construction on `level` from `entry`; leaves the beam in
+    /// `s.top`, with distances measured on the codes when the builder has them.
+    fn search_layer(&self, row: u32, entry: u32, level: u32, s: &mut Scratch) {
+        match &self.codes {
+            Some(c) => {
+                let mut pq = std::mem::take(&mut s.query);
+                pq.prepare(self.vector(row), &c.params.scale, &c.params.offset);
+                let dim = self.dim;
+                let l2 = c.metric == Metric::L2;
+                let dist = |nb: u32| {
+                    let r = nb as usize;
+                    let norm2 = if l2 { c.sqnorms[r] } else { 0.0 };
+                    pq.distance(c.metric, &c.codes[r * dim..(r + 1) * dim], norm2)
+                };
+                let prefetch = |nb: u32| prefetch_range(&c.codes, nb as usize * dim, dim);
+                self.beam(row, entry, level, &dist, &prefetch, s);
+                s.query = pq;
+            }
+            None => {
+                let q = self.vector(row);
+                let dist = |nb: u32| self.dist.distance(q, self.vector(nb));
+                let prefetch =
+                    |nb: u32| prefetch_range(self.vectors, nb as usize * self.dim, self.dim);
+                self.beam(row, entry, level, &dist, &prefetch, s);
+            }
+        }
+    }
+
+    fn beam(
+        &self,
+        row: u32,
+        entry: u32,
+        level: u32,
+        dist: &impl Fn(u32) -> f32,
+        prefetch: &impl Fn(u32),
+        s: &mut Scratch,
+    ) {
         let n = self.levels.len();
         if s.visited.len() < n {
             s.visited.resize(n, 0);
@@ -252,8 +321,12 @@ impl<'a> Builder<'a> {
         }
         s.candidates.clear();
         s.top.clear();
-        s.visited[entry.row as usize] = s.epoch;
+        s.visited[entry as usize] = s.epoch;
         s.visited[row as usize] = s.epoch;
+        let entry = Hit {
+            dist: dist(entry),
+            row: entry,
+        };
         s.candidates.push(Reverse(entry));
         s.top.push(entry);
         let mut bound = entry.dist;
@@ -266,15 +339,14 @@ impl<'a> Builder<'a> {
                 prefetch_range(block, 0, block.len());
             }
             self.read_links(c.row, level, &mut s.links);
-            // Keep only unvisited neighbours, then prefetch their vectors before measuring:
-            // the build, like a query, waits on those cache misses more than on arithmetic.
+            // Keep only unvisited neighbours, then prefetch their vectors a few ahead of the
+            // one being measured: the build, like a query, waits on cache misses.
             s.links.retain(|&nb| {
                 let seen = &mut s.visited[nb as usize];
                 let fresh = *seen != s.epoch;
                 *seen = s.epoch;
                 fresh
             });
-            let prefetch = |nb: u32| prefetch_range(self.vectors, nb as usize * self.dim, self.dim);
             s.links
                 .iter()
                 .take(PREFETCH_AHEAD)
@@ -283,7 +355,7 @@ impl<'a> Builder<'a> {
                 if let Some(&ahead) = s.links.get(i + PREFETCH_AHEAD) {
                     prefetch(ahead);
                 }
-                let d = self.dist.distance(q, self.vector(nb));
+                let d = dist(nb);
                 if s.top.len() < self.ef_construction || d < bound {
                     s.candidates.push(Reverse(Hit { dist: d, row: nb }));
                     s.top.push(Hit { dist: d, row: nb });

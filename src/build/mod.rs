@@ -15,7 +15,7 @@ use crate::distance;
 use crate::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
 use crate::metric::Metric;
 
-pub use graph::{Builder, GraphParams};
+pub use graph::{BuildWalk, Builder, GraphParams};
 pub use input::{Dataset, InputSpec};
 
 /// How to build a collection.
