@@ -28,7 +28,7 @@
 #      2 threads) then hnswlib, FAISS and batched hnswlib over ef 10 … 512, back to back, so the headline
 #      ratios and the thread scaling come from the same minutes even when the machine's load drifts.
 #   g. build throughput (tools/bench_build.py): per data set, BENCH_BUILD_ROUNDS (default 2) rounds of
-#      earshot's native builder, earshot with hnsw_rs, hnswlib and FAISS, each build in a fresh process
+#      earshot's native builder (int8 and f32 beam search), earshot with hnsw_rs, hnswlib and FAISS, each build in a fresh process
 #      with the same M, ef_construction and 2 threads; then at scale (N x 128) one round of earshot
 #      native vs hnswlib, and the recall of the native 1M graph over an ef sweep on 1,000 queries.
 #   Order: c, e, f, g, then d (the longest).
@@ -265,7 +265,7 @@ fi
 if [[ -z "${BENCH_SKIP_BUILDS:-}" ]]; then
     rm -f "$out"/build-throughput.jsonl
     bb=("$py" tools/bench_build.py --earshot "$bin" --m 16 --ef-construction 200 --threads 2
-        --rounds "${BENCH_BUILD_ROUNDS:-2}" --libs earshot-native,earshot-hnsw_rs,hnswlib,faiss-hnsw)
+        --rounds "${BENCH_BUILD_ROUNDS:-2}" --libs earshot-native,earshot-native-f32,earshot-hnsw_rs,hnswlib,faiss-hnsw)
     for ds in $DATASETS; do
         case "$ds" in
             yes-tracks) step "$ds.build-throughput" build-throughput.jsonl "${bb[@]}" --ds "$ds" \

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Build throughput, side by side: earshot (native and hnsw_rs builders) vs hnswlib / FAISS / Voyager.
 
+earshot variants: earshot-native (the default: beam search over int8 codes, links on exact distances),
+earshot-native-f32 (--build-walk f32, hnswlib's way), earshot-hnsw_rs (--graph-builder hnsw-rs).
+
 Every build runs in a fresh process, one after the other, for ROUNDS rounds (order rotated each round),
 with the same M, ef_construction and thread count. Each line records wall seconds and CPU seconds of
 the build (CPU = user + system of the child process: robust to other jobs on a shared machine, which
@@ -59,11 +62,15 @@ def child_cpu():
     return ru.ru_utime + ru.ru_stime
 
 
-def run_earshot(a, builder, out_dir):
-    out = os.path.join(out_dir, f"idx-{builder}")
+def run_earshot(a, variant, out_dir):
+    """variant: native (int8 beam search, the default), native-f32 (--build-walk f32) or hnsw_rs."""
+    out = os.path.join(out_dir, f"idx-{variant}")
+    builder, _, walk = variant.partition("-")
     cmd = [a.earshot, "build", "--vectors", a.base, "--metric", a.metric, "--out", out, "--force",
            "--m", str(a.m), "--ef-construction", str(a.ef_construction), "--threads", str(a.threads),
            "--graph-builder", builder.replace("_", "-")]
+    if walk:
+        cmd += ["--build-walk", walk]
     if a.quantize:
         cmd += ["--quantize", "int8"]
     cpu0 = child_cpu()
@@ -95,8 +102,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quantize", action="store_true", help="earshot: also write int8 codes (--quantize int8)")
-    p.add_argument("--libs", default="earshot-native,earshot-hnsw_rs,hnswlib,faiss-hnsw",
-                   help="earshot-native, earshot-hnsw_rs, and any builder of tools/peers.py")
+    p.add_argument("--libs", default="earshot-native,earshot-native-f32,earshot-hnsw_rs,hnswlib,faiss-hnsw",
+                   help="earshot-native, earshot-native-f32, earshot-hnsw_rs, and any builder of tools/peers.py")
     p.add_argument("--ds", default=None, help="data set label for the output lines")
     p.add_argument("--summary", action="store_true")
     a = p.parse_args()
