@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Walk the graph with the exact f32 vectors even if the collection has 8-bit codes.
     #[arg(long)]
     pub exact_walk: bool,
+    /// Also draw the recall–QPS curve into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 struct Query {
@@ -82,6 +85,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     let g = c.graph_with(!a.exact_walk);
     // One untimed pass first, so the first ef measured does not pay for cold caches.
     run_chunk(&g, &queries, a.k, a.ef.first().copied().unwrap_or(64), 1);
+    let mut curve = Vec::new();
     for &ef in &a.ef {
         let started = Instant::now();
         let per_thread = queries.len().div_ceil(a.threads);
@@ -97,17 +101,37 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         });
         let secs = started.elapsed().as_secs_f64();
         let total = (queries.len() * a.repeat) as f64;
+        let recall = hits as f64 / (total * a.k as f64);
+        curve.push((recall, total / secs));
         println!(
             "{}",
             serde_json::json!({
                 "ef": ef, "k": a.k, "threads": a.threads,
-                "recall": round4(hits as f64 / (total * a.k as f64)),
+                "recall": round4(recall),
                 "qps": (total / secs).round(),
                 "mean_us": round3(secs * 1e6 * a.threads as f64 / total),
             })
         );
     }
     println!("{}", serde_json::json!({"rss_mb_end": rss_mb()}));
+    if let Some(path) = &a.plot {
+        let walk = if g.quant.is_some() {
+            "int8 walk"
+        } else {
+            "f32 walk"
+        };
+        let name = a.index.file_name().map_or_else(
+            || a.index.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let series = crate::plot::Series {
+            label: format!("earshot {walk}, {} thread(s), ef {:?}", a.threads, a.ef),
+            points: curve,
+        };
+        let title = format!("{name}: recall@{} vs queries/s", a.k);
+        crate::plot::recall_qps(path, &title, &[series])?;
+        eprintln!("plot written to {}", path.display());
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod format;
 pub mod loadgen;
 pub mod metric;
 pub mod npy;
+pub mod plot;
 pub mod quant;
 pub mod recommend;
 pub mod search;

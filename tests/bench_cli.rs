@@ -1,0 +1,106 @@
+//! `earshot bench` from the command line: one JSON line per ef with a recall that matches an
+//! exact search done here, the SVG plot, and clean refusals of bad arguments.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+const N: usize = 3_000;
+const DIM: usize = 16;
+const Q: usize = 100;
+
+/// Builds an l2 collection over N clustered vectors; returns (index dir, queries.npy).
+fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut rng = Rng::new(5);
+    let c = centres(&mut rng, 8, DIM);
+    let data = clustered(&mut rng, &c, N, 0.3);
+    let queries = clustered(&mut rng, &c, Q, 0.3);
+    let npy = dir.join("v.npy");
+    let qnpy = dir.join("q.npy");
+    write_npy(&npy, DIM, &data);
+    write_npy(&qnpy, DIM, &queries);
+    let out = dir.join("idx");
+    earshot(build_args(&npy, None, "l2", &out)).assert_ok();
+    (out, qnpy)
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn bench_reports_recall_per_ef_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, queries) = setup(dir.path());
+    let svg = dir.path().join("curve.svg");
+    let run = earshot([
+        "bench".as_ref(),
+        "--index".as_ref(),
+        idx.as_os_str(),
+        "--queries".as_ref(),
+        queries.as_os_str(),
+        "--ef".as_ref(),
+        "10,200".as_ref(),
+        "--plot".as_ref(),
+        svg.as_os_str(),
+    ]);
+    run.assert_ok();
+    let lines = json_lines(&run.stdout);
+    let head = &lines[0];
+    assert_eq!(head["count"], N);
+    assert_eq!(head["dim"], DIM);
+    let efs: Vec<&Value> = lines.iter().filter(|l| l.get("ef").is_some()).collect();
+    assert_eq!(efs.len(), 2, "{}", run.stdout);
+    for l in &efs {
+        let r = l["recall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&r), "{l}");
+        assert!(l["qps"].as_f64().unwrap() > 0.0, "{l}");
+    }
+    // ef 200 over 3,000 points is close to exhaustive: the ground truth computed by brute
+    // force inside `bench` must agree with the search almost everywhere.
+    let r200 = efs[1]["recall"].as_f64().unwrap();
+    assert!(r200 >= 0.99, "recall at ef 200: {r200}");
+    assert!(efs[0]["recall"].as_f64().unwrap() <= r200);
+    let text = std::fs::read_to_string(&svg).expect("the plot was written");
+    assert!(text.starts_with("<svg"), "not an SVG: {}", &text[..80]);
+    assert!(
+        text.contains("recall@10 vs queries/s"),
+        "no title in the plot"
+    );
+    assert!(text.contains("<circle"), "no data points in the plot");
+}
+
+#[test]
+fn bench_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, _) = setup(dir.path());
+    // queries of another dimension
+    let wrong = dir.path().join("wrong.npy");
+    write_npy(&wrong, DIM + 1, &vec![0.5; 3 * (DIM + 1)]);
+    earshot([
+        "bench".as_ref(),
+        "--index".as_ref(),
+        idx.as_os_str(),
+        "--queries".as_ref(),
+        wrong.as_os_str(),
+    ])
+    .assert_fails_with(&["17", "16"]);
+    // no queries at all
+    earshot(["bench".as_ref(), "--index".as_ref(), idx.as_os_str()])
+        .assert_fails_with(&["--queries"]);
+    // a directory that is not a collection
+    earshot([
+        "bench".as_ref(),
+        "--index".as_ref(),
+        dir.path().as_os_str(),
+        "--queries".as_ref(),
+        wrong.as_os_str(),
+    ])
+    .assert_fails_with(&["manifest.json"]);
+}
