@@ -45,6 +45,11 @@ pub struct HttpBenchArgs {
     /// Fractions of the maximum rate to measure at.
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
     pub fractions: Vec<f64>,
+    /// Take the item IDs from these rows of the collection (.npy of row numbers, like
+    /// `earshot bench --query-rows`), to compare with in-process numbers on the same queries.
+    /// Default: 4,096 rows spread evenly over the collection.
+    #[arg(long)]
+    pub query_rows: Option<std::path::PathBuf>,
     /// Skip the closed-loop search and use this as the maximum rate (requests/s).
     #[arg(long)]
     pub max_rate: Option<f64>,
@@ -81,11 +86,23 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     let c = Collection::open(&a.index, Verify::Lazy)?;
     let name = &c.name;
     let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
-    let step = (c.len() / 4096).max(1);
-    let ids: Vec<String> = (0..c.len())
-        .step_by(step)
-        .map(|r| c.id(r as u32).to_string())
-        .collect();
+    let rows: Vec<u32> = match &a.query_rows {
+        Some(path) => crate::npy::read_int(path)?
+            .data
+            .iter()
+            .map(|&r| {
+                u32::try_from(r)
+                    .ok()
+                    .filter(|&r| (r as usize) < c.len())
+                    .with_context(|| format!("query row {r} out of range"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => (0..c.len() as u32)
+            .step_by((c.len() / 4096).max(1))
+            .collect(),
+    };
+    anyhow::ensure!(!rows.is_empty(), "no query rows");
+    let ids: Vec<String> = rows.iter().map(|&r| c.id(r).to_string()).collect();
     let requests: Vec<(hyper::Method, String, Bytes)> = match a.mode.as_str() {
         "similar" => ids
             .iter()
@@ -170,19 +187,28 @@ async fn open_loop(
     let total = (duration.as_secs_f64() * rate) as usize;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
     let start = Instant::now() + Duration::from_millis(50);
-    for i in 0..total {
-        let intended = start + interval * i as u32;
-        tokio::time::sleep_until(intended.into()).await;
-        let (t, tx) = (target.clone(), tx.clone());
-        tokio::spawn(async move {
-            let ok = matches!(t.send(i).await, Ok(true));
-            let us = intended.elapsed().as_micros() as u64;
-            let _ = tx.send(ok.then_some(us));
-        });
-    }
-    drop(tx);
+    // Paced by a thread of its own: tokio's timer has 1 ms resolution, so requests would leave
+    // up to 1 ms after their intended time and that wait would count as server latency.
+    let (rt, target) = (tokio::runtime::Handle::current(), target.clone());
+    let pacer = std::thread::spawn(move || {
+        precise_sleeps();
+        let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for i in 0..total {
+            let intended = start + interval * i as u32;
+            sleep_until(intended);
+            lag.saturating_record((intended.elapsed().as_micros() as u64).max(1));
+            let (t, tx) = (target.clone(), tx.clone());
+            rt.spawn(async move {
+                let ok = matches!(t.send(i).await, Ok(true));
+                let us = intended.elapsed().as_micros() as u64;
+                let _ = tx.send(ok.then_some(us));
+            });
+        }
+        anyhow::Ok(lag)
+    });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0u64;
+    // Ends once the pacer and every request have dropped their senders.
     while let Some(r) = rx.recv().await {
         match r {
             Some(us) => hist.saturating_record(us.max(1)),
@@ -190,6 +216,9 @@ async fn open_loop(
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let lag = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))??;
     Ok(serde_json::json!({
         "target_rps": rate.round(),
         "achieved_rps": (hist.len() as f64 / secs).round(),
@@ -199,7 +228,28 @@ async fn open_loop(
         "p99_us": hist.value_at_quantile(0.99),
         "p999_us": hist.value_at_quantile(0.999),
         "max_us": hist.max(),
+        // How late requests left (included in the latencies above).
+        "send_lag_p50_us": lag.value_at_quantile(0.5),
+        "send_lag_p99_us": lag.value_at_quantile(0.99),
     }))
+}
+
+/// Sleeps until `t` (returns at once if it has passed).
+fn sleep_until(t: Instant) {
+    let left = t.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        std::thread::sleep(left);
+    }
+}
+
+/// Lets this thread's sleeps end on time: Linux otherwise may defer a timer by the 50 µs
+/// default timer slack to batch wake-ups.
+fn precise_sleeps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK only changes the calling thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
 }
 
 /// Percent-encodes an ID for a path segment.

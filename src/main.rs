@@ -134,6 +134,10 @@ struct ServeArgs {
     /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
     #[arg(long, default_value_t = 0.0)]
     drain_seconds: f64,
+    /// Async worker threads (default: one per core available to the process). Small queries
+    /// run on them; larger ones and batches on a separate blocking pool.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: Option<u64>,
     /// Query requests executing at once (default: 4 × cores).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_concurrent: Option<u64>,
@@ -338,9 +342,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         allow_schema_change: a.allow_schema_change,
         api_keys: a.api_keys,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.workers {
+        rt.worker_threads(n as usize);
+    }
+    let rt = rt.enable_all().build()?;
     let result = rt.block_on(earshot::server::serve_with(opts, ops));
     // Queries still computing for requests that timed out get a moment, not forever.
     rt.shutdown_timeout(std::time::Duration::from_secs(10));

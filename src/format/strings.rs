@@ -122,16 +122,17 @@ impl StringTable {
 
     /// The string at `row`; empty if out of range or damaged (lazy opens skip the checksum).
     pub fn get(&self, row: u32) -> &str {
-        let offs = self.offsets.as_slice::<u64>();
-        let row = row as usize;
-        let (Some(&a), Some(&b)) = (offs.get(row), offs.get(row + 1)) else {
-            return "";
-        };
-        self.bytes
-            .as_slice::<u8>()
-            .get(a as usize..b as usize)
+        self.raw(row)
             .and_then(|s| std::str::from_utf8(s).ok())
             .unwrap_or("")
+    }
+
+    /// The bytes at `row` (not checked to be UTF-8).
+    fn raw(&self, row: u32) -> Option<&[u8]> {
+        let offs = self.offsets.as_slice::<u64>();
+        let row = row as usize;
+        let (&a, &b) = (offs.get(row)?, offs.get(row + 1)?);
+        self.bytes.as_slice::<u8>().get(a as usize..b as usize)
     }
 
     /// The row holding `s`, if any.
@@ -145,7 +146,8 @@ impl StringTable {
             if row == EMPTY {
                 return None;
             }
-            if self.get(row) == s {
+            // Bytes equal to a &str are valid UTF-8: no need to validate each probed slot.
+            if self.raw(row) == Some(s.as_bytes()) {
                 return Some(row);
             }
             i = (i + 1) & mask;

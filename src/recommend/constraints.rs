@@ -81,6 +81,16 @@ impl HardFilter {
             return None;
         }
         let n = c.len();
+        if self.allow_creators.is_none()
+            && self.deny_creators.is_empty()
+            && self.min_popularity.is_none()
+            && self.max_popularity.is_none()
+        {
+            // Exclusions alone (e.g. `similar` leaving out its own item): the count is exact,
+            // no need to sample.
+            return (n.saturating_sub(self.exclude.len()) <= threshold)
+                .then(|| (0..n as u32).filter(|&r| self.accepts(c, r)).collect());
+        }
         let sample = n.min(1024);
         let step = n / sample;
         let passing = (0..sample)

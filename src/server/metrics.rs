@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text format).
 
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -18,7 +18,8 @@ use super::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
-    pub route: String,
+    /// A route template (see [`route_label`]).
+    pub route: &'static str,
     pub status: u16,
 }
 
@@ -108,11 +109,7 @@ impl Default for Metrics {
 
 /// Records count, status and latency of every request under its route template.
 pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route = route_label(req.extensions().get::<MatchedPath>());
     let m = &state.metrics;
     m.in_flight.inc();
     let started = Instant::now();
@@ -127,4 +124,23 @@ pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next)
         .observe(started.elapsed().as_secs_f64());
     m.requests.get_or_create(&labels).inc();
     resp
+}
+
+/// The route template as a `&'static str`, so labelling a request allocates nothing. Templates
+/// are the router's few fixed ones (never raw paths), so each is leaked once, on first use.
+fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    static TEMPLATES: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+    let Some(path) = path.map(MatchedPath::as_str) else {
+        return "unmatched";
+    };
+    let known = |t: &[&'static str]| t.iter().copied().find(|t| *t == path);
+    if let Some(t) = known(&TEMPLATES.read().unwrap_or_else(PoisonError::into_inner)) {
+        return t;
+    }
+    let mut templates = TEMPLATES.write().unwrap_or_else(PoisonError::into_inner);
+    known(&templates).unwrap_or_else(|| {
+        let t: &'static str = Box::leak(path.into());
+        templates.push(t);
+        t
+    })
 }

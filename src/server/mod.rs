@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod exec;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
@@ -76,8 +77,9 @@ struct CounterId(Arc<AtomicU64>);
 impl MakeRequestId for CounterId {
     fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
         let n = self.0.fetch_add(1, Ordering::Relaxed);
+        // A String becomes a header value without a copy.
         let id = format!("{:08x}-{n}", std::process::id());
-        Some(RequestId::new(id.parse().ok()?))
+        Some(RequestId::new(HeaderValue::try_from(id).ok()?))
     }
 }
 

@@ -238,6 +238,24 @@ pub struct HistoryItem {
     pub event: Option<String>,
 }
 
+impl SimilarRequest {
+    pub fn spec(&self) -> ListSpec<'_> {
+        list_spec!(self)
+    }
+}
+
+impl SearchRequest {
+    pub fn spec(&self) -> ListSpec<'_> {
+        list_spec!(self)
+    }
+}
+
+impl TasteRequest {
+    pub fn spec(&self) -> ListSpec<'_> {
+        list_spec!(self)
+    }
+}
+
 /// One query of a batch: `{"type": "similar"|"search"|"taste", …}`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -391,15 +409,6 @@ impl Engine {
         self.collections
             .get(name)
             .ok_or_else(|| ApiError::unknown_collection(name))
-    }
-
-    pub fn similar_get(
-        &self,
-        collection: &str,
-        id: &str,
-        p: SimilarParams,
-    ) -> Result<Answer, ApiError> {
-        self.similar(collection, id, &p.into())
     }
 
     pub fn similar(

@@ -4,13 +4,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use axum_extra_json::AppJson;
 use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
+use super::exec::{self, Work};
 use super::limits::MAX_BATCH;
 use super::overload::Permit;
 use super::query::{
@@ -52,38 +53,42 @@ pub struct Results<'a> {
 }
 
 fn render(answer: &Answer) -> Response {
-    Json(Results {
-        results: answer.items(),
-        explain: answer.list_explanation(),
-    })
-    .into_response()
+    let results = answer.items();
+    // Sized for the whole answer: one allocation instead of axum's 128-byte start regrown
+    // several times for a typical list.
+    let per_item = if answer.explain { 256 } else { 64 };
+    let capacity = 64
+        + results
+            .iter()
+            .map(|r| per_item + r.id.len() + r.creator.map_or(0, str::len))
+            .sum::<usize>();
+    json_response(
+        &Results {
+            results,
+            explain: answer.list_explanation(),
+        },
+        capacity,
+    )
 }
 
-/// Runs a query on the blocking pool, holding the request's execution slot until it ends
-/// (even when the request timed out meanwhile), so the async workers stay free to answer
-/// probes and to refuse overload quickly.
-async fn offload<F>(permit: Option<Extension<Permit>>, f: F) -> Result<Response, ApiError>
-where
-    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
-{
-    let held = permit.map(|Extension(p)| p);
-    match tokio::task::spawn_blocking(move || {
-        let _held = held;
-        f()
-    })
-    .await
-    {
-        Ok(r) => r,
+/// `value` as an `application/json` response, serialized into one buffer of `capacity`.
+fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
+    let mut body = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => ([(header::CONTENT_TYPE, JSON)], body).into_response(),
         Err(e) => {
-            tracing::error!("query failed: {e}");
-            Err(ApiError::new(
+            tracing::error!("cannot encode the answer: {e}");
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "the query failed unexpectedly; see the server log",
-            ))
+                "the answer could not be encoded; see the server log",
+            )
+            .into_response()
         }
     }
 }
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Nearest items to an item, the item itself excluded.
 #[utoipa::path(
@@ -110,9 +115,11 @@ pub async fn similar(
 ) -> Result<Response, ApiError> {
     let Path((collection, id)) = path?;
     let Query(p) = query?;
+    let req = SimilarRequest::from(p);
     let live = state.live();
-    offload(permit, move || {
-        Ok(render(&live.engine.similar_get(&collection, &id, p)?))
+    let small = similar_work(&collection, &req).is_small(&live.engine);
+    exec::run(permit, small, move || {
+        Ok(render(&live.engine.similar(&collection, &id, &req)?))
     })
     .await
 }
@@ -149,10 +156,20 @@ pub async fn similar_post(
         ));
     }
     let live = state.live();
-    offload(permit, move || {
+    let small = similar_work(&collection, &req).is_small(&live.engine);
+    exec::run(permit, small, move || {
         Ok(render(&live.engine.similar(&collection, &id, &req)?))
     })
     .await
+}
+
+fn similar_work<'a>(collection: &'a str, req: &'a SimilarRequest) -> Work<'a> {
+    Work {
+        collection,
+        spec: req.spec(),
+        probes: 1,
+        history: 0,
+    }
 }
 
 /// Nearest items to a raw vector.
@@ -175,7 +192,17 @@ pub async fn search(
     AppJson(req): AppJson<SearchRequest>,
 ) -> Result<Response, ApiError> {
     let live = state.live();
-    offload(permit, move || Ok(render(&live.engine.search(&req)?))).await
+    let small = Work {
+        collection: &req.collection,
+        spec: req.spec(),
+        probes: 1,
+        history: 0,
+    }
+    .is_small(&live.engine);
+    exec::run(permit, small, move || {
+        Ok(render(&live.engine.search(&req)?))
+    })
+    .await
 }
 
 /// Items matching a listening history (README "Taste").
@@ -204,7 +231,14 @@ pub async fn taste(
 ) -> Result<Response, ApiError> {
     let Path(collection) = path?;
     let live = state.live();
-    offload(permit, move || {
+    let small = Work {
+        collection: &collection,
+        spec: req.spec(),
+        probes: req.centroids.unwrap_or(1),
+        history: req.history.len(),
+    }
+    .is_small(&live.engine);
+    exec::run(permit, small, move || {
         Ok(render(&live.engine.taste(&collection, &req)?))
     })
     .await
@@ -239,7 +273,8 @@ pub async fn batch(
         ));
     }
     let live = state.live();
-    offload(permit, move || Ok(batch_answers(&live, &req))).await
+    // Up to 256 queries: always on the blocking pool.
+    exec::run(permit, false, move || Ok(batch_answers(&live, &req))).await
 }
 
 fn batch_answers(live: &super::registry::Live, req: &BatchRequest) -> Response {
