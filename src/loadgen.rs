@@ -53,6 +53,9 @@ pub struct HttpBenchArgs {
     /// Skip the closed-loop search and use this as the maximum rate (requests/s).
     #[arg(long)]
     pub max_rate: Option<f64>,
+    /// Also draw p50/p90/p99/p99.9 latency against the achieved rate into this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -142,15 +145,42 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
             None => closed_loop(&target, a.connections, Duration::from_secs_f64(a.duration.min(5.0))).await,
         };
         println!("{}", serde_json::json!({"mode": a.mode, "max_rps": max.round(), "connections": a.connections}));
+        let mut lines = Vec::new();
         for &f in &a.fractions {
             let line = open_loop(&target, max * f, Duration::from_secs_f64(a.duration)).await?;
             let mut line = line;
             line["fraction"] = f.into();
             line["mode"] = a.mode.clone().into();
             println!("{line}");
+            lines.push(line);
+        }
+        if let Some(path) = &a.plot {
+            plot(path, &a.mode, &lines)?;
+            eprintln!("plot written to {}", path.display());
         }
         anyhow::Ok(())
     })
+}
+
+/// Latency percentiles (ms) against the achieved rate, one line per percentile.
+fn plot(path: &std::path::Path, mode: &str, lines: &[serde_json::Value]) -> anyhow::Result<()> {
+    let series = [
+        ("p50", "p50_us"),
+        ("p90", "p90_us"),
+        ("p99", "p99_us"),
+        ("p99.9", "p999_us"),
+    ]
+    .iter()
+    .map(|(label, key)| crate::plot::Series {
+        label: label.to_string(),
+        points: lines
+            .iter()
+            .filter_map(|l| Some((l["achieved_rps"].as_f64()?, l[key].as_f64()? / 1000.0)))
+            .collect(),
+    })
+    .collect::<Vec<_>>();
+    let title = format!("{mode}: latency (from intended send time) vs request rate");
+    crate::plot::latency(path, &title, &series)
 }
 
 /// Requests/s that `connections` back-to-back clients achieve.

@@ -1,5 +1,6 @@
 //! `earshot bench` from the command line: one JSON line per ef with a recall that matches an
-//! exact search done here, the SVG plot, and clean refusals of bad arguments.
+//! exact search done here, the SVG plot, and clean refusals of bad arguments; `earshot
+//! bench-http` against a real server.
 
 mod common;
 
@@ -103,4 +104,55 @@ fn bench_refuses_bad_arguments() {
         wrong.as_os_str(),
     ])
     .assert_fails_with(&["manifest.json"]);
+}
+
+#[test]
+fn bench_http_measures_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, _) = setup(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let svg = dir.path().join("latency.svg");
+    for mode in ["similar", "taste"] {
+        let run = earshot([
+            "bench-http".as_ref(),
+            "--url".as_ref(),
+            format!("http://{}", server.addr).as_ref(),
+            "--index".as_ref(),
+            idx.as_os_str(),
+            "--mode".as_ref(),
+            mode.as_ref(),
+            "--duration".as_ref(),
+            "0.5".as_ref(),
+            "--connections".as_ref(),
+            "4".as_ref(),
+            "--fractions".as_ref(),
+            "0.2,0.4".as_ref(),
+            "--plot".as_ref(),
+            svg.as_os_str(),
+        ]);
+        run.assert_ok();
+        let lines = json_lines(&run.stdout);
+        assert!(
+            lines[0]["max_rps"].as_f64().unwrap() > 0.0,
+            "{}",
+            run.stdout
+        );
+        let open: Vec<&Value> = lines.iter().filter(|l| l.get("p50_us").is_some()).collect();
+        assert_eq!(open.len(), 2, "{}", run.stdout);
+        for l in open {
+            assert_eq!(l["mode"], mode);
+            assert_eq!(l["errors"], 0, "{l}");
+            assert!(l["ok"].as_u64().unwrap() > 0, "{l}");
+            let p = |k: &str| l[k].as_u64().unwrap();
+            assert!(
+                p("p50_us") <= p("p99_us") && p("p99_us") <= p("max_us"),
+                "{l}"
+            );
+        }
+        let text = std::fs::read_to_string(&svg).expect("the plot was written");
+        assert!(
+            text.starts_with("<svg") && text.contains(mode),
+            "{mode} plot"
+        );
+    }
 }
