@@ -658,6 +658,38 @@ def plot_http(res, img):
     return [p] if any_rows else []
 
 
+def table_build_throughput(res):
+    """Step g (tools/bench_build.py): best round per (data set, lib), ratios to hnswlib in the same step."""
+    rows = read_jsonl(os.path.join(res, "build-throughput.jsonl"))
+    if not rows:
+        return ""
+    order = ["earshot-native", "earshot-native-f32", "earshot-hnsw_rs", "hnswlib", "faiss-hnsw"]
+    lines = ["| data set | lib | rounds | best build s | vectors/s | CPU-µs / vector (best) | vs hnswlib, vectors/s "
+             "| vs hnswlib, CPU | per-round vectors/s ratio to hnswlib | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for ds in dict.fromkeys(r["ds"] for r in rows):
+        rs = [r for r in rows if r["ds"] == ds]
+        libs = sorted(dict.fromkeys(r["lib"] for r in rs), key=lambda x: order.index(x) if x in order else 99)
+        ref = {r["round"]: r for r in rs if r["lib"] == "hnswlib"}
+        ref_best = min(ref.values(), key=lambda r: r["build_s"]) if ref else None
+        for lib in libs:
+            lr = [r for r in rs if r["lib"] == lib]
+            b = min(lr, key=lambda r: r["build_s"])
+            cpu = min(r["cpu_us_per_vector"] for r in lr)
+            if ref_best:
+                v = f"{b['vectors_per_s'] / ref_best['vectors_per_s']:.2f}×"
+                c = f"{min(x['cpu_us_per_vector'] for x in ref.values()) / cpu:.2f}×"
+                per = ", ".join(f"{r['vectors_per_s'] / ref[r['round']]['vectors_per_s']:.2f}×"
+                                for r in lr if r["round"] in ref)
+            else:
+                v = c = per = "—"
+            name = f"**{lib}**" if lib == "earshot-native" else lib
+            load = f"{min(r['load1'] for r in lr):.1f}–{max(r['load1'] for r in lr):.1f}"
+            lines.append(f"| {ds} | {name} | {len(lr)} | {b['build_s']:.1f} | {b['vectors_per_s']:,.0f} | {cpu:,.0f} "
+                         f"| {v} | {c} | {per} | {load} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     root = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -703,6 +735,15 @@ def main(argv=None):
     out.append(table_bytes(res, builds) + "\n")
     out.append("## Build throughput\n")
     out.append(table_build(res, builds) + "\n")
+    bt = table_build_throughput(res)
+    if bt:
+        out.append("### Side by side (tools/bench_build.py)\n")
+        out.append(bt + "\n")
+    nr = read_jsonl(os.path.join(res, "scale.native-recall.jsonl"))
+    if nr:
+        out.append("### Recall of the native 1M graph (f32 walk, 1,000 queries)\n")
+        out.append("| ef | recall@10 | QPS |\n|---|---|---|")
+        out.append("\n".join(f"| {r['ef']} | {r['recall']:.3f} | {r['qps']:,.0f} |" for r in nr if "ef" in r) + "\n")
     o = table_open(res, builds)
     if o:
         out.append("## Open time and memory at scale\n")
