@@ -32,6 +32,8 @@ use crate::search::{prefetch_range, Hit};
 const MAX_LEVEL: u32 = 16;
 /// Seed of the level generator (hnswlib's default `random_seed`).
 const LEVEL_SEED: u64 = 100;
+/// Rows inserted on one thread before the others join (see `build`).
+const SEQUENTIAL_ROWS: usize = 20_000;
 /// How many neighbours ahead of the one being measured have their vectors prefetched.
 const PREFETCH_AHEAD: usize = 3;
 
@@ -45,9 +47,19 @@ pub fn build(
 ) -> anyhow::Result<FlatGraph> {
     let n = vectors.len() / dim;
     let b = Builder::new(vectors, dim, metric, params, n);
-    let next = AtomicUsize::new(1);
-    let done = AtomicUsize::new(1);
-    progress(1);
+    // The first rows go in one by one: concurrent inserts into a small graph often touch the
+    // same few nodes mid-update, which measurably left items unreachable in 600-item builds.
+    let sequential = n.min(SEQUENTIAL_ROWS);
+    let mut scratch = Scratch::default();
+    for row in 1..sequential {
+        b.insert(row as u32, &mut scratch);
+        if row.is_multiple_of(4096) {
+            progress(row + 1);
+        }
+    }
+    let next = AtomicUsize::new(sequential.max(1));
+    let done = AtomicUsize::new(sequential.max(1));
+    progress(sequential.max(1));
     let threads = params.threads.clamp(1, n.max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
