@@ -32,8 +32,6 @@ use crate::search::{prefetch_range, Hit};
 const MAX_LEVEL: u32 = 16;
 /// Seed of the level generator (hnswlib's default `random_seed`).
 const LEVEL_SEED: u64 = 100;
-/// Rows inserted on one thread before the others join (see `build`).
-const SEQUENTIAL_ROWS: usize = 20_000;
 /// How many neighbours ahead of the one being measured have their vectors prefetched.
 const PREFETCH_AHEAD: usize = 3;
 
@@ -47,19 +45,9 @@ pub fn build(
 ) -> anyhow::Result<FlatGraph> {
     let n = vectors.len() / dim;
     let b = Builder::new(vectors, dim, metric, params, n);
-    // The first rows go in one by one: concurrent inserts into a small graph often touch the
-    // same few nodes mid-update, which measurably left items unreachable in 600-item builds.
-    let sequential = n.min(SEQUENTIAL_ROWS);
-    let mut scratch = Scratch::default();
-    for row in 1..sequential {
-        b.insert(row as u32, &mut scratch);
-        if row.is_multiple_of(4096) {
-            progress(row + 1);
-        }
-    }
-    let next = AtomicUsize::new(sequential.max(1));
-    let done = AtomicUsize::new(sequential.max(1));
-    progress(sequential.max(1));
+    let next = AtomicUsize::new(1);
+    let done = AtomicUsize::new(1);
+    progress(1);
     let threads = params.threads.clamp(1, n.max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -122,6 +110,8 @@ struct Scratch {
     selected: Vec<Hit>,
     prune_in: Vec<Hit>,
     prune_out: Vec<Hit>,
+    /// (level, neighbour) links of the row being inserted, back-linked once all are chosen.
+    chosen: Vec<(u32, Hit)>,
     query: PreparedQuery,
 }
 
@@ -233,6 +223,7 @@ impl<'a> Builder<'a> {
         for l in (level + 1..=top_level).rev() {
             cur = self.greedy(row, cur, l, &mut s.links);
         }
+        s.chosen.clear();
         for l in (0..=level.min(top_level)).rev() {
             self.search_layer(row, cur.row, l, s);
             s.sorted.clear();
@@ -253,15 +244,17 @@ impl<'a> Builder<'a> {
                 let _g = lock(&self.locks[row as usize]);
                 self.write_links(row, l, s.selected.iter().map(|h| h.row));
             }
-            let max_links = if l == 0 { 2 * self.m } else { self.m };
-            for i in 0..s.selected.len() {
-                let nb = s.selected[i];
-                let new = Hit { dist: nb.dist, row };
-                self.link_back(nb.row, new, l, max_links, s);
-            }
+            s.chosen.extend(s.selected.iter().map(|&h| (l, h)));
             if let Some(&best) = s.sorted.first() {
                 cur = best;
             }
+        }
+        // Only now is `row` linked from its neighbours: nobody reaches it before all its own
+        // lists are written, and nobody adds to a list of it that it then overwrites.
+        for i in 0..s.chosen.len() {
+            let (l, nb) = s.chosen[i];
+            let max_links = if l == 0 { 2 * self.m } else { self.m };
+            self.link_back(nb.row, Hit { dist: nb.dist, row }, l, max_links, s);
         }
         if let Some(mut g) = held {
             *g = (row, level);
@@ -433,8 +426,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Gives every level-0 node at least one in-link. The heuristic can prune a node out of
-    /// all its neighbours' lists (more likely when threads insert neighbours concurrently),
-    /// leaving it unreachable: a search could never return it. Such a node is added to the
+    /// all its neighbours' lists, leaving it unreachable: a search could never return it. Such a node is added to the
     /// list of its closest neighbour, replacing that list's farthest link whose target keeps
     /// another in-link.
     fn link_orphans(&self, entry_point: u32) {
