@@ -1,14 +1,15 @@
 //! earshot's own HNSW builder: hnswlib's `addPoint`, writing straight into the served layout.
 //!
 //! Why not only hnsw_rs: it keeps each point as a heap object behind `Arc`s and a `HashMap`,
-//! so a build chases pointers and builds 2–4× slower than hnswlib (BENCHMARKS.md, "why the
-//! build is slow"). Here the links live in the flat arrays the server maps (`search.rs`),
+//! so a build chases pointers and builds 2–4× slower than hnswlib (BENCHMARKS.md, "why
+//! hnsw_rs builds slowly"). Here the links live in the flat arrays the server maps (`search.rs`),
 //! one `AtomicU32` per slot:
 //!
 //! - levels are drawn up front from a seeded RNG, so every node's upper blocks have a fixed
 //!   place (`upper_start`) before any insert and the layout never moves;
 //! - a node's link list is read and written under that node's mutex, and a thread never holds
-//!   two node locks at once, so there is no lock order to get wrong;
+//!   two node locks at once, so there is no lock order to get wrong; a new row writes all its
+//!   own lists before any neighbour links back to it, so no one reaches it half-built;
 //! - threads take the next row from one atomic counter (rows go in roughly in order, as in
 //!   hnswlib's `ParallelFor`); one thread gives the same graph on every run;
 //! - by default the beam search walks 8-bit codes of the vectors (`quant`, 4× fewer bytes per
