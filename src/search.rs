@@ -67,11 +67,44 @@ impl PartialOrd for Hit {
     }
 }
 
+/// Which rows a walk has seen: one epoch tag per row, so starting a new walk is one
+/// increment instead of clearing `n` flags (hnswlib's visited-list pool).
+#[derive(Default)]
+pub struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    /// Forgets every row, for a graph of `n` rows.
+    pub fn reset(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.iter_mut().for_each(|v| *v = 0);
+            self.epoch = 1;
+        }
+    }
+
+    /// Marks `row` visited; returns false if it already was.
+    #[inline(always)]
+    pub fn insert(&mut self, row: u32) -> bool {
+        let slot = &mut self.marks[row as usize];
+        if *slot == self.epoch {
+            false
+        } else {
+            *slot = self.epoch;
+            true
+        }
+    }
+}
+
 /// Reusable per-thread search state.
 #[derive(Default)]
 pub struct Scratch {
-    visited: Vec<u32>,
-    epoch: u32,
+    visited: Visited,
     candidates: BinaryHeap<Reverse<Hit>>,
     top: BinaryHeap<Hit>,
     prepared: PreparedQuery,
@@ -79,14 +112,7 @@ pub struct Scratch {
 
 impl Scratch {
     fn reset(&mut self, n: usize) {
-        if self.visited.len() < n {
-            self.visited.resize(n, 0);
-        }
-        self.epoch = self.epoch.wrapping_add(1);
-        if self.epoch == 0 {
-            self.visited.iter_mut().for_each(|v| *v = 0);
-            self.epoch = 1;
-        }
+        self.visited.reset(n);
         self.candidates.clear();
         self.top.clear();
     }
@@ -94,13 +120,7 @@ impl Scratch {
     /// Marks `row` visited; returns false if it already was.
     #[inline(always)]
     fn visit(&mut self, row: u32) -> bool {
-        let slot = &mut self.visited[row as usize];
-        if *slot == self.epoch {
-            false
-        } else {
-            *slot = self.epoch;
-            true
-        }
+        self.visited.insert(row)
     }
 }
 

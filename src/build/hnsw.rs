@@ -27,7 +27,7 @@ use super::graph::{BuildWalk, FlatGraph, GraphParams};
 use crate::distance::{dot, DistanceFn};
 use crate::metric::Metric;
 use crate::quant::PreparedQuery;
-use crate::search::{prefetch_range, Hit};
+use crate::search::{prefetch_range, Hit, Visited};
 
 /// No node gets more levels than this (1M points at m = 16 reach level ~5).
 const MAX_LEVEL: u32 = 16;
@@ -102,8 +102,7 @@ struct Codes {
 /// Per-thread search state, reused across inserts.
 #[derive(Default)]
 struct Scratch {
-    visited: Vec<u32>,
-    epoch: u32,
+    visited: Visited,
     candidates: BinaryHeap<Reverse<Hit>>,
     top: BinaryHeap<Hit>,
     links: Vec<u32>,
@@ -318,19 +317,11 @@ impl<'a> Builder<'a> {
         prefetch: &impl Fn(u32),
         s: &mut Scratch,
     ) {
-        let n = self.levels.len();
-        if s.visited.len() < n {
-            s.visited.resize(n, 0);
-        }
-        s.epoch = s.epoch.wrapping_add(1);
-        if s.epoch == 0 {
-            s.visited.iter_mut().for_each(|v| *v = 0);
-            s.epoch = 1;
-        }
+        s.visited.reset(self.levels.len());
         s.candidates.clear();
         s.top.clear();
-        s.visited[entry as usize] = s.epoch;
-        s.visited[row as usize] = s.epoch;
+        s.visited.insert(entry);
+        s.visited.insert(row);
         let entry = Hit {
             dist: dist(entry),
             row: entry,
@@ -349,12 +340,7 @@ impl<'a> Builder<'a> {
             self.read_links(c.row, level, &mut s.links);
             // Keep only unvisited neighbours, then prefetch their vectors a few ahead of the
             // one being measured: the build, like a query, waits on cache misses.
-            s.links.retain(|&nb| {
-                let seen = &mut s.visited[nb as usize];
-                let fresh = *seen != s.epoch;
-                *seen = s.epoch;
-                fresh
-            });
+            s.links.retain(|&nb| s.visited.insert(nb));
             s.links
                 .iter()
                 .take(PREFETCH_AHEAD)
