@@ -93,7 +93,7 @@ struct BuildArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Graph builder: earshot's own (native, the default) or the hnsw_rs crate. Same layout
-    /// and algorithm; native builds several times faster (BENCHMARKS.md).
+    /// and algorithm; native builds 2.7–4.8× faster (BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = build::Builder::Native)]
     graph_builder: build::Builder,
     /// What the native builder's beam search measures: 8-bit codes (int8, faster; the links

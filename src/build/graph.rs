@@ -28,7 +28,7 @@ pub enum BuildWalk {
 }
 
 /// Which implementation builds the graph. Both produce the same layout and the same kind of
-/// graph (hnswlib's algorithm and neighbour heuristic); `native` is 2–4× faster.
+/// graph (hnswlib's algorithm and neighbour heuristic); `native` is 2.7–4.8× faster (BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Builder {
     /// earshot's builder, writing the served layout directly.
