@@ -50,6 +50,10 @@ pub struct HttpBenchArgs {
     /// Default: 4,096 rows spread evenly over the collection.
     #[arg(long)]
     pub query_rows: Option<std::path::PathBuf>,
+    /// Queries per request: above 1, each request is a `POST /v1/batch` of this many `--mode`
+    /// queries (rates stay in requests/s; `queries_per_request` says how to convert).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
     /// Skip the closed-loop search and use this as the maximum rate (requests/s).
     #[arg(long)]
     pub max_rate: Option<f64>,
@@ -63,6 +67,7 @@ type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Ful
 struct Target {
     client: HttpClient,
     requests: Vec<(hyper::Method, String, Bytes)>,
+    batch: bool,
 }
 
 impl Target {
@@ -76,8 +81,9 @@ impl Target {
             .body(Full::new(body.clone()))?;
         let resp = self.client.request(req).await?;
         let ok = resp.status().is_success();
-        resp.into_body().collect().await?;
-        Ok(ok)
+        let body = resp.into_body().collect().await?.to_bytes();
+        // A batch answers 200 even when some of its queries failed; those count as errors.
+        Ok(ok && !(self.batch && contains(&body, b"\"error\":")))
     }
 }
 
@@ -88,7 +94,6 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     );
     let c = Collection::open(&a.index, Verify::Lazy)?;
     let name = &c.name;
-    let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
     let rows: Vec<u32> = match &a.query_rows {
         Some(path) => crate::npy::read_int(path)?
             .data
@@ -106,7 +111,61 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     };
     anyhow::ensure!(!rows.is_empty(), "no query rows");
     let ids: Vec<String> = rows.iter().map(|&r| c.id(r).to_string()).collect();
-    let requests: Vec<(hyper::Method, String, Bytes)> = match a.mode.as_str() {
+    let batch = a.batch > 1;
+    let requests = if batch {
+        batch_requests(a, name, &ids)?
+    } else {
+        single_requests(a, name, &ids)?
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+        let target = Arc::new(Target {
+            client,
+            requests,
+            batch,
+        });
+        target.send(0).await.context("the server did not answer")?;
+        let max = match a.max_rate {
+            Some(r) => r,
+            None => closed_loop(&target, a.connections, Duration::from_secs_f64(a.duration.min(5.0))).await,
+        };
+        let per = a.batch as f64;
+        println!(
+            "{}",
+            serde_json::json!({"mode": a.mode, "max_rps": max.round(), "connections": a.connections,
+                               "queries_per_request": a.batch, "max_queries_per_s": (max * per).round()})
+        );
+        let mut lines = Vec::new();
+        for &f in &a.fractions {
+            let line = open_loop(&target, max * f, Duration::from_secs_f64(a.duration)).await?;
+            let mut line = line;
+            line["fraction"] = f.into();
+            line["mode"] = a.mode.clone().into();
+            line["queries_per_request"] = a.batch.into();
+            println!("{line}");
+            lines.push(line);
+        }
+        if let Some(path) = &a.plot {
+            plot(path, &a.mode, &lines)?;
+            eprintln!("plot written to {}", path.display());
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// One request per query: `GET …/similar` or `POST /v1/taste` with 10 consecutive IDs.
+fn single_requests(
+    a: &HttpBenchArgs,
+    name: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<(hyper::Method, String, Bytes)>> {
+    let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
+    Ok(match a.mode.as_str() {
         "similar" => ids
             .iter()
             .map(|id| {
@@ -130,36 +189,54 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
             })
             .collect(),
         other => anyhow::bail!("--mode must be similar or taste (got {other:?})"),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1024)
-            .build_http();
-        let target = Arc::new(Target { client, requests });
-        target.send(0).await.context("the server did not answer")?;
-        let max = match a.max_rate {
-            Some(r) => r,
-            None => closed_loop(&target, a.connections, Duration::from_secs_f64(a.duration.min(5.0))).await,
-        };
-        println!("{}", serde_json::json!({"mode": a.mode, "max_rps": max.round(), "connections": a.connections}));
-        let mut lines = Vec::new();
-        for &f in &a.fractions {
-            let line = open_loop(&target, max * f, Duration::from_secs_f64(a.duration)).await?;
-            let mut line = line;
-            line["fraction"] = f.into();
-            line["mode"] = a.mode.clone().into();
-            println!("{line}");
-            lines.push(line);
-        }
-        if let Some(path) = &a.plot {
-            plot(path, &a.mode, &lines)?;
-            eprintln!("plot written to {}", path.display());
-        }
-        anyhow::Ok(())
     })
+}
+
+/// `POST /v1/batch` requests of `--batch` queries each, over the same IDs as single requests.
+fn batch_requests(
+    a: &HttpBenchArgs,
+    name: &str,
+    ids: &[String],
+) -> anyhow::Result<Vec<(hyper::Method, String, Bytes)>> {
+    let query = |ids: &[String]| {
+        let mut q = match a.mode.as_str() {
+            "similar" => serde_json::json!({"type": "similar", "id": ids[0]}),
+            _ => serde_json::json!({"type": "taste",
+                "history": ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>()}),
+        };
+        q["collection"] = name.into();
+        q["k"] = a.k.into();
+        if let Some(e) = a.ef {
+            q["ef"] = e.into();
+        }
+        q
+    };
+    let per_query = match a.mode.as_str() {
+        "similar" => 1,
+        "taste" => 10,
+        other => anyhow::bail!("--mode must be similar or taste (got {other:?})"),
+    };
+    let queries: Vec<_> = ids.chunks(per_query).map(query).collect();
+    let n = a.batch as usize;
+    // Wraps around so every request is full even when the rows do not divide evenly.
+    Ok((0..queries.len().div_ceil(n))
+        .map(|r| {
+            let qs: Vec<_> = (0..n)
+                .map(|j| &queries[(r * n + j) % queries.len()])
+                .collect();
+            let body = serde_json::json!({ "queries": qs });
+            (
+                hyper::Method::POST,
+                format!("{}/v1/batch", a.url),
+                Bytes::from(body.to_string()),
+            )
+        })
+        .collect())
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Latency percentiles (ms) against the achieved rate, one line per percentile.

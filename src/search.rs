@@ -18,6 +18,8 @@ use crate::quant::PreparedQuery;
 pub const MAX_LEVEL0_DEGREE: usize = 256;
 /// How many neighbours ahead of the one being measured have their vectors prefetched.
 const PREFETCH_AHEAD: usize = 3;
+/// How many rows ahead the exact re-ranking prefetches f32 vectors.
+const RERANK_AHEAD: usize = 2;
 
 /// A borrowed view of one collection's graph and vectors.
 #[derive(Clone, Copy)]
@@ -257,11 +259,17 @@ impl<'a> Graph<'a> {
                 };
                 let prefetch = |row: u32| prefetch_range(q8.codes, row as usize * dim, dim);
                 self.walk(&dist, &prefetch, ef, &accept, filtered, scratch);
-                // Exact re-ranking of the beam's survivors.
-                out.extend(scratch.top.drain().map(|h| Hit {
-                    dist: self.dist.distance(query, self.vector(h.row)),
-                    row: h.row,
-                }));
+                // Exact re-ranking of the beam's survivors. Their f32 rows are cold (the walk
+                // read only codes), so each is prefetched a few rows ahead of its distance.
+                out.extend(scratch.top.drain());
+                let fetch = |h: &Hit| prefetch_range(self.vectors, h.row as usize * dim, dim);
+                out[start..].iter().take(RERANK_AHEAD).for_each(fetch);
+                for i in start..out.len() {
+                    if let Some(h) = out.get(i + RERANK_AHEAD) {
+                        fetch(h);
+                    }
+                    out[i].dist = self.dist.distance(query, self.vector(out[i].row));
+                }
                 scratch.prepared = pq;
             }
             None => {

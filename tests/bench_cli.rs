@@ -156,3 +156,59 @@ fn bench_http_measures_a_real_server() {
         );
     }
 }
+
+#[test]
+fn bench_http_batches_queries_and_counts_failed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, _) = setup(dir.path());
+    let server = Server::start(dir.path(), &[]);
+    let url = format!("http://{}", server.addr);
+    let run = |mode: &str, extra: &[&str]| {
+        let mut args = vec![
+            "bench-http",
+            "--url",
+            &url,
+            "--index",
+            idx.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--duration",
+            "0.4",
+            "--connections",
+            "2",
+            "--fractions",
+            "0.3",
+        ];
+        args.extend_from_slice(extra);
+        earshot(args.iter().map(std::ffi::OsStr::new))
+    };
+    for mode in ["similar", "taste"] {
+        let out = run(mode, &["--batch", "8"]);
+        out.assert_ok();
+        let lines = json_lines(&out.stdout);
+        let (rps, qps) = (
+            lines[0]["max_rps"].as_f64().unwrap(),
+            lines[0]["max_queries_per_s"].as_f64().unwrap(),
+        );
+        assert!(
+            rps > 0.0 && (qps - 8.0 * rps).abs() <= 8.0,
+            "{}",
+            out.stdout
+        );
+        assert_eq!(lines[1]["queries_per_request"], 8, "{}", out.stdout);
+        assert_eq!(lines[1]["errors"], 0, "{}", out.stdout);
+        assert!(lines[1]["ok"].as_u64().unwrap() > 0, "{}", out.stdout);
+    }
+    // k = 0 fails every query of a batch while the batch itself answers 200: all errors.
+    let out = run("similar", &["--batch", "4", "--k", "0", "--max-rate", "40"]);
+    out.assert_ok();
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines[1]["ok"], 0, "{}", out.stdout);
+    assert!(lines[1]["errors"].as_u64().unwrap() > 0, "{}", out.stdout);
+    // Out-of-range flags are usage errors: exit code 2, like every clap-validated flag.
+    for bad in ["0", "257"] {
+        let out = run("similar", &["--batch", bad]);
+        assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+        assert!(out.stderr.contains("--batch"), "{}", out.stderr);
+    }
+}

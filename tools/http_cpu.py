@@ -7,13 +7,14 @@ worker), the load generator (`earshot bench-http`, closed loop, 32 connections) 
 in-process reference (`earshot bench --threads 1`) pinned to core 0 as well. For ROUNDS rounds it runs the
 in-process bench, then a closed-loop burst per mode, and reports the server's requests per CPU-second
 (from /proc/PID/stat and /metrics over the steady part of the burst) next to the in-process queries per
-CPU-second of the same round, on the same queries at the same ef.
+CPU-second of the same round, on the same queries at the same ef. `--batches 1,16` also measures
+`POST /v1/batch` requests of 16 queries each (rates then count queries, not requests).
 
     .venv/bin/python tools/http_cpu.py --earshot target/release/earshot --index-root target/bench/idx \\
         --collection yes-tracks --query-rows ../shared/datasets/yes-tracks/track_query_rows.npy \\
         --gt ../shared/datasets/yes-tracks/gt_track_to_track_angular_ids.npy --rounds 5
 
-Output: one JSON line per (round, mode) and a summary line per mode with the median ratio.
+Output: one JSON line per (round, mode, batch) and a summary line per (mode, batch) with the median ratio.
 Needs taskset (util-linux), 2 cores and numpy (the .venv of tools/venv.sh).
 """
 
@@ -41,20 +42,21 @@ def served(port):
                if l.startswith("earshot_http_requests_total") and "/v1/" in l)
 
 
-def burst(a, port, pid, mode):
-    """Closed-loop load for a.burst seconds; measures the middle of it."""
+def burst(a, port, pid, mode, batch):
+    """Closed-loop load for a.burst seconds (`batch` queries per request); measures the middle of it."""
     lg = subprocess.Popen(["taskset", "-c", "1", a.earshot, "bench-http", "--url", f"http://127.0.0.1:{port}",
                            "--index", os.path.join(a.index_root, a.collection), "--mode", mode, "--ef", str(a.ef),
                            "--k", "10", "--query-rows", a.query_rows, "--duration", str(a.burst + 1),
-                           "--fractions", "0.001"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--fractions", "0.001", "--batch", str(batch)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.7)
     r0, c0, t0 = served(port), cpu_seconds(pid), time.time()
     time.sleep(a.burst - 1.0)
     r1, c1, t1 = served(port), cpu_seconds(pid), time.time()
     lg.kill()
     lg.wait()
-    return {"requests": r1 - r0, "server_cpu_s": round(c1 - c0, 3), "wall_s": round(t1 - t0, 3),
-            "rps": round((r1 - r0) / (t1 - t0)), "per_cpu_s": round((r1 - r0) / (c1 - c0))}
+    q = (r1 - r0) * batch
+    return {"requests": r1 - r0, "queries": q, "server_cpu_s": round(c1 - c0, 3), "wall_s": round(t1 - t0, 3),
+            "rps": round((r1 - r0) / (t1 - t0)), "per_cpu_s": round(q / (c1 - c0))}
 
 
 def in_process(a, n_queries):
@@ -85,9 +87,13 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--burst", type=float, default=3.5, help="seconds of closed-loop load per measurement")
     p.add_argument("--modes", default="similar,taste")
+    p.add_argument("--batches", default="1",
+                   help="queries per request to measure, e.g. 1,16 (above 1: POST /v1/batch)")
     p.add_argument("--port", type=int, default=7792)
     a = p.parse_args()
-    modes = [m for m in a.modes.split(",") if m]
+    if a.burst > 4.5:
+        raise SystemExit("--burst must be at most 4.5 s: bench-http's closed loop runs for at most 5 s")
+    runs = [(m, int(b)) for m in a.modes.split(",") if m for b in a.batches.split(",") if b]
     server = subprocess.Popen(["taskset", "-c", "0", a.earshot, "serve", "--index-root", a.index_root,
                                "--addr", f"127.0.0.1:{a.port}", "--default-ef", str(a.ef), "--workers", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -98,22 +104,23 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
-        for mode in modes:  # warm-up
-            burst(a, a.port, server.pid, mode)
-        ratios = {m: [] for m in modes}
+        for mode, batch in runs:  # warm-up
+            burst(a, a.port, server.pid, mode, batch)
+        ratios = {run: [] for run in runs}
         n_queries = len(np.load(a.query_rows))
         for r in range(a.rounds):
             load = float(open("/proc/loadavg").read().split()[0])
             inproc, recall = in_process(a, n_queries)
-            for mode in modes:
-                m = burst(a, a.port, server.pid, mode)
+            for mode, batch in runs:
+                m = burst(a, a.port, server.pid, mode, batch)
                 ratio = m["per_cpu_s"] / inproc
-                ratios[mode].append(ratio)
-                print(json.dumps({"round": r, "mode": mode, **m, "inproc_queries_per_cpu_s": round(inproc),
+                ratios[(mode, batch)].append(ratio)
+                print(json.dumps({"round": r, "mode": mode, "batch": batch, **m, "inproc_queries_per_cpu_s": round(inproc),
                                   "inproc_recall": recall, "ratio": round(ratio, 3), "load1": load}), flush=True)
-        for mode in modes:
-            print(json.dumps({"mode": mode, "summary": True, "median_ratio": round(statistics.median(ratios[mode]), 3),
-                              "min": round(min(ratios[mode]), 3), "max": round(max(ratios[mode]), 3)}))
+        for (mode, batch), rs in ratios.items():
+            print(json.dumps({"mode": mode, "batch": batch, "summary": True,
+                              "median_ratio": round(statistics.median(rs), 3),
+                              "min": round(min(rs), 3), "max": round(max(rs), 3)}))
     finally:
         server.terminate()
         server.wait()
