@@ -132,8 +132,26 @@ fn bench_http_measures_a_real_server() {
         ]);
         run.assert_ok();
         let lines = json_lines(&run.stdout);
+        // The maximum is the rate of the first sustained probe, at most the closed-loop one.
+        let head = &lines[0];
+        let (max, closed) = (
+            head["max_rps"].as_f64().unwrap(),
+            head["closed_loop_rps"].as_f64().unwrap(),
+        );
+        let probes = head["probes"].as_array().expect("probe lines");
+        let last = probes.last().unwrap();
+        assert!(max > 0.0 && max <= closed, "{}", run.stdout);
+        assert_eq!(last["sustained"], true, "{}", run.stdout);
+        assert_eq!(
+            last["target_rps"].as_f64().unwrap(),
+            max.round(),
+            "{}",
+            run.stdout
+        );
         assert!(
-            lines[0]["max_rps"].as_f64().unwrap() > 0.0,
+            probes[..probes.len() - 1]
+                .iter()
+                .all(|p| p["sustained"] == false),
             "{}",
             run.stdout
         );
@@ -205,6 +223,8 @@ fn bench_http_batches_queries_and_counts_failed_ones() {
     let lines = json_lines(&out.stdout);
     assert_eq!(lines[1]["ok"], 0, "{}", out.stdout);
     assert!(lines[1]["errors"].as_u64().unwrap() > 0, "{}", out.stdout);
+    // No rate can meet a 1 µs p99: a clean failure that says which limit was not met.
+    run("similar", &["--sustain-p99-ms", "0.001"]).assert_fails_with(&["--sustain-p99-ms"]);
     // Out-of-range flags are usage errors: exit code 2, like every clap-validated flag.
     for bad in ["0", "257"] {
         let out = run("similar", &["--batch", bad]);
