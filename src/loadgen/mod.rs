@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::collection::Collection;
 use crate::format::Verify;
+
+mod http1;
+use http1::{Conn, Endpoint};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpBenchArgs {
@@ -68,28 +67,19 @@ pub struct HttpBenchArgs {
     pub plot: Option<std::path::PathBuf>,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
 struct Target {
-    client: HttpClient,
-    requests: Vec<(hyper::Method, String, Bytes)>,
+    endpoint: Endpoint,
+    /// Encoded requests, sent in turn.
+    requests: Vec<Vec<u8>>,
     batch: bool,
 }
 
 impl Target {
-    /// Sends request `i` (cycling); Ok(true) on a 2xx answer.
-    async fn send(&self, i: usize) -> anyhow::Result<bool> {
-        let (method, uri, body) = &self.requests[i % self.requests.len()];
-        let req = hyper::Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(Full::new(body.clone()))?;
-        let resp = self.client.request(req).await?;
-        let ok = resp.status().is_success();
-        let body = resp.into_body().collect().await?.to_bytes();
+    /// Sends request `i` (cycling) on `conn`; Ok(true) on a 2xx answer.
+    async fn send(&self, conn: &mut Conn, i: usize) -> std::io::Result<bool> {
+        let (status, body) = conn.send(&self.requests[i % self.requests.len()]).await?;
         // A batch answers 200 even when some of its queries failed; those count as errors.
-        Ok(ok && !(self.batch && contains(&body, b"\"error\":")))
+        Ok((200..300).contains(&status) && !(self.batch && contains(body, b"\"error\":")))
     }
 }
 
@@ -118,24 +108,29 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!rows.is_empty(), "no query rows");
     let ids: Vec<String> = rows.iter().map(|&r| c.id(r).to_string()).collect();
     let batch = a.batch > 1;
+    let endpoint = Endpoint::parse(&a.url)?;
     let requests = if batch {
         batch_requests(a, name, &ids)?
     } else {
         single_requests(a, name, &ids)?
     };
+    let requests = requests
+        .iter()
+        .map(|(path, body)| endpoint.encode(path, body.as_deref()))
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1024)
-            .build_http();
         let target = Arc::new(Target {
-            client,
+            endpoint,
             requests,
             batch,
         });
-        target.send(0).await.context("the server did not answer")?;
+        target
+            .send(&mut Conn::new(target.endpoint.addr), 0)
+            .await
+            .with_context(|| format!("the server at {} did not answer", a.url))?;
         let mut head = serde_json::json!({"mode": a.mode, "connections": a.connections,
                                           "queries_per_request": a.batch});
         let max = match a.max_rate {
@@ -159,7 +154,13 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
         println!("{head}");
         let mut lines = Vec::new();
         for &f in &a.fractions {
-            let line = open_loop(&target, max * f, Duration::from_secs_f64(a.duration)).await?;
+            let line = open_loop(
+                &target,
+                a.connections,
+                max * f,
+                Duration::from_secs_f64(a.duration),
+            )
+            .await?;
             let mut line = line;
             line["fraction"] = f.into();
             line["mode"] = a.mode.clone().into();
@@ -180,14 +181,14 @@ fn single_requests(
     a: &HttpBenchArgs,
     name: &str,
     ids: &[String],
-) -> anyhow::Result<Vec<(hyper::Method, String, Bytes)>> {
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let ef = a.ef.map(|e| format!("&ef={e}")).unwrap_or_default();
     Ok(match a.mode.as_str() {
         "similar" => ids
             .iter()
             .map(|id| {
                 let path = format!("/v1/{name}/{}/similar?k={}{ef}", encode(id), a.k);
-                (hyper::Method::GET, format!("{}{path}", a.url), Bytes::new())
+                (path, None)
             })
             .collect(),
         "taste" => ids
@@ -198,11 +199,7 @@ fn single_requests(
                 if let Some(e) = a.ef {
                     body["ef"] = e.into();
                 }
-                (
-                    hyper::Method::POST,
-                    format!("{}/v1/taste/{name}", a.url),
-                    Bytes::from(body.to_string()),
-                )
+                (format!("/v1/taste/{name}"), Some(body.to_string()))
             })
             .collect(),
         other => anyhow::bail!("--mode must be similar or taste (got {other:?})"),
@@ -214,7 +211,7 @@ fn batch_requests(
     a: &HttpBenchArgs,
     name: &str,
     ids: &[String],
-) -> anyhow::Result<Vec<(hyper::Method, String, Bytes)>> {
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     let query = |ids: &[String]| {
         let mut q = match a.mode.as_str() {
             "similar" => serde_json::json!({"type": "similar", "id": ids[0]}),
@@ -242,11 +239,7 @@ fn batch_requests(
                 .map(|j| &queries[(r * n + j) % queries.len()])
                 .collect();
             let body = serde_json::json!({ "queries": qs });
-            (
-                hyper::Method::POST,
-                format!("{}/v1/batch", a.url),
-                Bytes::from(body.to_string()),
-            )
+            ("/v1/batch".to_string(), Some(body.to_string()))
         })
         .collect())
 }
@@ -285,9 +278,10 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
         .map(|w| {
             let (t, done) = (target.clone(), done.clone());
             tokio::spawn(async move {
+                let mut conn = Conn::new(t.endpoint.addr);
                 let mut i = w * 7919;
                 while start.elapsed() < duration {
-                    if let Ok(true) = t.send(i).await {
+                    if let Ok(true) = t.send(&mut conn, i).await {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
@@ -315,7 +309,7 @@ async fn sustainable(
     let mut probes = Vec::new();
     let mut rate = closed;
     for _ in 0..MAX_PROBES {
-        let p = open_loop(target, rate, probe).await?;
+        let p = open_loop(target, a.connections, rate, probe).await?;
         let num = |k: &str| p[k].as_f64().unwrap_or(0.0);
         let sustained = num("errors") == 0.0
             && num("achieved_rps") >= 0.97 * rate.round()
@@ -335,48 +329,70 @@ async fn sustainable(
     )
 }
 
-/// Sends at `rate` for `duration`; latencies from each request's intended send time.
+/// Sends at `rate` for `duration` over `connections` keep-alive connections; latencies from
+/// each request's intended send time. A request waits client-side for a free connection when
+/// all are busy, and that wait counts in its latency (a server that falls behind shows it).
 async fn open_loop(
     target: &Arc<Target>,
+    connections: usize,
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<serde_json::Value> {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
     let total = (duration.as_secs_f64() * rate) as usize;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (t, rx) = (target.clone(), rx.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::new(t.endpoint.addr);
+                let mut hist = new_histogram();
+                let mut errors = 0u64;
+                loop {
+                    // The lock is held only while waiting for the next request.
+                    let Some((i, intended)) = rx.lock().await.recv().await else {
+                        break;
+                    };
+                    match t.send(&mut conn, i).await {
+                        Ok(true) => {
+                            hist.saturating_record((intended.elapsed().as_micros() as u64).max(1))
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (hist, errors)
+            })
+        })
+        .collect();
     let start = Instant::now() + Duration::from_millis(50);
     // Paced by a thread of its own: tokio's timer has 1 ms resolution, so requests would leave
     // up to 1 ms after their intended time and that wait would count as server latency.
-    let (rt, target) = (tokio::runtime::Handle::current(), target.clone());
     let pacer = std::thread::spawn(move || {
         precise_sleeps();
-        let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut lag = new_histogram();
         for i in 0..total {
             let intended = start + interval * i as u32;
             sleep_until(intended);
             lag.saturating_record((intended.elapsed().as_micros() as u64).max(1));
-            let (t, tx) = (target.clone(), tx.clone());
-            rt.spawn(async move {
-                let ok = matches!(t.send(i).await, Ok(true));
-                let us = intended.elapsed().as_micros() as u64;
-                let _ = tx.send(ok.then_some(us));
-            });
+            if tx.send((i, intended)).is_err() {
+                break;
+            }
         }
-        anyhow::Ok(lag)
+        lag
     });
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = new_histogram();
     let mut errors = 0u64;
-    // Ends once the pacer and every request have dropped their senders.
-    while let Some(r) = rx.recv().await {
-        match r {
-            Some(us) => hist.saturating_record(us.max(1)),
-            None => errors += 1,
-        }
+    // Each worker ends once the pacer has dropped its sender and the queue is empty.
+    for w in workers {
+        let (h, e) = w.await.context("a load generator task failed")?;
+        hist.add(h).context("merging latency histograms")?;
+        errors += e;
     }
     let secs = start.elapsed().as_secs_f64();
     let lag = pacer
         .join()
-        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
     Ok(serde_json::json!({
         "target_rps": rate.round(),
         "achieved_rps": (hist.len() as f64 / secs).round(),
@@ -390,6 +406,11 @@ async fn open_loop(
         "send_lag_p50_us": lag.value_at_quantile(0.5),
         "send_lag_p99_us": lag.value_at_quantile(0.99),
     }))
+}
+
+/// Latencies in µs, 1 µs to 60 s, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Sleeps until `t` (returns at once if it has passed).
