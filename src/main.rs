@@ -8,6 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use earshot::build::{self, writer, GraphParams, InputSpec};
 use earshot::metric::Metric;
 
+// The server allocates small, short-lived buffers per request (request parsing, JSON); mimalloc
+// serves them from thread-local free lists.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "earshot",
