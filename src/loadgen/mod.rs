@@ -1,7 +1,7 @@
 //! `earshot bench-http`: HTTP latency under load, measured open-loop.
 //!
 //! First a closed-loop burst (`--connections` clients back to back) estimates the maximum rate,
-//! then short open-loop probes walk down from it in 10 % steps to the highest rate the server
+//! then 3-second open-loop probes walk down from it in 10 % steps to the highest rate the server
 //! sustains (no errors, 97 % of the target achieved, p99 under `--sustain-p99-ms`). Then, for
 //! each fraction of that (`--fractions 0.25,0.5,0.75,0.9`), requests
 //! are sent on a fixed schedule and each latency is measured from the request's *intended*
@@ -57,7 +57,7 @@ pub struct HttpBenchArgs {
     pub batch: u16,
     /// A probe rate counts as sustained when all its requests succeed, it achieves 97 % of
     /// its target and its p99 stays under this (a growing queue shows up here first).
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 20.0)]
     pub sustain_p99_ms: f64,
     /// Skip the search for the maximum and use this as the maximum rate (requests/s).
     #[arg(long)]
@@ -296,7 +296,7 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
 }
 
 /// The highest open-loop rate the server sustains, searched down from the closed-loop
-/// maximum in 10 % steps with short probes (the closed loop overstates it: there the load
+/// maximum in 10 % steps with 3-second probes (the closed loop overstates it: there the load
 /// generator never has more requests in flight than connections, and spends less CPU).
 /// Returns the rate and one line per probe.
 async fn sustainable(
@@ -305,7 +305,7 @@ async fn sustainable(
     closed: f64,
 ) -> anyhow::Result<(f64, Vec<serde_json::Value>)> {
     const MAX_PROBES: usize = 8;
-    let probe = Duration::from_secs_f64(a.duration.min(2.0));
+    let probe = Duration::from_secs_f64(a.duration.min(3.0));
     let mut probes = Vec::new();
     let mut rate = closed;
     for _ in 0..MAX_PROBES {
