@@ -214,7 +214,7 @@ if [[ -z "${BENCH_SKIP_HTTP:-}" && -d "$out/idx/yes-tracks" ]]; then
     server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server/stat"; }
     served() {
         curl -sf "http://127.0.0.1:$PORT/metrics" |
-            awk '/^earshot_http_requests_total/ && /route="\/v1\// {s += $NF} END {print s + 0}'
+            awk '/^earshot_http_requests_total/ && /route="\/v1\// && /status="200"/ {s += $NF} END {print s + 0}'
     }
     for mode in similar taste; do
         c0="$(server_cpu)"; r0="$(served)"; t0="$(now)"

@@ -3,7 +3,7 @@
 
 On a 2-core machine the load generator competes with the server, so the closed-loop maximum says little
 about the server's own cost. This tool splits the cores: `earshot serve` pinned to core 0 (one tokio
-worker), the load generator (`earshot bench-http`, closed loop, 32 connections) pinned to core 1, and the
+worker), the load generator (`earshot bench-http`, closed loop, 32 connections, 32 / batch but at least 4 for batches) pinned to core 1, and the
 in-process reference (`earshot bench --threads 1`) pinned to core 0 as well. For ROUNDS rounds it runs the
 in-process bench, then a closed-loop burst per mode, and reports the server's requests per CPU-second
 (from /proc/PID/stat and /metrics over the steady part of the burst) next to the in-process queries per
@@ -37,9 +37,11 @@ def cpu_seconds(pid):
 
 
 def served(port):
+    """Query requests answered 200 so far (a 503 from the limiter costs the server almost nothing
+    and must not count as served)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     return sum(float(l.split()[-1]) for l in text.splitlines()
-               if l.startswith("earshot_http_requests_total") and "/v1/" in l)
+               if l.startswith("earshot_http_requests_total") and "/v1/" in l and 'status="200"' in l)
 
 
 def burst(a, port, pid, mode, batch):
@@ -47,7 +49,10 @@ def burst(a, port, pid, mode, batch):
     lg = subprocess.Popen(["taskset", "-c", "1", a.earshot, "bench-http", "--url", f"http://127.0.0.1:{port}",
                            "--index", os.path.join(a.index_root, a.collection), "--mode", mode, "--ef", str(a.ef),
                            "--k", "10", "--query-rows", a.query_rows, "--duration", str(a.burst + 1),
-                           "--fractions", "0.001", "--batch", str(batch)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--fractions", "0.001", "--batch", str(batch),
+                           # enough requests in flight to keep the server's core busy, few enough
+                           # that none waits past the limiter's queue timeout (503s are not counted)
+                           "--connections", str(max(4, 32 // batch))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.7)
     r0, c0, t0 = served(port), cpu_seconds(pid), time.time()
     time.sleep(a.burst - 1.0)
