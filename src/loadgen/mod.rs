@@ -296,9 +296,9 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
 }
 
 /// The highest open-loop rate the server sustains, searched down from the closed-loop
-/// maximum in 10 % steps with 3-second probes (the closed loop overstates it: there the load
-/// generator never has more requests in flight than connections, and spends less CPU).
-/// Returns the rate and one line per probe.
+/// maximum in 10 % steps with 3-second probes. The closed loop overstates it: its clients
+/// slow down with the server, so it never builds a queue, and it spends less load-generator
+/// CPU than paced sending. Returns the rate and one line per probe.
 async fn sustainable(
     target: &Arc<Target>,
     a: &HttpBenchArgs,
