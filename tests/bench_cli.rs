@@ -232,3 +232,36 @@ fn bench_http_batches_queries_and_counts_failed_ones() {
         assert!(out.stderr.contains("--batch"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn bench_http_refuses_bad_arguments_and_silent_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idx, _) = setup(dir.path());
+    // Accepts connections (the kernel's backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench-http",
+            "--url",
+            &url,
+            "--index",
+            idx.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        earshot(args.iter().map(std::ffi::OsStr::new))
+    };
+    let started = std::time::Instant::now();
+    run(&["--timeout-ms", "200"]).assert_fails_with(&["did not answer", "in time"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    run(&["--fractions", "0.5,-1"]).assert_fails_with(&["--fractions"]);
+    run(&["--max-rate", "0"]).assert_fails_with(&["--max-rate"]);
+    earshot([
+        "bench-http".as_ref(),
+        "--url".as_ref(),
+        "https://example.com".as_ref(),
+        "--index".as_ref(),
+        idx.as_os_str(),
+    ])
+    .assert_fails_with(&["http://"]);
+}

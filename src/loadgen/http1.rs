@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,23 +67,28 @@ impl Endpoint {
 /// One keep-alive connection, (re)opened on demand.
 pub struct Conn {
     addr: SocketAddr,
+    timeout: Duration,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
         Self {
             addr,
+            timeout,
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
         }
     }
 
-    /// Sends one encoded request; returns the status and the body. After any error the
-    /// connection is dropped and the next call opens a new one.
+    /// Sends one encoded request; returns the status and the body. After any error, the
+    /// timeout included, the connection is dropped and the next call opens a new one.
     pub async fn send(&mut self, request: &[u8]) -> io::Result<(u16, &[u8])> {
-        match self.exchange(request).await {
+        let answer = tokio::time::timeout(self.timeout, self.exchange(request))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time")));
+        match answer {
             Ok((status, head, end, close)) => {
                 if close {
                     self.stream = None;

@@ -40,9 +40,13 @@ pub struct HttpBenchArgs {
     /// Seconds per measured rate.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Concurrent clients for the closed-loop maximum.
+    /// Keep-alive connections: the closed loop's clients, and the most requests in flight
+    /// in the open loop (a request waits for a free one, and that wait counts as latency).
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
+    /// A request not answered within this counts as an error and its connection is dropped.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
     /// Fractions of the maximum rate to measure at.
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
     pub fractions: Vec<f64>,
@@ -69,12 +73,17 @@ pub struct HttpBenchArgs {
 
 struct Target {
     endpoint: Endpoint,
+    timeout: Duration,
     /// Encoded requests, sent in turn.
     requests: Vec<Vec<u8>>,
     batch: bool,
 }
 
 impl Target {
+    fn conn(&self) -> Conn {
+        Conn::new(self.endpoint.addr, self.timeout)
+    }
+
     /// Sends request `i` (cycling) on `conn`; Ok(true) on a 2xx answer.
     async fn send(&self, conn: &mut Conn, i: usize) -> std::io::Result<bool> {
         let (status, body) = conn.send(&self.requests[i % self.requests.len()]).await?;
@@ -87,6 +96,11 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.duration > 0.0 && a.connections > 0,
         "--duration and --connections must be positive"
+    );
+    anyhow::ensure!(
+        a.fractions.iter().all(|f| f.is_finite() && *f > 0.0)
+            && a.max_rate.is_none_or(|r| r.is_finite() && r > 0.0),
+        "--fractions and --max-rate must be positive numbers"
     );
     let c = Collection::open(&a.index, Verify::Lazy)?;
     let name = &c.name;
@@ -124,11 +138,12 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let target = Arc::new(Target {
             endpoint,
+            timeout: Duration::from_millis(a.timeout_ms),
             requests,
             batch,
         });
         target
-            .send(&mut Conn::new(target.endpoint.addr), 0)
+            .send(&mut target.conn(), 0)
             .await
             .with_context(|| format!("the server at {} did not answer", a.url))?;
         let mut head = serde_json::json!({"mode": a.mode, "connections": a.connections,
@@ -154,14 +169,13 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
         println!("{head}");
         let mut lines = Vec::new();
         for &f in &a.fractions {
-            let line = open_loop(
+            let mut line = open_loop(
                 &target,
                 a.connections,
                 max * f,
                 Duration::from_secs_f64(a.duration),
             )
             .await?;
-            let mut line = line;
             line["fraction"] = f.into();
             line["mode"] = a.mode.clone().into();
             line["queries_per_request"] = a.batch.into();
@@ -278,7 +292,7 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
         .map(|w| {
             let (t, done) = (target.clone(), done.clone());
             tokio::spawn(async move {
-                let mut conn = Conn::new(t.endpoint.addr);
+                let mut conn = t.conn();
                 let mut i = w * 7919;
                 while start.elapsed() < duration {
                     if let Ok(true) = t.send(&mut conn, i).await {
@@ -346,7 +360,7 @@ async fn open_loop(
         .map(|_| {
             let (t, rx) = (target.clone(), rx.clone());
             tokio::spawn(async move {
-                let mut conn = Conn::new(t.endpoint.addr);
+                let mut conn = t.conn();
                 let mut hist = new_histogram();
                 let mut errors = 0u64;
                 loop {
