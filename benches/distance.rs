@@ -13,9 +13,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use earshot::distance::{self, DistanceFn};
-use earshot::metric::Metric;
-use earshot::quant::{self, PreparedQuery};
+use earshot_core::distance::{self, DistanceFn};
+use earshot_core::metric::Metric;
+use earshot_core::quant::{self, PreparedQuery};
 
 const DIMS: [usize; 4] = [64, 128, 384, 784];
 const METRICS: [(Metric, &str); 3] = [

@@ -13,11 +13,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use earshot::build::{build_collection, GraphParams, Settings};
-use earshot::collection::Collection;
-use earshot::format::Verify;
-use earshot::metric::Metric;
-use earshot::search::{with_scratch, Hit};
+use earshot_build::{build_collection, GraphParams, Settings};
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
+use earshot_core::metric::Metric;
+use earshot_core::search::{with_scratch, Hit};
 
 const N: usize = 20_000;
 const DIM: usize = 128;
@@ -31,7 +31,7 @@ fn search(c: &mut Criterion) {
         (Metric::L2, "l2"),
         (Metric::Dot, "dot"),
     ] {
-        let (data, queries) = earshot::demo::catalogue(N, DIM, QUERIES, 7);
+        let (data, queries) = earshot_build::synthetic::catalogue(N, DIM, QUERIES, 7);
         let dir = tmp.path().join(name);
         let settings = Settings {
             metric,
@@ -51,7 +51,7 @@ fn search(c: &mut Criterion) {
         let mut queries = queries;
         if metric == Metric::Cosine {
             for q in queries.chunks_exact_mut(DIM) {
-                earshot::distance::normalize(q);
+                earshot_core::distance::normalize(q);
             }
         }
         let mut g = c.benchmark_group(format!("search_{name}"));

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use earshot::collection::Collection;
-use earshot::format::Verify;
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
 
 /// A small valid catalogue (with creators and popularity) written into `dir`.
 fn small_inputs(dir: &Path, n: usize, dim: usize, seed: u64) -> (Catalogue, PathBuf, PathBuf) {
@@ -330,7 +330,7 @@ fn fvecs_input_builds() {
     earshot(build_args(&p, None, "dot", &out)).assert_ok();
     let c = Collection::open(&out, Verify::Full).unwrap();
     assert_eq!((c.len(), c.dim()), (30, 5));
-    assert_eq!(c.manifest.metric, earshot::metric::Metric::Dot);
+    assert_eq!(c.manifest.metric, earshot_core::metric::Metric::Dot);
     for r in 0..30usize {
         // Without metadata the IDs are the row numbers.
         assert_eq!(c.id(r as u32), r.to_string());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::*;
-use earshot::format::array_file::HEADER_LEN;
+use earshot_core::format::array_file::HEADER_LEN;
 use serde_json::{json, Value};
 
 const DIM: usize = 16;

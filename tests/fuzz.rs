@@ -10,8 +10,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use common::*;
-use earshot::collection::Collection;
-use earshot::format::Verify;
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
 
 fn iters(default: usize) -> usize {
     std::env::var("EARSHOT_FUZZ_ITERS")
@@ -51,7 +51,7 @@ fn exercise(dir: &Path) -> Result<(), String> {
                 let g = c.graph();
                 let q = vec![0.3f32; c.dim()];
                 let mut out = Vec::new();
-                earshot::search::with_scratch(|s| {
+                earshot_core::search::with_scratch(|s| {
                     for ef in [1, 10, 64] {
                         out.clear();
                         g.search(&q, 5, ef, |_| true, false, s, &mut out);
@@ -170,7 +170,7 @@ fn lying_payloads_with_valid_checksums_never_panic() {
 }
 
 fn xxh3(b: &[u8]) -> u64 {
-    earshot::format::array_file::checksum(b)
+    earshot_core::format::array_file::checksum(b)
 }
 
 #[test]

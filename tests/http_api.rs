@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use earshot::metric::Metric;
+use earshot_core::metric::Metric;
 use serde_json::{json, Value};
 
 const DIM: usize = 24;

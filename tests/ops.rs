@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use earshot::build::writer;
+use earshot_core::layout;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ impl Fixture {
         args.push("--versioned".into());
         args.extend(extra.iter().map(|s| s.into()));
         earshot(&args).assert_ok();
-        writer::active_version(&self.link()).expect("the build activated a version")
+        layout::active_version(&self.link()).expect("the build activated a version")
     }
 
     fn version_dir(&self, version: &str) -> PathBuf {
@@ -378,7 +378,7 @@ fn versioned_builds_list_activate_and_prune() {
     let mut args = build_args(&f.npy, Some(&f.csv), "cosine", &link);
     args.extend(["--m".into(), "8".into(), "--keep".into(), "2".into()]);
     earshot(&args).assert_ok();
-    let v2 = writer::active_version(&link).unwrap();
+    let v2 = layout::active_version(&link).unwrap();
     assert_ne!(v1, v2);
     let listed = earshot(["versions".as_ref(), link.as_os_str()]);
     listed.assert_ok();
@@ -395,15 +395,15 @@ fn versioned_builds_list_activate_and_prune() {
 
     // Roll back, then forward by name.
     earshot(["activate".as_ref(), link.as_os_str(), "previous".as_ref()]).assert_ok();
-    assert_eq!(writer::active_version(&link).unwrap(), v1);
+    assert_eq!(layout::active_version(&link).unwrap(), v1);
     earshot(["activate".as_ref(), link.as_os_str(), v2.as_ref()]).assert_ok();
-    assert_eq!(writer::active_version(&link).unwrap(), v2);
+    assert_eq!(layout::active_version(&link).unwrap(), v2);
     earshot(["verify".as_ref(), link.as_os_str()]).assert_ok();
 
     // --keep 2: a third build deletes the oldest, never the active one.
     earshot(["activate".as_ref(), link.as_os_str(), v1.as_ref()]).assert_ok();
     let v3 = f.build(&["--keep", "2"]);
-    let names: Vec<String> = writer::list_versions(&link)
+    let names: Vec<String> = layout::list_versions(&link)
         .unwrap()
         .into_iter()
         .map(|v| v.name)
@@ -411,7 +411,7 @@ fn versioned_builds_list_activate_and_prune() {
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&v3), "{names:?}");
     let v4 = f.build(&["--keep", "1"]);
-    let names: Vec<String> = writer::list_versions(&link)
+    let names: Vec<String> = layout::list_versions(&link)
         .unwrap()
         .into_iter()
         .map(|v| v.name)
@@ -435,7 +435,7 @@ fn versioned_builds_list_activate_and_prune() {
         "checksum",
         "--force",
     ]);
-    assert_eq!(writer::active_version(&link).unwrap(), v4);
+    assert_eq!(layout::active_version(&link).unwrap(), v4);
 
     // A plain directory becomes versioned only with --force, keeping its build.
     let plain = f.root.join("plain");
@@ -445,7 +445,7 @@ fn versioned_builds_list_activate_and_prune() {
     earshot(&args).assert_fails_with(&["plain collection directory", "--force"]);
     args.push("--force".into());
     earshot(&args).assert_ok();
-    let versions = writer::list_versions(&plain).unwrap();
+    let versions = layout::list_versions(&plain).unwrap();
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert!(versions
         .iter()
@@ -516,7 +516,7 @@ fn swaps_under_concurrent_load_fail_no_request() {
                 "previous".as_ref(),
             ])
             .assert_ok();
-            writer::active_version(&f.link()).unwrap()
+            layout::active_version(&f.link()).unwrap()
         };
         assert_ne!(target, expected);
         if round % 2 == 0 {
@@ -640,7 +640,7 @@ fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
     std::fs::create_dir(&sub).unwrap();
     let (npy8, csv8) = other.write(&sub, "tracks");
     earshot(build_args(&npy8, Some(&csv8), "cosine", &f.link())).assert_ok();
-    let v8 = writer::active_version(&f.link()).unwrap();
+    let v8 = layout::active_version(&f.link()).unwrap();
     let r = reload(&s.addr);
     r.assert_error(422, "swap_refused");
     let reason = r.json()["collections"]["tracks"]["reason"].to_string();
@@ -670,7 +670,7 @@ fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
 /// Zeroes every level-0 link count and rewrites the checksums to match: a version whose
 /// files all verify but whose search cannot reach its items.
 fn break_graph(dir: &Path) {
-    use earshot::format::{ArrayFile, Verify};
+    use earshot_core::format::{ArrayFile, Verify};
     let manifest_path = dir.join("manifest.json");
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
@@ -684,7 +684,7 @@ fn break_graph(dir: &Path) {
         block.iter_mut().for_each(|x| *x = 0);
     }
     std::fs::remove_file(&path).unwrap();
-    let sum = earshot::format::array_file::write(&path, &links).unwrap();
+    let sum = earshot_core::format::array_file::write(&path, &links).unwrap();
     manifest["files"]["graph_level0.bin"]["xxh3"] = json!(format!("{sum:016x}"));
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
 }

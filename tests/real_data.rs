@@ -56,11 +56,12 @@ fn yes_tracks_similar_recall_through_the_server() {
     eprintln!("process start to /readyz 200: {ready_ms:.0} ms");
     assert!(ready_ms < 1000.0, "ready after {ready_ms:.0} ms");
 
-    let vectors = earshot::npy::read_f32(&data.join("tracks_minilm384.npy")).unwrap();
+    let vectors = earshot_build::npy::read_f32(&data.join("tracks_minilm384.npy")).unwrap();
     let dim = vectors.cols();
     let unit = normalized_rows(&vectors.data, dim);
-    let rows = earshot::npy::read_int(&data.join("track_query_rows.npy")).unwrap();
-    let gt_dist = earshot::npy::read_f32(&data.join("gt_track_to_track_angular_dist.npy")).unwrap();
+    let rows = earshot_build::npy::read_int(&data.join("track_query_rows.npy")).unwrap();
+    let gt_dist =
+        earshot_build::npy::read_f32(&data.join("gt_track_to_track_angular_dist.npy")).unwrap();
     let csv = std::fs::read_to_string(data.join("tracks.csv")).unwrap();
     // song_id is the first column and equals the row number (checked here, not assumed).
     let ids: Vec<String> = csv

@@ -8,10 +8,10 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use earshot::collection::Collection;
-use earshot::format::Verify;
-use earshot::metric::Metric;
-use earshot::search::with_scratch;
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
+use earshot_core::metric::Metric;
+use earshot_core::search::with_scratch;
 use serde_json::{json, Value};
 
 const N: usize = 20_000;
@@ -260,9 +260,9 @@ fn one_thread_native_build_is_reproducible() {
         args.extend(["--threads".into(), "1".into()]);
         earshot(&args).assert_ok();
         [
-            earshot::format::names::LEVEL0,
-            earshot::format::names::UPPER,
-            earshot::format::names::UPPER_START,
+            earshot_core::format::names::LEVEL0,
+            earshot_core::format::names::UPPER,
+            earshot_core::format::names::UPPER_START,
         ]
         .iter()
         .map(|f| std::fs::read(out.join(f)).unwrap())

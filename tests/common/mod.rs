@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use earshot::metric::Metric;
+use earshot_core::metric::Metric;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_earshot");
@@ -180,7 +180,7 @@ pub fn write_npy_raw(path: &Path, descr: &str, shape: &str, payload: &[u8]) {
 /// Writes a float32 2-D `.npy` with the library's writer.
 pub fn write_npy(path: &Path, dim: usize, data: &[f32]) {
     assert_eq!(data.len() % dim, 0);
-    earshot::npy::write_f32(path, data.len() / dim, dim, data).unwrap();
+    earshot_build::npy::write_f32(path, data.len() / dim, dim, data).unwrap();
 }
 
 /// One CSV field, quoted when it needs to be.

@@ -331,7 +331,7 @@ pub struct CollectionInfo<'a> {
     name: &'a str,
     /// How closeness is measured; scores are always "higher is closer".
     #[schema(schema_with = super::openapi::metric_schema)]
-    metric: crate::metric::Metric,
+    metric: earshot_core::metric::Metric,
     /// Vector dimension.
     dim: u32,
     /// Items.
@@ -408,7 +408,7 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
         .collect();
     Json(CollectionsResponse {
         collections: list,
-        kernels: crate::distance::kernel_name(),
+        kernels: earshot_core::distance::kernel_name(),
     })
     .into_response()
 }

@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::centroids::share_slots;
 use super::constraints::{HardFilter, Shape, QUOTA_WINDOW};
-use crate::collection::Collection;
-use crate::search::{with_scratch, Hit};
+use earshot_core::collection::Collection;
+use earshot_core::search::{with_scratch, Hit};
 
 /// One query vector and its share of the slots.
 pub struct Probe {

@@ -15,59 +15,45 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::collection::Collection;
-use crate::format::Verify;
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
 
 mod http1;
 use http1::{Conn, Endpoint};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct HttpBenchArgs {
+#[derive(Debug, Clone)]
+pub struct HttpBenchOptions {
     /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7700")]
     pub url: String,
     /// A local copy of the served collection, to draw real item IDs from.
-    #[arg(long)]
     pub index: std::path::PathBuf,
     /// `similar` (GET …/similar) or `taste` (POST /v1/taste with a 10-item history).
-    #[arg(long, default_value = "similar")]
     pub mode: String,
-    #[arg(long, default_value_t = 10)]
     pub k: usize,
     /// `ef` sent with each request (default: the server's).
-    #[arg(long)]
     pub ef: Option<usize>,
     /// Seconds per measured rate.
-    #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Keep-alive connections: the closed loop's clients, and the most requests in flight
     /// in the open loop (a request waits for a free one, and that wait counts as latency).
-    #[arg(long, default_value_t = 32)]
     pub connections: usize,
     /// A request not answered within this counts as an error and its connection is dropped.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// Fractions of the maximum rate to measure at.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
     pub fractions: Vec<f64>,
     /// Take the item IDs from these rows of the collection (.npy of row numbers, like
     /// `earshot bench --query-rows`), to compare with in-process numbers on the same queries.
     /// Default: 4,096 rows spread evenly over the collection.
-    #[arg(long)]
     pub query_rows: Option<std::path::PathBuf>,
     /// Queries per request: above 1, each request is a `POST /v1/batch` of this many `--mode`
     /// queries (rates stay in requests/s; `queries_per_request` says how to convert).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub batch: u16,
     /// A probe rate counts as sustained when all its requests succeed, it achieves 97 % of
     /// its target and its p99 stays under this (a growing queue shows up here first).
-    #[arg(long, default_value_t = 20.0)]
     pub sustain_p99_ms: f64,
     /// Skip the search for the maximum and use this as the maximum rate (requests/s).
-    #[arg(long)]
     pub max_rate: Option<f64>,
     /// Also draw p50/p90/p99/p99.9 latency against the achieved rate into this SVG file.
-    #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
 }
 
@@ -92,7 +78,7 @@ impl Target {
     }
 }
 
-pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
+pub fn run(a: &HttpBenchOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.duration > 0.0 && a.connections > 0,
         "--duration and --connections must be positive"
@@ -105,7 +91,7 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
     let c = Collection::open(&a.index, Verify::Lazy)?;
     let name = &c.name;
     let rows: Vec<u32> = match &a.query_rows {
-        Some(path) => crate::npy::read_int(path)?
+        Some(path) => earshot_build::npy::read_int(path)?
             .data
             .iter()
             .map(|&r| {
@@ -192,7 +178,7 @@ pub fn run(a: &HttpBenchArgs) -> anyhow::Result<()> {
 
 /// One request per query: `GET …/similar` or `POST /v1/taste` with 10 consecutive IDs.
 fn single_requests(
-    a: &HttpBenchArgs,
+    a: &HttpBenchOptions,
     name: &str,
     ids: &[String],
 ) -> anyhow::Result<Vec<(String, Option<String>)>> {
@@ -222,7 +208,7 @@ fn single_requests(
 
 /// `POST /v1/batch` requests of `--batch` queries each, over the same IDs as single requests.
 fn batch_requests(
-    a: &HttpBenchArgs,
+    a: &HttpBenchOptions,
     name: &str,
     ids: &[String],
 ) -> anyhow::Result<Vec<(String, Option<String>)>> {
@@ -315,7 +301,7 @@ async fn closed_loop(target: &Arc<Target>, connections: usize, duration: Duratio
 /// CPU than paced sending. Returns the rate and one line per probe.
 async fn sustainable(
     target: &Arc<Target>,
-    a: &HttpBenchArgs,
+    a: &HttpBenchOptions,
     closed: f64,
 ) -> anyhow::Result<(f64, Vec<serde_json::Value>)> {
     const MAX_PROBES: usize = 8;

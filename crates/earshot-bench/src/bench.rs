@@ -8,47 +8,35 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::collection::Collection;
-use crate::format::Verify;
-use crate::search::{with_scratch, Graph, Hit};
+use earshot_core::collection::Collection;
+use earshot_core::format::Verify;
+use earshot_core::search::{with_scratch, Graph, Hit};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
     /// Collection directory.
-    #[arg(long)]
     pub index: PathBuf,
     /// Query vectors (.npy float32, 2-D). Not needed with --query-rows.
-    #[arg(long)]
     pub queries: Option<PathBuf>,
     /// Ground truth: int32/int64 row numbers into the collection, one row per query, best
     /// first. Without it, exact neighbours are computed by brute force first.
-    #[arg(long)]
     pub gt: Option<PathBuf>,
     /// Queries are these rows of the collection itself (.npy of row numbers).
-    #[arg(long)]
     pub query_rows: Option<PathBuf>,
     /// With --query-rows: leave the query item out of its results (as `similar` does) and
     /// compare with ground-truth ranks 1..=k, since rank 0 is the item itself.
-    #[arg(long)]
     pub skip_self: bool,
-    #[arg(long, default_value_t = 10)]
     pub k: usize,
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub ef: Vec<usize>,
     /// Query threads; each runs its share of the queries.
-    #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Repeat the query set this many times per ef (steadier timings).
-    #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// Open without checksum verification.
-    #[arg(long)]
     pub lazy: bool,
     /// Walk the graph with the exact f32 vectors even if the collection has 8-bit codes.
-    #[arg(long)]
     pub exact_walk: bool,
     /// Also draw the recall–QPS curve into this SVG file.
-    #[arg(long)]
     pub plot: Option<PathBuf>,
 }
 
@@ -60,7 +48,7 @@ struct Query {
     threshold: f32,
 }
 
-pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+pub fn run(a: &BenchOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.k > 0 && a.threads > 0 && a.repeat > 0,
         "--k, --threads and --repeat must be positive"
@@ -77,7 +65,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             "count": c.len(), "dim": c.dim(), "metric": c.manifest.metric,
             "open_ms": round3(open_ms), "verify": !a.lazy,
             "rss_mb_before_open": rss_before, "rss_mb_after_open": rss_mb(),
-            "kernels": crate::distance::kernel_name(),
+            "kernels": earshot_core::distance::kernel_name(),
             "walk": if c.manifest.quantization.is_some() && !a.exact_walk { "int8" } else { "f32" },
         })
     );
@@ -159,10 +147,10 @@ fn run_chunk(g: &Graph, queries: &[Query], k: usize, ef: usize, repeat: usize) -
     hits
 }
 
-fn load_queries(a: &BenchArgs, c: &Collection) -> anyhow::Result<Vec<Query>> {
+fn load_queries(a: &BenchOptions, c: &Collection) -> anyhow::Result<Vec<Query>> {
     let dim = c.dim();
     let vectors: Vec<(Vec<f32>, u32)> = match (&a.query_rows, &a.queries) {
-        (Some(rows), _) => crate::npy::read_int(rows)?
+        (Some(rows), _) => earshot_build::npy::read_int(rows)?
             .data
             .iter()
             .map(|&r| {
@@ -175,7 +163,7 @@ fn load_queries(a: &BenchArgs, c: &Collection) -> anyhow::Result<Vec<Query>> {
             })
             .collect::<anyhow::Result<_>>()?,
         (None, Some(q)) => {
-            let q = crate::npy::read_f32(q)?;
+            let q = earshot_build::npy::read_f32(q)?;
             anyhow::ensure!(
                 q.cols() == dim,
                 "queries have dimension {}, the index {dim}",
@@ -185,8 +173,8 @@ fn load_queries(a: &BenchArgs, c: &Collection) -> anyhow::Result<Vec<Query>> {
                 .chunks_exact(dim)
                 .map(|v| {
                     let mut v = v.to_vec();
-                    if c.manifest.metric == crate::metric::Metric::Cosine {
-                        crate::distance::normalize(&mut v);
+                    if c.manifest.metric == earshot_core::metric::Metric::Cosine {
+                        earshot_core::distance::normalize(&mut v);
                     }
                     (v, u32::MAX)
                 })
@@ -226,7 +214,7 @@ fn load_queries(a: &BenchArgs, c: &Collection) -> anyhow::Result<Vec<Query>> {
         });
     }
     if let Some(path) = &a.gt {
-        let gt = crate::npy::read_int(path)?;
+        let gt = earshot_build::npy::read_int(path)?;
         let first = usize::from(a.skip_self);
         anyhow::ensure!(
             gt.cols() >= a.k + first,

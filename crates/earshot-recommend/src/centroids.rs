@@ -4,7 +4,7 @@
 //! with the largest `weight × squared distance` to its nearest chosen centre (ties → earlier
 //! item). Then at most 20 Lloyd iterations with weighted means. Same input, same centroids.
 
-use crate::distance;
+use earshot_core::distance;
 
 pub struct Cluster {
     pub centre: Vec<f32>,

@@ -3,22 +3,22 @@
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-use crate::distance;
-use crate::format::NONE_U32;
-use crate::metric::Metric;
+use earshot_core::distance;
+use earshot_core::format::NONE_U32;
+use earshot_core::metric::Metric;
 
 #[derive(Debug, Clone, Copy)]
 pub struct GraphParams {
     pub m: usize,
     pub ef_construction: usize,
     pub threads: usize,
-    pub builder: Builder,
+    pub builder: GraphBuilder,
     pub walk: BuildWalk,
 }
 
 /// What the native builder's beam search measures distances on. The links are always chosen
 /// with exact distances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BuildWalk {
     /// Temporary 8-bit codes: 4× fewer bytes per distance, about 1.5× faster on 384-d.
     #[default]
@@ -29,8 +29,8 @@ pub enum BuildWalk {
 
 /// Which implementation builds the graph. Both produce the same layout and the same kind of
 /// graph (hnswlib's algorithm and neighbour heuristic); `native` is 2.7–4.8× faster (BENCHMARKS.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Builder {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphBuilder {
     /// earshot's builder, writing the served layout directly.
     #[default]
     Native,
@@ -38,11 +38,11 @@ pub enum Builder {
     HnswRs,
 }
 
-impl Builder {
+impl GraphBuilder {
     pub fn name(self) -> &'static str {
         match self {
-            Builder::Native => "native",
-            Builder::HnswRs => "hnsw_rs",
+            GraphBuilder::Native => "native",
+            GraphBuilder::HnswRs => "hnsw_rs",
         }
     }
 }
@@ -103,8 +103,8 @@ pub fn build(
         "--ef-construction must be at least --m"
     );
     match params.builder {
-        Builder::Native => super::hnsw::build(vectors, dim, metric, params, progress),
-        Builder::HnswRs => build_hnsw_rs(vectors, dim, metric, params, progress),
+        GraphBuilder::Native => super::hnsw::build(vectors, dim, metric, params, progress),
+        GraphBuilder::HnswRs => build_hnsw_rs(vectors, dim, metric, params, progress),
     }
 }
 

@@ -58,7 +58,7 @@ impl Metrics {
         build_info
             .get_or_create(&BuildLabel {
                 version: env!("CARGO_PKG_VERSION").into(),
-                kernels: crate::distance::kernel_name().into(),
+                kernels: earshot_core::distance::kernel_name().into(),
             })
             .set(1);
         registry.register(

@@ -29,7 +29,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::format::Verify;
+use earshot_core::format::Verify;
 use registry::{Live, Registry, Trigger};
 
 pub struct AppState {

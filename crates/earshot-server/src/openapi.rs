@@ -266,7 +266,7 @@ impl Modify for CollectionNames {
 
 /// `schema_with` of `HistoryItem.event`: the events `recommend::history` knows.
 pub fn event_schema() -> Schema {
-    let mut events: Vec<serde_json::Value> = crate::recommend::history::EVENTS
+    let mut events: Vec<serde_json::Value> = earshot_recommend::history::EVENTS
         .split(',')
         .map(|e| e.trim().into())
         .collect();
@@ -282,12 +282,9 @@ pub fn event_schema() -> Schema {
         .into()
 }
 
-/// `schema_with` of `CollectionInfo.metric`: the names serde gives [`crate::metric::Metric`].
+/// `schema_with` of `CollectionInfo.metric`: the names serde gives [`earshot_core::metric::Metric`].
 pub fn metric_schema() -> Schema {
-    use clap::ValueEnum;
-    let names = crate::metric::Metric::value_variants()
-        .iter()
-        .map(|m| serde_json::to_value(m).expect("a metric serializes"));
+    let names = earshot_core::metric::Metric::ALL.map(|m| serde_json::Value::from(m.name()));
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(names))
@@ -465,8 +462,8 @@ pub enum ReloadOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::limits::*;
-    use crate::server::registry::Outcome;
+    use crate::limits::*;
+    use crate::registry::Outcome;
 
     /// Field for field, so a new variant or field of `Outcome` fails to compile here.
     fn mirror(o: &Outcome) -> ReloadOutcome {

@@ -4,18 +4,20 @@ pub mod creators;
 pub mod graph;
 pub mod hnsw;
 pub mod input;
+pub mod npy;
 pub mod progress;
+pub mod synthetic;
 pub mod writer;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::distance;
-use crate::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
-use crate::metric::Metric;
+use earshot_core::distance;
+use earshot_core::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
+use earshot_core::metric::Metric;
 
-pub use graph::{BuildWalk, Builder, GraphParams};
+pub use graph::{BuildWalk, GraphBuilder, GraphParams};
 pub use input::{Dataset, InputSpec};
 
 /// How to build a collection.
@@ -89,7 +91,7 @@ pub fn build_collection(
         })
         .collect();
     let quant = settings.quantize.then(|| {
-        let (p, codes) = crate::quant::quantize(&data.vectors, dim);
+        let (p, codes) = earshot_core::quant::quantize(&data.vectors, dim);
         let sqnorms: Vec<f32> = data
             .vectors
             .chunks_exact(dim)
@@ -119,7 +121,7 @@ pub fn build_collection(
             }),
     };
     let mut manifest = Manifest {
-        format_version: crate::format::array_file::FORMAT_VERSION,
+        format_version: earshot_core::format::array_file::FORMAT_VERSION,
         metric,
         dim: dim as u32,
         count: n as u64,

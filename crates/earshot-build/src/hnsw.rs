@@ -24,10 +24,10 @@ use std::sync::{Mutex, MutexGuard};
 use rand::{RngExt, SeedableRng};
 
 use super::graph::{BuildWalk, FlatGraph, GraphParams};
-use crate::distance::{dot, DistanceFn};
-use crate::metric::Metric;
-use crate::quant::PreparedQuery;
-use crate::search::{prefetch_range, Hit, Visited};
+use earshot_core::distance::{dot, DistanceFn};
+use earshot_core::metric::Metric;
+use earshot_core::quant::PreparedQuery;
+use earshot_core::search::{prefetch_range, Hit, Visited};
 
 /// No node gets more levels than this (1M points at m = 16 reach level ~5).
 const MAX_LEVEL: u32 = 16;
@@ -45,7 +45,7 @@ pub fn build(
     progress: &(dyn Fn(usize) + Sync),
 ) -> anyhow::Result<FlatGraph> {
     let n = vectors.len() / dim;
-    let b = Builder::new(vectors, dim, metric, params, n);
+    let b = Inserter::new(vectors, dim, metric, params, n);
     let next = AtomicUsize::new(1);
     let done = AtomicUsize::new(1);
     progress(1);
@@ -71,7 +71,7 @@ pub fn build(
     Ok(b.finish())
 }
 
-struct Builder<'a> {
+struct Inserter<'a> {
     vectors: &'a [f32],
     dim: usize,
     dist: DistanceFn,
@@ -93,7 +93,7 @@ struct Builder<'a> {
 
 /// Per-dimension int8 codes of the vectors being built (see `quant`).
 struct Codes {
-    params: crate::quant::Params,
+    params: earshot_core::quant::Params,
     codes: Vec<i8>,
     sqnorms: Vec<f32>,
     metric: Metric,
@@ -125,7 +125,7 @@ fn atomics(len: usize) -> Vec<AtomicU32> {
     (0..len).map(|_| AtomicU32::new(0)).collect()
 }
 
-impl<'a> Builder<'a> {
+impl<'a> Inserter<'a> {
     fn new(vectors: &'a [f32], dim: usize, metric: Metric, p: GraphParams, n: usize) -> Self {
         // hnswlib's level distribution: floor(-ln(U) / ln(m)).
         let mut rng = rand::rngs::StdRng::seed_from_u64(LEVEL_SEED);
@@ -136,7 +136,7 @@ impl<'a> Builder<'a> {
                 ((-u.ln() * mult) as u32).min(MAX_LEVEL) as u8
             })
             .collect();
-        let mut upper_start = vec![crate::format::NONE_U32; n];
+        let mut upper_start = vec![earshot_core::format::NONE_U32; n];
         let mut blocks = 0u32;
         for (v, &l) in levels.iter().enumerate() {
             if l > 0 {
@@ -158,7 +158,7 @@ impl<'a> Builder<'a> {
             levels,
             inner_product: metric == Metric::Dot,
             codes: (p.walk == BuildWalk::Int8).then(|| {
-                let (params, codes) = crate::quant::quantize(vectors, dim);
+                let (params, codes) = earshot_core::quant::quantize(vectors, dim);
                 let sqnorms = vectors.chunks_exact(dim).map(|v| dot(v, v)).collect();
                 Codes {
                     params,

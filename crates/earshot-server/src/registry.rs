@@ -26,9 +26,9 @@ use serde::Serialize;
 
 use super::metrics::{CollectionLabel, Metrics};
 use super::query::Engine;
-use crate::build::writer::{check_name, VERSIONS_DIR};
-use crate::collection::Collection;
-use crate::format::{names, Verify};
+use earshot_core::collection::{sanity_check, Collection};
+use earshot_core::format::{names, Verify};
+use earshot_core::layout::{check_name, VERSIONS_DIR};
 
 /// What requests read: the engine over one consistent set of collections, and which version
 /// of each is in service.
@@ -221,41 +221,6 @@ fn load(c: &Candidate, verify: Verify, probe: bool) -> Result<(Collection, Serve
 /// `2025-01-01T12:00:00Z` → `20250101T120000Z`.
 fn compact_time(t: &str) -> String {
     t.chars().filter(|c| *c != '-' && *c != ':').collect()
-}
-
-/// A few stored items searched for themselves: each must come back at rank 0, or something at
-/// least as close (a duplicate, or under `dot` a longer vector). Catches a graph that passes
-/// its checksums but cannot find its own items.
-pub fn sanity_check(c: &Collection) -> Result<(), String> {
-    const PROBES: usize = 8;
-    let n = c.len();
-    let g = c.graph();
-    let k = n.min(10);
-    let ef = 128.max(k);
-    for i in 0..PROBES.min(n) {
-        let row = ((i * n) / PROBES.min(n)) as u32;
-        let v = c.vector(row);
-        let self_dist = c.dist().distance(v, v);
-        let mut out = Vec::new();
-        crate::search::with_scratch(|s| g.search(v, k, ef, |_| true, false, s, &mut out));
-        let tolerance = 1e-4 * self_dist.abs().max(1.0);
-        let ok = out
-            .first()
-            .is_some_and(|h| h.row == row || h.dist <= self_dist + tolerance);
-        if !ok {
-            let found = out
-                .first()
-                .map(|h| format!("{:?} at distance {}", c.id(h.row), h.dist))
-                .unwrap_or_else(|| "nothing".into());
-            return Err(format!(
-                "{}: sanity query for item {:?} found {found} but the item itself is at \
-                 distance {self_dist}: the graph does not find its own items",
-                c.dir.join(names::LEVEL0).display(),
-                c.id(row)
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

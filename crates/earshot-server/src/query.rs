@@ -1,5 +1,5 @@
 //! The query engine behind the HTTP handlers: request types, validation, and turning a
-//! request into taste probes and constraints for [`crate::recommend`].
+//! request into taste probes and constraints for [`earshot_recommend`].
 //! Nothing here knows about HTTP beyond the error type.
 
 use std::collections::BTreeMap;
@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::limits::*;
-use crate::collection::Collection;
-use crate::metric::Metric;
-use crate::recommend::centroids;
-use crate::recommend::constraints::{Emerging, HardFilter, Shape};
-use crate::recommend::history::{self, Evidence};
-use crate::recommend::select::{recommend, Pick, Probe};
+use earshot_core::collection::Collection;
+use earshot_core::metric::Metric;
+use earshot_recommend::centroids;
+use earshot_recommend::constraints::{Emerging, HardFilter, Shape};
+use earshot_recommend::history::{self, Evidence};
+use earshot_recommend::select::{recommend, Pick, Probe};
 
 /// Creator allow/deny lists and a popularity range.
 #[derive(Debug, Deserialize, Default, Clone, utoipa::ToSchema)]
@@ -860,7 +860,9 @@ fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
     }
     // Under l2 and dot the query's magnitude enters the scores: past this norm they would
     // overflow f32 (the scores must stay finite numbers).
-    if c.manifest.metric != Metric::Cosine && crate::distance::norm_f64(vector) > MAX_QUERY_NORM {
+    if c.manifest.metric != Metric::Cosine
+        && earshot_core::distance::norm_f64(vector) > MAX_QUERY_NORM
+    {
         return Err(unprocessable(
             "invalid_vector",
             format!("the vector's norm is above {MAX_QUERY_NORM:e}: scores would overflow"),
@@ -868,7 +870,7 @@ fn prepare_query(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, ApiError> {
     }
     let mut q = vector.to_vec();
     match c.manifest.metric {
-        Metric::Cosine if !crate::distance::normalize(&mut q) => Err(unprocessable(
+        Metric::Cosine if !earshot_core::distance::normalize(&mut q) => Err(unprocessable(
             "invalid_vector",
             "a zero vector has no direction under cosine",
         )),

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::metric::Metric;
+use earshot_core::metric::Metric;
 
 /// Longest ID accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 1024;

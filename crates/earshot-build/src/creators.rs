@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 
 use super::input::Dataset;
-use crate::distance;
-use crate::metric::Metric;
+use earshot_core::distance;
+use earshot_core::metric::Metric;
 
 pub fn derive(tracks: &Dataset, metric: Metric) -> anyhow::Result<Dataset> {
     let creators = tracks.creators.as_ref().ok_or_else(|| {

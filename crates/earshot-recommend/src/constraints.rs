@@ -6,8 +6,8 @@
 //! slots for emerging creators); `select` enforces them while it picks from candidates it
 //! keeps widening until the list is full or the collection is exhausted.
 
-use crate::collection::Collection;
-use crate::format::NONE_U32;
+use earshot_core::collection::Collection;
+use earshot_core::format::NONE_U32;
 
 /// Per-item admission test.
 #[derive(Debug, Default, Clone)]

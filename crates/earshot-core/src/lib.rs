@@ -1,0 +1,16 @@
+//! earshot-core: everything needed to read and search a built collection, and nothing that
+//! serves, builds or parses command lines.
+//!
+//! - [`format`]: the on-disk format (array files, manifest, strings); docs/format.md is its spec.
+//! - [`layout`]: where collections and their versions live under an index root.
+//! - [`collection`]: one collection mapped in place, checked on open.
+//! - [`search`]: the graph layout and the one HNSW beam search (queries and the builder).
+//! - [`distance`], [`quant`], [`metric`]: SIMD distance kernels, 8-bit codes, metrics.
+
+pub mod collection;
+pub mod distance;
+pub mod format;
+pub mod layout;
+pub mod metric;
+pub mod quant;
+pub mod search;

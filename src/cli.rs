@@ -1,0 +1,396 @@
+//! Every command-line flag of `earshot`, in one place (as ripgrep keeps its flags): clap types
+//! live here and nowhere else, and are turned into the libraries' plain option structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use earshot_bench::bench::BenchOptions;
+use earshot_bench::loadgen::HttpBenchOptions;
+use earshot_build::{BuildWalk, GraphBuilder};
+use earshot_core::metric::Metric;
+
+#[derive(Parser)]
+#[command(
+    name = "earshot",
+    version,
+    about = "ANN vector search for music recommendation"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build a collection (HNSW index + metadata) from vectors and metadata.
+    Build(BuildArgs),
+    /// Serve every collection under an index root over HTTP.
+    Serve(ServeArgs),
+    /// Measure recall@k and queries/s of a built collection against ground truth.
+    Bench(BenchArgs),
+    /// Measure HTTP latency percentiles of a running server under open-loop load.
+    BenchHttp(HttpBenchArgs),
+    /// List the versions of a versioned collection (`*` marks the active one).
+    Versions {
+        /// The collection link (e.g. indexes/tracks).
+        dir: PathBuf,
+    },
+    /// Point a versioned collection at one of its versions (roll back or forward). Servers
+    /// switch on SIGHUP, POST /admin/reload or their next --watch-interval poll.
+    Activate {
+        /// The collection link (e.g. indexes/tracks).
+        dir: PathBuf,
+        /// A version listed by `earshot versions`, or `previous` (the one before the active one).
+        version: String,
+        /// Activate it even if it fails verification (servers will still refuse it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check every file of a built collection (headers, lengths, checksums, graph).
+    Verify {
+        /// Collection directory (e.g. indexes/tracks).
+        dir: PathBuf,
+    },
+    /// Write a deterministic synthetic catalogue (tracks.npy, tracks.csv, queries.npy).
+    Generate(GenerateArgs),
+    /// Generate a synthetic catalogue into the index root if absent, build it, and serve it
+    /// (what `cargo run --release` does with no arguments).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Vectors: .npy (float32, 2-D), .jsonl/.ndjson ({"id","vector","creator","popularity"}), or .fvecs.
+    #[arg(long)]
+    pub vectors: PathBuf,
+    /// CSV with a header row; row i describes vector row i (.npy/.fvecs only).
+    #[arg(long)]
+    pub meta: Option<PathBuf>,
+    /// CSV column holding the item IDs (strings). Without --meta, IDs are row numbers.
+    #[arg(long)]
+    pub id_column: Option<String>,
+    /// CSV column naming each item's creator.
+    #[arg(long)]
+    pub creator_column: Option<String>,
+    /// CSV column with each item's popularity (a number; empty = unknown).
+    #[arg(long)]
+    pub popularity_column: Option<String>,
+    #[arg(long, value_enum)]
+    pub metric: MetricArg,
+    /// Output collection directory; its name is the collection's name (e.g. indexes/tracks).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also derive a creators collection here from the creator column (mean of each
+    /// creator's track vectors; see docs/format.md).
+    #[arg(long)]
+    pub creators_out: Option<PathBuf>,
+    /// HNSW links per node on the upper levels (level 0 keeps 2·m).
+    #[arg(long, default_value_t = 16)]
+    pub m: usize,
+    /// Beam width while building: higher builds slower and finds better links.
+    #[arg(long, default_value_t = 200)]
+    pub ef_construction: usize,
+    /// Build threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Graph builder: earshot's own (native, the default) or the hnsw_rs crate. Same layout
+    /// and algorithm; native builds 2.7–4.8× faster (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = GraphBuilderArg::Native)]
+    pub graph_builder: GraphBuilderArg,
+    /// What the native builder's beam search measures: 8-bit codes (int8, faster; the links
+    /// are still chosen on exact distances) or the f32 vectors.
+    #[arg(long, value_enum, default_value_t = BuildWalkArg::Int8)]
+    pub build_walk: BuildWalkArg,
+    /// Replace an existing output directory (or, with --versioned, turn a plain one into a
+    /// versioned collection, keeping the old build as a version).
+    #[arg(long)]
+    pub force: bool,
+    /// Write a new version under ROOT/.versions/NAME/ and switch the symlink ROOT/NAME to it
+    /// once complete. Implied when --out already is a versioned collection.
+    #[arg(long)]
+    pub versioned: bool,
+    /// Versions to keep per versioned collection (the active one is never deleted).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+    /// Also store 8-bit vectors: the graph walk reads 4× fewer bytes and the final
+    /// candidates are re-ranked with the exact f32 vectors.
+    #[arg(long, value_parser = ["int8"])]
+    pub quantize: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Directory whose subdirectories are collections.
+    #[arg(long, default_value = "indexes")]
+    pub index_root: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub addr: SocketAddr,
+    /// Beam width used when a request gives no `ef`.
+    #[arg(long, default_value_t = 64)]
+    pub default_ef: usize,
+    /// Skip checksum verification at start-up for a fast restart (headers and lengths are
+    /// still checked; pages are read on first use).
+    #[arg(long)]
+    pub lazy: bool,
+    /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
+    #[arg(long, default_value_t = 0.0)]
+    pub drain_seconds: f64,
+    /// Async worker threads (default: one per core available to the process). Small queries
+    /// run on them; larger ones and batches on a separate blocking pool.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: Option<u64>,
+    /// Query requests executing at once (default: 4 × cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent: Option<u64>,
+    /// Query requests waiting for a slot; past that they get 503 `overloaded` at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Longest wait for a slot before 503 `overloaded`.
+    #[arg(long, default_value_t = 100)]
+    pub queue_timeout_ms: u64,
+    /// Longest a query request may take (body, queue and execution) before 503 `timeout`.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Also look for new collection versions every this many seconds (0: only on SIGHUP
+    /// and POST /admin/reload).
+    #[arg(long, default_value_t = 0.0)]
+    pub watch_interval: f64,
+    /// Accept new versions whose dimension or metric differ from the served ones.
+    #[arg(long)]
+    pub allow_schema_change: bool,
+    /// API keys file: lines `query KEY` / `admin KEY` (`#` comments). Keys are also read from
+    /// EARSHOT_QUERY_KEYS / EARSHOT_ADMIN_KEYS (comma-separated).
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Collection directory.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Query vectors (.npy float32, 2-D). Not needed with --query-rows.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Ground truth: int32/int64 row numbers into the collection, one row per query, best
+    /// first. Without it, exact neighbours are computed by brute force first.
+    #[arg(long)]
+    pub gt: Option<PathBuf>,
+    /// Queries are these rows of the collection itself (.npy of row numbers).
+    #[arg(long)]
+    pub query_rows: Option<PathBuf>,
+    /// With --query-rows: leave the query item out of its results (as `similar` does) and
+    /// compare with ground-truth ranks 1..=k, since rank 0 is the item itself.
+    #[arg(long)]
+    pub skip_self: bool,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    pub ef: Vec<usize>,
+    /// Query threads; each runs its share of the queries.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Repeat the query set this many times per ef (steadier timings).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Open without checksum verification.
+    #[arg(long)]
+    pub lazy: bool,
+    /// Walk the graph with the exact f32 vectors even if the collection has 8-bit codes.
+    #[arg(long)]
+    pub exact_walk: bool,
+    /// Also draw the recall–QPS curve into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HttpBenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// A local copy of the served collection, to draw real item IDs from.
+    #[arg(long)]
+    pub index: std::path::PathBuf,
+    /// `similar` (GET …/similar) or `taste` (POST /v1/taste with a 10-item history).
+    #[arg(long, default_value = "similar")]
+    pub mode: String,
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// `ef` sent with each request (default: the server's).
+    #[arg(long)]
+    pub ef: Option<usize>,
+    /// Seconds per measured rate.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Keep-alive connections: the closed loop's clients, and the most requests in flight
+    /// in the open loop (a request waits for a free one, and that wait counts as latency).
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// A request not answered within this counts as an error and its connection is dropped.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Fractions of the maximum rate to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    pub fractions: Vec<f64>,
+    /// Take the item IDs from these rows of the collection (.npy of row numbers, like
+    /// `earshot bench --query-rows`), to compare with in-process numbers on the same queries.
+    /// Default: 4,096 rows spread evenly over the collection.
+    #[arg(long)]
+    pub query_rows: Option<std::path::PathBuf>,
+    /// Queries per request: above 1, each request is a `POST /v1/batch` of this many `--mode`
+    /// queries (rates stay in requests/s; `queries_per_request` says how to convert).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
+    /// A probe rate counts as sustained when all its requests succeed, it achieves 97 % of
+    /// its target and its p99 stays under this (a growing queue shows up here first).
+    #[arg(long, default_value_t = 20.0)]
+    pub sustain_p99_ms: f64,
+    /// Skip the search for the maximum and use this as the maximum rate (requests/s).
+    #[arg(long)]
+    pub max_rate: Option<f64>,
+    /// Also draw p50/p90/p99/p99.9 latency against the achieved rate into this SVG file.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// The library's options for these flags.
+    pub fn into_options(self) -> BenchOptions {
+        BenchOptions {
+            index: self.index,
+            queries: self.queries,
+            gt: self.gt,
+            query_rows: self.query_rows,
+            skip_self: self.skip_self,
+            k: self.k,
+            ef: self.ef,
+            threads: self.threads,
+            repeat: self.repeat,
+            lazy: self.lazy,
+            exact_walk: self.exact_walk,
+            plot: self.plot,
+        }
+    }
+}
+
+impl HttpBenchArgs {
+    /// The library's options for these flags.
+    pub fn into_options(self) -> HttpBenchOptions {
+        HttpBenchOptions {
+            url: self.url,
+            index: self.index,
+            mode: self.mode,
+            k: self.k,
+            ef: self.ef,
+            duration: self.duration,
+            connections: self.connections,
+            timeout_ms: self.timeout_ms,
+            fractions: self.fractions,
+            query_rows: self.query_rows,
+            batch: self.batch,
+            sustain_p99_ms: self.sustain_p99_ms,
+            max_rate: self.max_rate,
+            plot: self.plot,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Output directory for tracks.npy, tracks.csv and queries.npy.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    pub tracks: usize,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    /// Query vectors (drawn like tracks, not in the catalogue).
+    #[arg(long, default_value_t = 1_000)]
+    pub queries: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "indexes")]
+    pub index_root: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub addr: SocketAddr,
+    #[arg(long, default_value_t = 100_000)]
+    pub tracks: usize,
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        Self {
+            index_root: "indexes".into(),
+            addr: "127.0.0.1:7700".parse().expect("valid address"),
+            tracks: 100_000,
+            dim: 64,
+        }
+    }
+}
+
+/// `--metric`: mirrors [`Metric`] so the core crate needs no clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetricArg {
+    /// Cosine similarity; vectors are normalised at build time.
+    Cosine,
+    /// Euclidean distance.
+    L2,
+    /// Inner product (maximum inner product search).
+    Dot,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Self {
+        match m {
+            MetricArg::Cosine => Metric::Cosine,
+            MetricArg::L2 => Metric::L2,
+            MetricArg::Dot => Metric::Dot,
+        }
+    }
+}
+
+/// `--graph-builder`: which implementation builds the graph. Both produce the same layout and
+/// the same kind of graph (hnswlib's algorithm and neighbour heuristic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphBuilderArg {
+    /// earshot's builder, writing the served layout directly.
+    Native,
+    /// The hnsw_rs crate, flattened into the served layout afterwards.
+    HnswRs,
+}
+
+impl From<GraphBuilderArg> for GraphBuilder {
+    fn from(b: GraphBuilderArg) -> Self {
+        match b {
+            GraphBuilderArg::Native => GraphBuilder::Native,
+            GraphBuilderArg::HnswRs => GraphBuilder::HnswRs,
+        }
+    }
+}
+
+/// `--build-walk`: what the native builder's beam search measures distances on. The links
+/// are always chosen with exact distances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuildWalkArg {
+    /// Temporary 8-bit codes: 4× fewer bytes per distance, about 1.5× faster on 384-d.
+    Int8,
+    /// The f32 vectors (as hnswlib does).
+    F32,
+}
+
+impl From<BuildWalkArg> for BuildWalk {
+    fn from(w: BuildWalkArg) -> Self {
+        match w {
+            BuildWalkArg::Int8 => BuildWalk::Int8,
+            BuildWalkArg::F32 => BuildWalk::F32,
+        }
+    }
+}
