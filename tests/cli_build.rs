@@ -56,7 +56,7 @@ fn float64_npy_is_refused() {
     let payload: Vec<u8> = (0..12)
         .flat_map(|i| (i as f64 + 0.5).to_le_bytes())
         .collect();
-    write_npy_raw(&p, "<f8", "(4, 3)", &payload);
+    write_npy_raw(&p, "<f8", &[4, 3], &payload);
     earshot(build_args(&p, None, "l2", &dir.path().join("idx/t")))
         .assert_fails_with(&["f64.npy", "float64", "float32", "astype"]);
 }
@@ -65,7 +65,7 @@ fn float64_npy_is_refused() {
 fn one_dimensional_npy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("flat.npy");
-    write_npy_raw(&p, "<f4", "(12,)", &f32_bytes(&[1.0; 12]));
+    write_npy_raw(&p, "<f4", &[12], &f32_bytes(&[1.0; 12]));
     earshot(build_args(&p, None, "l2", &dir.path().join("idx/t")))
         .assert_fails_with(&["flat.npy", "(12,)", "2-D"]);
 }
@@ -74,7 +74,7 @@ fn one_dimensional_npy_is_refused() {
 fn truncated_npy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("short.npy");
-    write_npy_raw(&p, "<f4", "(10, 4)", &f32_bytes(&[1.0; 39]));
+    write_npy_raw(&p, "<f4", &[10, 4], &f32_bytes(&[1.0; 39]));
     earshot(build_args(&p, None, "l2", &dir.path().join("idx/t")))
         .assert_fails_with(&["short.npy", "truncated"]);
 }

@@ -162,19 +162,10 @@ pub fn exact_top_k(
 // ---------------------------------------------------------------------------------------
 // Input files
 
-/// Writes a `.npy` with an arbitrary dtype string and shape (for inputs the library's own
-/// writer cannot produce, such as float64 or 1-D arrays).
-pub fn write_npy_raw(path: &Path, descr: &str, shape: &str, payload: &[u8]) {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(payload);
-    std::fs::write(path, bytes).unwrap();
+/// Writes a `.npy` with any dtype string and shape from its raw payload (for inputs the
+/// build must refuse, such as float64 or 1-D arrays), with the library's writer.
+pub fn write_npy_raw(path: &Path, descr: &str, shape: &[usize], payload: &[u8]) {
+    earshot_build::npy::write_raw(path, descr, shape, payload).unwrap();
 }
 
 /// Writes a float32 2-D `.npy` with the library's writer.
@@ -775,17 +766,17 @@ pub fn check_results(v: &serde_json::Value) -> Vec<(String, f64)> {
     items
 }
 
-/// Percent-encodes a path segment.
+/// What `encode_segment` escapes: every byte but RFC 3986's unreserved characters (bytes
+/// outside ASCII are always escaped).
+const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a path segment (upper-case hex, UTF-8 bytes).
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED_KEPT).to_string()
 }
 
 /// A POST over a plain socket that reads the response while the body is still being

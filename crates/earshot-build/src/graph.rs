@@ -1,18 +1,30 @@
-//! Builds the HNSW graph in the served layout (see `search.rs` and docs/format.md), either
-//! with earshot's own builder (`hnsw.rs`, the default) or with hnsw_rs, flattened afterwards.
+//! Builds the HNSW graph in the served layout (`earshot_core::search::LinkLayout`,
+//! docs/format.md), either with earshot's own builder (`hnsw.rs`, the default) or with
+//! hnsw_rs, flattened afterwards.
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 use earshot_core::distance;
 use earshot_core::format::NONE_U32;
 use earshot_core::metric::Metric;
+use earshot_core::search::{LinkLayout, MAX_LEVEL0_DEGREE};
 
+/// The largest `--m`: level 0 keeps 2·m links, and a search follows at most
+/// [`MAX_LEVEL0_DEGREE`] of them.
+pub const MAX_M: usize = MAX_LEVEL0_DEGREE / 2;
+
+/// How to build the graph.
 #[derive(Debug, Clone, Copy)]
 pub struct GraphParams {
+    /// Links per node on the upper levels (level 0 keeps 2·m), 2 ..= [`MAX_M`].
     pub m: usize,
+    /// Beam width while inserting (≥ m).
     pub ef_construction: usize,
+    /// Build threads.
     pub threads: usize,
+    /// Which implementation builds it.
     pub builder: GraphBuilder,
+    /// What the native builder's beam search measures.
     pub walk: BuildWalk,
 }
 
@@ -39,6 +51,7 @@ pub enum GraphBuilder {
 }
 
 impl GraphBuilder {
+    /// The name the manifest's `builder` field and the CLI use.
     pub fn name(self) -> &'static str {
         match self {
             GraphBuilder::Native => "native",
@@ -49,18 +62,34 @@ impl GraphBuilder {
 
 /// The graph in the served layout.
 pub struct FlatGraph {
+    /// Level-0 link blocks, one per row.
     pub level0: Vec<u32>,
+    /// Link slots per level-0 block (2·m).
     pub level0_degree: usize,
+    /// Upper-level link blocks.
     pub upper: Vec<u32>,
+    /// Link slots per upper-level block (m).
     pub upper_degree: usize,
+    /// Each row's first upper block, `NONE_U32` for rows only on level 0.
     pub upper_start: Vec<u32>,
+    /// Where searches start (a node on the top level).
     pub entry_point: u32,
+    /// The top level.
     pub max_level: u32,
 }
 
 impl FlatGraph {
+    /// The shape of the link blocks.
+    pub fn layout(&self) -> LinkLayout {
+        LinkLayout {
+            level0_degree: self.level0_degree,
+            upper_degree: self.upper_degree,
+        }
+    }
+
+    /// Blocks in `upper`.
     pub fn upper_blocks(&self) -> usize {
-        self.upper.len() / (1 + self.upper_degree)
+        self.layout().upper_blocks(self.upper.len())
     }
 }
 
@@ -94,8 +123,8 @@ pub fn build(
     let n = vectors.len() / dim;
     anyhow::ensure!(n > 0, "no vectors to index");
     anyhow::ensure!(
-        (2..=128).contains(&params.m),
-        "--m must be between 2 and 128 (got {})",
+        (2..=MAX_M).contains(&params.m),
+        "--m must be between 2 and {MAX_M} (got {})",
         params.m
     );
     anyhow::ensure!(
@@ -146,9 +175,8 @@ fn build_hnsw_rs(
 }
 
 fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
-    let level0_degree = 2 * m;
-    let upper_degree = m;
-    let mut level0 = vec![0u32; n * (1 + level0_degree)];
+    let layout = LinkLayout::for_m(m);
+    let mut level0 = vec![0u32; layout.level0_len(n)];
     let mut upper_start = vec![NONE_U32; n];
     let mut upper = Vec::new();
     let mut entry_point: Option<u32> = None;
@@ -164,18 +192,16 @@ fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
         let row = point.get_origin_id();
         let level = point.get_point_id().0 as u32;
         let neighbourhood = point.get_neighborhood_id();
-        let stride0 = 1 + level0_degree;
         copy_links(
-            &mut level0[row * stride0..(row + 1) * stride0],
+            &mut level0[layout.level0_block(row as u32)],
             &neighbourhood[0],
         );
         if level > 0 {
-            let start = upper.len() / (1 + upper_degree);
-            upper_start[row] = start as u32;
-            for links in neighbourhood.iter().take(level as usize + 1).skip(1) {
-                let mut block = vec![0u32; 1 + upper_degree];
-                copy_links(&mut block, links);
-                upper.extend_from_slice(&block);
+            let first = layout.upper_blocks(upper.len()) as u32;
+            upper_start[row] = first;
+            upper.resize(layout.upper_len(first as usize + level as usize), 0);
+            for (l, links) in (1..=level).zip(&neighbourhood[1..]) {
+                copy_links(&mut upper[layout.upper_block(first, l)], links);
             }
         }
         if entry_point.is_none() || level > max_level {
@@ -185,9 +211,9 @@ fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
     }
     FlatGraph {
         level0,
-        level0_degree,
+        level0_degree: layout.level0_degree,
         upper,
-        upper_degree,
+        upper_degree: layout.upper_degree,
         upper_start,
         entry_point: entry_point.unwrap_or(0),
         max_level,

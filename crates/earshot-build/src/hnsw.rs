@@ -2,8 +2,9 @@
 //!
 //! Why not only hnsw_rs: it keeps each point as a heap object behind `Arc`s and a `HashMap`,
 //! so a build chases pointers and builds 2–4× slower than hnswlib (BENCHMARKS.md, "why
-//! hnsw_rs builds slowly"). Here the links live in the flat arrays the server maps (`search.rs`),
-//! one `AtomicU32` per slot:
+//! hnsw_rs builds slowly"). Here the links live in the flat arrays the server maps (laid out by
+//! `LinkLayout`), one `AtomicU32` per slot, and the beam search is the queries' own
+//! (`earshot_core::search`, reading the slots through [`LinkSource`]):
 //!
 //! - levels are drawn up front from a seeded RNG, so every node's upper blocks have a fixed
 //!   place (`upper_start`) before any insert and the layout never moves;
@@ -16,8 +17,6 @@
 //!   distance: the build is bound by memory, not arithmetic) and the links are then chosen
 //!   from the beam with exact f32 distances, so the graph keeps its quality (BENCHMARKS.md).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
@@ -27,14 +26,15 @@ use super::graph::{BuildWalk, FlatGraph, GraphParams};
 use earshot_core::distance::{dot, DistanceFn};
 use earshot_core::metric::Metric;
 use earshot_core::quant::PreparedQuery;
-use earshot_core::search::{prefetch_range, Hit, Visited};
+use earshot_core::search::{
+    prefetch_range, Beam, CodeMeasure, ExactMeasure, Hit, LinkLayout, LinkSource, Measure,
+    Quantized,
+};
 
 /// No node gets more levels than this (1M points at m = 16 reach level ~5).
 const MAX_LEVEL: u32 = 16;
 /// Seed of the level generator (hnswlib's default `random_seed`).
 const LEVEL_SEED: u64 = 100;
-/// How many neighbours ahead of the one being measured have their vectors prefetched.
-const PREFETCH_AHEAD: usize = 3;
 
 /// Builds the graph over `vectors` (row-major, `dim` wide; unit length for cosine).
 pub fn build(
@@ -53,7 +53,7 @@ pub fn build(
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let mut scratch = Scratch::default();
+                let mut scratch = InsertScratch::default();
                 loop {
                     let row = next.fetch_add(1, Relaxed);
                     if row >= n {
@@ -78,9 +78,11 @@ struct Inserter<'a> {
     m: usize,
     ef_construction: usize,
     levels: Vec<u8>,
-    /// `n` blocks of `[count, links ..]`, `1 + 2m` slots each.
+    /// 2·m links on level 0, m above.
+    layout: LinkLayout,
+    /// `n` level-0 blocks `[count, links ..]`.
     level0: Vec<AtomicU32>,
-    /// Blocks of `1 + m` slots; node `v`'s level `l ≥ 1` is block `upper_start[v] + l - 1`.
+    /// Upper-level blocks; node `v`'s level `l ≥ 1` is block `upper_start[v] + l - 1`.
     upper: Vec<AtomicU32>,
     upper_start: Vec<u32>,
     locks: Vec<Mutex<()>>,
@@ -99,20 +101,30 @@ struct Codes {
     metric: Metric,
 }
 
-/// Per-thread search state, reused across inserts.
+impl Codes {
+    fn view(&self) -> Quantized<'_> {
+        Quantized {
+            codes: &self.codes,
+            scale: &self.params.scale,
+            offset: &self.params.offset,
+            sqnorms: &self.sqnorms,
+            metric: self.metric,
+        }
+    }
+}
+
+/// Per-thread insert state, reused across inserts.
 #[derive(Default)]
-struct Scratch {
-    visited: Visited,
-    candidates: BinaryHeap<Reverse<Hit>>,
-    top: BinaryHeap<Hit>,
-    links: Vec<u32>,
+struct InsertScratch {
+    beam: Beam,
+    /// The inserted row, prepared for the codes.
+    query: PreparedQuery,
     sorted: Vec<Hit>,
     selected: Vec<Hit>,
     prune_in: Vec<Hit>,
     prune_out: Vec<Hit>,
     /// (level, neighbour) links of the row being inserted, back-linked once all are chosen.
     chosen: Vec<(u32, Hit)>,
-    query: PreparedQuery,
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -144,14 +156,16 @@ impl<'a> Inserter<'a> {
                 blocks += l as u32;
             }
         }
+        let layout = LinkLayout::for_m(p.m);
         Self {
             vectors,
             dim,
             dist: DistanceFn::new(metric),
             m: p.m,
             ef_construction: p.ef_construction,
-            level0: atomics(n * (1 + 2 * p.m)),
-            upper: atomics(blocks as usize * (1 + p.m)),
+            layout,
+            level0: atomics(layout.level0_len(n)),
+            upper: atomics(layout.upper_len(blocks as usize)),
             upper_start,
             locks: (0..n).map(|_| Mutex::new(())).collect(),
             entry: Mutex::new((0, levels[0] as u32)),
@@ -175,29 +189,24 @@ impl<'a> Inserter<'a> {
         &self.vectors[s..s + self.dim]
     }
 
-    fn distance(&self, a: u32, b: u32) -> f32 {
-        self.dist.distance(self.vector(a), self.vector(b))
+    /// Exact distances from `row`'s vector.
+    fn exact_from(&self, row: u32) -> ExactMeasure<'a> {
+        ExactMeasure {
+            query: self.vector(row),
+            vectors: self.vectors,
+            dim: self.dim,
+            dist: self.dist,
+        }
     }
 
     /// The slots of `row`'s block on `level`: `[count, links ..]`.
     fn block(&self, row: u32, level: u32) -> &[AtomicU32] {
         if level == 0 {
-            let stride = 1 + 2 * self.m;
-            &self.level0[row as usize * stride..(row as usize + 1) * stride]
+            &self.level0[self.layout.level0_block(row)]
         } else {
-            let stride = 1 + self.m;
-            let b = self.upper_start[row as usize] as usize + level as usize - 1;
-            &self.upper[b * stride..(b + 1) * stride]
+            let first = self.upper_start[row as usize];
+            &self.upper[self.layout.upper_block(first, level)]
         }
-    }
-
-    /// Copies `row`'s links on `level` into `out`.
-    fn read_links(&self, row: u32, level: u32, out: &mut Vec<u32>) {
-        out.clear();
-        let block = self.block(row, level);
-        let _g = lock(&self.locks[row as usize]);
-        let count = block[0].load(Relaxed) as usize;
-        out.extend(block[1..1 + count].iter().map(|s| s.load(Relaxed)));
     }
 
     /// Writes `links` as `row`'s list on `level`; the caller holds `row`'s lock.
@@ -209,34 +218,32 @@ impl<'a> Inserter<'a> {
         }
     }
 
-    fn insert(&self, row: u32, s: &mut Scratch) {
+    fn insert(&self, row: u32, s: &mut InsertScratch) {
         let level = self.levels[row as usize] as u32;
         let guard = lock_entry(&self.entry);
         let (entry, top_level) = *guard;
         // A node that will become the new entry point keeps the lock for its whole insert, so
         // nobody starts from an entry point whose upper levels are still being linked.
         let held = (level > top_level).then_some(guard);
-        let mut cur = Hit {
-            dist: self.distance(row, entry),
+        let exact = self.exact_from(row);
+        let entry = Hit {
+            dist: exact.distance(entry),
             row: entry,
         };
-        for l in (level + 1..=top_level).rev() {
-            cur = self.greedy(row, cur, l, &mut s.links);
-        }
+        let mut cur = s
+            .beam
+            .descend(self, entry, (level + 1..=top_level).rev(), &exact);
         s.chosen.clear();
         for l in (0..=level.min(top_level)).rev() {
             self.search_layer(row, cur.row, l, s);
             s.sorted.clear();
             match self.codes {
                 // The walk measured approximate distances: the links are chosen on exact ones.
-                Some(_) => {
-                    let q = self.vector(row);
-                    s.sorted.extend(s.top.drain().map(|h| Hit {
-                        dist: self.dist.distance(q, self.vector(h.row)),
-                        row: h.row,
-                    }))
-                }
-                None => s.sorted.extend(s.top.drain()),
+                Some(_) => s.sorted.extend(s.beam.drain().map(|h| Hit {
+                    dist: exact.distance(h.row),
+                    row: h.row,
+                })),
+                None => s.sorted.extend(s.beam.drain()),
             }
             s.sorted.sort_unstable();
             self.select(&s.sorted, self.m, &mut s.selected);
@@ -253,7 +260,7 @@ impl<'a> Inserter<'a> {
         // lists are written, and nobody adds to a list of it that it then overwrites.
         for i in 0..s.chosen.len() {
             let (l, nb) = s.chosen[i];
-            let max_links = if l == 0 { 2 * self.m } else { self.m };
+            let max_links = self.layout.degree(l);
             self.link_back(nb.row, Hit { dist: nb.dist, row }, l, max_links, s);
         }
         if let Some(mut g) = held {
@@ -261,105 +268,30 @@ impl<'a> Inserter<'a> {
         }
     }
 
-    /// Greedy walk on one upper level towards `row`.
-    fn greedy(&self, row: u32, mut cur: Hit, level: u32, links: &mut Vec<u32>) -> Hit {
-        let q = self.vector(row);
-        loop {
-            self.read_links(cur.row, level, links);
-            let mut moved = false;
-            for &nb in links.iter() {
-                let d = self.dist.distance(q, self.vector(nb));
-                if d < cur.dist {
-                    cur = Hit { dist: d, row: nb };
-                    moved = true;
-                }
-            }
-            if !moved {
-                return cur;
-            }
-        }
-    }
-
-    /// Beam search of width ef_construction on `level` from `entry`; leaves the beam in
-    /// `s.top`, with distances measured on the codes when the builder has them.
-    fn search_layer(&self, row: u32, entry: u32, level: u32, s: &mut Scratch) {
+    /// Beam search of width ef_construction on `level` from `entry` towards `row`; leaves
+    /// the beam in `s.beam`, with distances measured on the codes when the builder has them.
+    fn search_layer(&self, row: u32, entry: u32, level: u32, s: &mut InsertScratch) {
+        s.beam.reset(self.levels.len());
+        // Nobody links to `row` yet; marking it anyway keeps it out of its own list.
+        s.beam.visit(row);
         match &self.codes {
             Some(c) => {
-                let mut pq = std::mem::take(&mut s.query);
-                pq.prepare(self.vector(row), &c.params.scale, &c.params.offset);
-                let dim = self.dim;
-                let l2 = c.metric == Metric::L2;
-                let dist = |nb: u32| {
-                    let r = nb as usize;
-                    let norm2 = if l2 { c.sqnorms[r] } else { 0.0 };
-                    pq.distance(c.metric, &c.codes[r * dim..(r + 1) * dim], norm2)
-                };
-                let prefetch = |nb: u32| prefetch_range(&c.codes, nb as usize * dim, dim);
-                self.beam(row, entry, level, &dist, &prefetch, s);
-                s.query = pq;
+                s.query
+                    .prepare(self.vector(row), &c.params.scale, &c.params.offset);
+                let codes = CodeMeasure::new(&s.query, c.view(), self.dim);
+                self.walk(entry, level, &codes, &mut s.beam);
             }
-            None => {
-                let q = self.vector(row);
-                let dist = |nb: u32| self.dist.distance(q, self.vector(nb));
-                let prefetch =
-                    |nb: u32| prefetch_range(self.vectors, nb as usize * self.dim, self.dim);
-                self.beam(row, entry, level, &dist, &prefetch, s);
-            }
+            None => self.walk(entry, level, &self.exact_from(row), &mut s.beam),
         }
     }
 
-    fn beam(
-        &self,
-        row: u32,
-        entry: u32,
-        level: u32,
-        dist: &impl Fn(u32) -> f32,
-        prefetch: &impl Fn(u32),
-        s: &mut Scratch,
-    ) {
-        s.visited.reset(self.levels.len());
-        s.candidates.clear();
-        s.top.clear();
-        s.visited.insert(entry);
-        s.visited.insert(row);
+    fn walk(&self, entry: u32, level: u32, measure: &impl Measure, beam: &mut Beam) {
         let entry = Hit {
-            dist: dist(entry),
+            dist: measure.distance(entry),
             row: entry,
         };
-        s.candidates.push(Reverse(entry));
-        s.top.push(entry);
-        let mut bound = entry.dist;
-        while let Some(Reverse(c)) = s.candidates.pop() {
-            if c.dist > bound {
-                break;
-            }
-            if let Some(Reverse(next)) = s.candidates.peek() {
-                let block = self.block(next.row, level);
-                prefetch_range(block, 0, block.len());
-            }
-            self.read_links(c.row, level, &mut s.links);
-            // Keep only unvisited neighbours, then prefetch their vectors a few ahead of the
-            // one being measured: the build, like a query, waits on cache misses.
-            s.links.retain(|&nb| s.visited.insert(nb));
-            s.links
-                .iter()
-                .take(PREFETCH_AHEAD)
-                .for_each(|&nb| prefetch(nb));
-            for (i, &nb) in s.links.iter().enumerate() {
-                if let Some(&ahead) = s.links.get(i + PREFETCH_AHEAD) {
-                    prefetch(ahead);
-                }
-                let d = dist(nb);
-                if s.top.len() < self.ef_construction || d < bound {
-                    s.candidates.push(Reverse(Hit { dist: d, row: nb }));
-                    s.top.push(Hit { dist: d, row: nb });
-                    if s.top.len() > self.ef_construction {
-                        s.top.pop();
-                    }
-                    bound = s.top.peek().map_or(f32::INFINITY, |h| h.dist);
-                }
-            }
-        }
+        let ef = self.ef_construction;
+        beam.walk(self, level, entry, ef, measure, &|_| true, false);
     }
 
     /// hnswlib's `getNeighborsByHeuristic2`: from `sorted` (closest first, distances to the
@@ -388,7 +320,7 @@ impl<'a> Inserter<'a> {
     }
 
     /// Adds `new` to `nb`'s links on `level`; a full list is re-pruned with the heuristic.
-    fn link_back(&self, nb: u32, new: Hit, level: u32, max: usize, s: &mut Scratch) {
+    fn link_back(&self, nb: u32, new: Hit, level: u32, max: usize, s: &mut InsertScratch) {
         let _g = lock(&self.locks[nb as usize]);
         let block = self.block(nb, level);
         let count = block[0].load(Relaxed) as usize;
@@ -418,9 +350,8 @@ impl<'a> Inserter<'a> {
     /// another in-link.
     fn link_orphans(&self, entry_point: u32) {
         let n = self.levels.len();
-        let stride = 1 + 2 * self.m;
         let mut in_degree = vec![0u32; n];
-        for b in self.level0.chunks_exact(stride) {
+        for b in self.level0.chunks_exact(self.layout.level0_stride()) {
             let count = b[0].load(Relaxed) as usize;
             for l in &b[1..1 + count] {
                 in_degree[l.load(Relaxed) as usize] += 1;
@@ -448,7 +379,7 @@ impl<'a> Inserter<'a> {
             };
             let block = self.block(nb, 0);
             let c = block[0].load(Relaxed) as usize;
-            if c < 2 * self.m {
+            if c < self.layout.level0_degree {
                 block[1 + c].store(row, Relaxed);
                 block[0].store(c as u32 + 1, Relaxed);
                 in_degree[row as usize] += 1;
@@ -483,9 +414,9 @@ impl<'a> Inserter<'a> {
         let unwrap = |v: Vec<AtomicU32>| v.into_iter().map(AtomicU32::into_inner).collect();
         FlatGraph {
             level0: unwrap(self.level0),
-            level0_degree: 2 * self.m,
+            level0_degree: self.layout.level0_degree,
             upper: unwrap(self.upper),
-            upper_degree: self.m,
+            upper_degree: self.layout.upper_degree,
             upper_start: self.upper_start,
             entry_point,
             max_level,
@@ -495,4 +426,36 @@ impl<'a> Inserter<'a> {
 
 fn lock_entry(m: &Mutex<(u32, u32)>) -> MutexGuard<'_, (u32, u32)> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The links as the shared walk reads them: each list is copied out under its node's lock
+/// (a consistent snapshot while other threads insert), then measured without holding it.
+impl LinkSource for Inserter<'_> {
+    fn node_count(&self) -> usize {
+        self.levels.len()
+    }
+
+    #[inline]
+    fn with_links<R>(
+        &self,
+        row: u32,
+        level: u32,
+        snapshot: &mut Vec<u32>,
+        f: impl FnOnce(&[u32]) -> R,
+    ) -> R {
+        let block = self.block(row, level);
+        snapshot.clear();
+        {
+            let _g = lock(&self.locks[row as usize]);
+            let count = block[0].load(Relaxed) as usize;
+            snapshot.extend(block[1..1 + count].iter().map(|slot| slot.load(Relaxed)));
+        }
+        f(snapshot)
+    }
+
+    #[inline]
+    fn prefetch_links(&self, row: u32, level: u32) {
+        let block = self.block(row, level);
+        prefetch_range(block, 0, block.len());
+    }
 }

@@ -4,7 +4,6 @@ pub mod creators;
 pub mod graph;
 pub mod hnsw;
 pub mod input;
-pub mod npy;
 pub mod progress;
 pub mod synthetic;
 pub mod writer;
@@ -18,7 +17,7 @@ use earshot_core::format::{manifest::HnswParams, strings::StringTableData, Manif
 use earshot_core::metric::Metric;
 
 pub use graph::{BuildWalk, GraphBuilder, GraphParams};
-pub use input::{Dataset, InputSpec};
+pub use input::{npy, Dataset, InputSpec};
 
 /// How to build a collection.
 #[derive(Debug, Clone)]

@@ -5,19 +5,25 @@ use std::path::{Path, PathBuf};
 use crate::distance::DistanceFn;
 use crate::format::strings::StringTable;
 use crate::format::{names, ArrayFile, FormatError, Manifest, Verify, NONE_U32};
-use crate::search::{Graph, Quantized};
+use crate::search::{Graph, LinkLayout, Quantized};
 
+/// A collection opened from its directory, every array read in place from its mapping.
 pub struct Collection {
+    /// The directory's name (the collection's name when served).
     pub name: String,
+    /// The directory it was opened from.
     pub dir: PathBuf,
+    /// Its `manifest.json`.
     pub manifest: Manifest,
     vectors: ArrayFile,
     level0: ArrayFile,
     upper: ArrayFile,
     upper_start: ArrayFile,
+    /// Item IDs by row.
     pub ids: StringTable,
     creator_of: ArrayFile,
     popularity: ArrayFile,
+    /// Creator names by creator index.
     pub creators: StringTable,
     creator_item_offsets: ArrayFile,
     creator_items: ArrayFile,
@@ -36,7 +42,9 @@ struct QuantFiles {
 
 impl Collection {
     /// Opens the collection in `dir`. Every length is checked against the manifest before
-    /// anything is read through the mappings; `Verify::Full` also checks every checksum.
+    /// anything is read through the mappings, and every ID and creator name is proven UTF-8
+    /// (a small pass that keeps [`id`](Self::id) infallible); `Verify::Full` also checks
+    /// every checksum and every graph link.
     pub fn open(dir: &Path, verify: Verify) -> Result<Self, FormatError> {
         let manifest = Manifest::read(dir)?;
         let name = dir
@@ -46,6 +54,10 @@ impl Collection {
         let n = manifest.count as usize;
         let dim = manifest.dim as usize;
         let h = &manifest.hnsw;
+        let layout = LinkLayout::of(h);
+        layout
+            .check_degree_bound()
+            .map_err(|problem| FormatError::file(dir.join(names::MANIFEST), problem))?;
         let open_u32 = |file: &str, expect: usize| -> Result<ArrayFile, FormatError> {
             let f = ArrayFile::open::<u32>(&dir.join(file), verify)?;
             expect_len(&f, expect)?;
@@ -53,11 +65,8 @@ impl Collection {
         };
         let vectors = ArrayFile::open::<f32>(&dir.join(names::VECTORS), verify)?;
         expect_len(&vectors, n * dim)?;
-        let level0 = open_u32(names::LEVEL0, n * (1 + h.level0_degree as usize))?;
-        let upper = open_u32(
-            names::UPPER,
-            h.upper_blocks as usize * (1 + h.upper_degree as usize),
-        )?;
+        let level0 = open_u32(names::LEVEL0, layout.level0_len(n))?;
+        let upper = open_u32(names::UPPER, layout.upper_len(h.upper_blocks as usize))?;
         let upper_start = open_u32(names::UPPER_START, n)?;
         let ids = StringTable::open(dir, names::IDS, n, verify)?;
         let creator_of = open_u32(names::CREATOR_OF, n)?;
@@ -160,6 +169,7 @@ impl Collection {
         Ok(())
     }
 
+    /// Every array file of the collection.
     pub fn files(&self) -> Vec<&ArrayFile> {
         let mut v = vec![
             &self.vectors,
@@ -185,8 +195,11 @@ impl Collection {
     pub fn check_graph(&self) -> Result<(), FormatError> {
         let n = self.len() as u32;
         let h = &self.manifest.hnsw;
-        let check = |f: &ArrayFile, degree: usize| -> Result<(), FormatError> {
-            for (b, block) in f.as_slice::<u32>().chunks_exact(1 + degree).enumerate() {
+        let layout = LinkLayout::of(h);
+        let check = |f: &ArrayFile, level: u32| -> Result<(), FormatError> {
+            let degree = layout.degree(level);
+            let blocks = f.as_slice::<u32>().chunks_exact(layout.stride(level));
+            for (b, block) in blocks.enumerate() {
                 if block[0] as usize > degree
                     || block[1..=block[0] as usize].iter().any(|&l| l >= n)
                 {
@@ -198,8 +211,8 @@ impl Collection {
             }
             Ok(())
         };
-        check(&self.level0, h.level0_degree as usize)?;
-        check(&self.upper, h.upper_degree as usize)?;
+        check(&self.level0, 0)?;
+        check(&self.upper, 1)?;
         let blocks = h.upper_blocks;
         for (row, &s) in self.upper_start.as_slice::<u32>().iter().enumerate() {
             if s != NONE_U32 && s as u64 >= blocks {
@@ -217,6 +230,7 @@ impl Collection {
         self.files().iter().try_for_each(|f| f.verify_checksum())
     }
 
+    /// Bytes mapped for all its files.
     pub fn mapped_bytes(&self) -> u64 {
         self.files().iter().map(|f| f.mapped_bytes() as u64).sum()
     }
@@ -255,25 +269,32 @@ impl Collection {
         }
     }
 
+    /// The metric's exact f32 distance.
     pub fn dist(&self) -> &DistanceFn {
         &self.dist
     }
+    /// Items (rows).
     pub fn len(&self) -> usize {
         self.manifest.count as usize
     }
+    /// True when it holds no item (never, for an opened collection).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Vector dimension.
     pub fn dim(&self) -> usize {
         self.manifest.dim as usize
     }
 
+    /// The row of the item with ID `id`.
     pub fn row_of(&self, id: &str) -> Option<u32> {
         self.ids.find(id)
     }
+    /// The ID of `row` (checked at open, so never a damaged ""); "" past the last row.
     pub fn id(&self, row: u32) -> &str {
         self.ids.get(row)
     }
+    /// The stored vector of `row` (unit length under cosine); panics past the last row.
     pub fn vector(&self, row: u32) -> &[f32] {
         let dim = self.dim();
         let start = row as usize * dim;
@@ -284,9 +305,11 @@ impl Collection {
         let c = *self.creator_of.as_slice::<u32>().get(row as usize)?;
         (c != NONE_U32 && (c as usize) < self.creators.len()).then_some(c)
     }
+    /// The creator name of `row`, if it has one.
     pub fn creator(&self, row: u32) -> Option<&str> {
         self.creator_index(row).map(|c| self.creators.get(c))
     }
+    /// The popularity of `row`, if known.
     pub fn popularity(&self, row: u32) -> Option<f32> {
         let p = *self.popularity.as_slice::<f32>().get(row as usize)?;
         (!p.is_nan()).then_some(p)
@@ -296,6 +319,7 @@ impl Collection {
         let p = *self.creator_popularity.as_slice::<f32>().get(c as usize)?;
         (!p.is_nan()).then_some(p)
     }
+    /// Distinct creators.
     pub fn creator_count(&self) -> usize {
         self.creators.len()
     }

@@ -92,12 +92,14 @@ pub fn active_version(link: &Path) -> Option<String> {
 
 /// `20250101T120000.123Z-PID`: sorts by time, and two builds never collide.
 pub fn version_name(t: std::time::SystemTime) -> String {
-    let stamp: String = humantime::format_rfc3339_millis(t)
-        .to_string()
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
+    let stamp = compact_time(&humantime::format_rfc3339_millis(t).to_string());
     format!("{stamp}-{}", std::process::id())
+}
+
+/// An RFC 3339 time as a path component: `2025-01-01T12:00:00Z` → `20250101T120000Z` (the
+/// served version of a plain collection directory is its build time in this form).
+pub fn compact_time(rfc3339: &str) -> String {
+    rfc3339.chars().filter(|c| *c != '-' && *c != ':').collect()
 }
 
 /// Points `link` at `.versions/NAME/version` atomically (a new symlink renamed over the old).
@@ -121,7 +123,9 @@ pub fn switch_link(link: &Path, version: &str) -> anyhow::Result<()> {
 /// One version of a versioned collection.
 #[derive(Debug, Clone)]
 pub struct VersionEntry {
+    /// The version's directory name (`YYYYMMDDTHHMMSS.mmmZ-PID` for a build).
     pub name: String,
+    /// `ROOT/.versions/NAME/VERSION`.
     pub dir: PathBuf,
     /// The collection link points to it.
     pub active: bool,

@@ -5,7 +5,10 @@
 //! - [`layout`]: where collections and their versions live under an index root.
 //! - [`collection`]: one collection mapped in place, checked on open.
 //! - [`search`]: the graph layout and the one HNSW beam search (queries and the builder).
-//! - [`distance`], [`quant`], [`metric`]: SIMD distance kernels, 8-bit codes, metrics.
+//! - [`distance`], [`quant`], [`metric`]: f32 distances, 8-bit codes, metrics; the SIMD
+//!   kernels under both are picked once per process in the private `simd` module.
+
+#![warn(missing_docs)]
 
 pub mod collection;
 pub mod distance;
@@ -14,3 +17,4 @@ pub mod layout;
 pub mod metric;
 pub mod quant;
 pub mod search;
+mod simd;

@@ -9,10 +9,13 @@
 
 use crate::distance;
 use crate::metric::Metric;
+use crate::simd;
 
 /// Per-dimension scale and offset.
 pub struct Params {
+    /// `scale_d = (max_d − min_d) / 254` (1 where that is zero or not finite).
     pub scale: Vec<f32>,
+    /// `offset_d = (max_d + min_d) / 2`.
     pub offset: Vec<f32>,
 }
 
@@ -54,14 +57,18 @@ pub struct PreparedQuery {
     pub constant: f32,
     /// `‖q‖²`
     pub norm2: f32,
+    /// This CPU's `Σ folded_d · code_d`, resolved once rather than on every distance.
+    dot_f32_i8: fn(&[f32], &[i8]) -> f32,
 }
 
 impl PreparedQuery {
+    /// An empty query (fill it with [`prepare`](Self::prepare)).
     pub fn new() -> Self {
         Self {
             folded: Vec::new(),
             constant: 0.0,
             norm2: 0.0,
+            dot_f32_i8: simd::kernels().dot_f32_i8,
         }
     }
 
@@ -76,7 +83,7 @@ impl PreparedQuery {
     /// Approximate internal distance (smaller is closer) to the item with `codes`.
     #[inline(always)]
     pub fn distance(&self, metric: Metric, codes: &[i8], item_norm2: f32) -> f32 {
-        let dot = dot_f32_i8(&self.folded, codes) + self.constant;
+        let dot = (self.dot_f32_i8)(&self.folded, codes) + self.constant;
         match metric {
             Metric::Cosine => 1.0 - dot,
             Metric::Dot => -dot,
@@ -91,111 +98,9 @@ impl Default for PreparedQuery {
     }
 }
 
-type Kernel = fn(&[f32], &[i8]) -> f32;
-
-/// `Σ a_d · b_d` for f32 `a` and i8 `b`.
+/// `Σ a_d · b_d` for f32 `a` and i8 `b`, over the shorter length.
 pub fn dot_f32_i8(a: &[f32], b: &[i8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static K: OnceLock<Kernel> = OnceLock::new();
-        let k = K.get_or_init(|| {
-            if std::env::var_os("EARSHOT_NO_SIMD").is_none() {
-                if is_x86_feature_detected!("avx512f") {
-                    return x86::dot_avx512;
-                }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                    return x86::dot_avx2;
-                }
-            }
-            portable
-        });
-        k(a, b)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    portable(a, b)
-}
-
-fn portable(a: &[f32], b: &[i8]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0f32; 8];
-    let chunks = n / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i] as f32;
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks..n {
-        s += a[i] * b[i] as f32;
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    pub fn dot_avx512(a: &[f32], b: &[i8]) -> f32 {
-        // SAFETY: only selected after avx512f was detected.
-        unsafe { dot_avx512_impl(a, b) }
-    }
-    pub fn dot_avx2(a: &[f32], b: &[i8]) -> f32 {
-        // SAFETY: only selected after avx2 and fma were detected.
-        unsafe { dot_avx2_impl(a, b) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_avx512_impl(a: &[f32], b: &[i8]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 32 <= n {
-            let b0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                pb.add(i) as *const __m128i
-            )));
-            let b1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                pb.add(i + 16) as *const __m128i
-            )));
-            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), b0, acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), b1, acc1);
-            i += 32;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        while i < n {
-            s += *pa.add(i) * *pb.add(i) as f32;
-            i += 1;
-        }
-        s
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_avx2_impl(a: &[f32], b: &[i8]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            let b0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                pb.add(i) as *const __m128i
-            )));
-            let b1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                pb.add(i + 8) as *const __m128i
-            )));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), b0, acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), b1, acc1);
-            i += 16;
-        }
-        let mut s = crate::distance::x86::hsum256(_mm256_add_ps(acc0, acc1));
-        while i < n {
-            s += *pa.add(i) * *pb.add(i) as f32;
-            i += 1;
-        }
-        s
-    }
+    (simd::kernels().dot_f32_i8)(a, b)
 }
 
 #[cfg(test)]
@@ -209,7 +114,7 @@ mod tests {
             let b: Vec<i8> = (0..n)
                 .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
                 .collect();
-            let exact = portable(&a, &b);
+            let exact: f32 = a.iter().zip(&b).map(|(x, &c)| x * c as f32).sum();
             assert!(
                 (dot_f32_i8(&a, &b) - exact).abs() < 1e-3 * (1.0 + exact.abs()),
                 "n={n}"

@@ -12,41 +12,35 @@ pub struct Cluster {
     pub weight: f32,
 }
 
-/// Clusters `points` (vector, weight > 0) into `k` clusters (k ≤ points.len()).
+/// Clusters `points` (vector, weight > 0) into `k` clusters; `k` is capped at the number of
+/// points, and no points or `k = 0` give no clusters.
 pub fn kmeans(points: &[(&[f32], f32)], k: usize, dim: usize) -> Vec<Cluster> {
-    assert!(k >= 1 && k <= points.len());
+    let k = k.min(points.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    // The heaviest point, then the one with the largest weight × squared distance to its
+    // nearest centre; `first_max` keeps the earlier point on ties.
+    let heaviest = first_max(points.len(), |i| points[i].1);
     let mut centres: Vec<Vec<f32>> = Vec::with_capacity(k);
-    let heaviest = (0..points.len())
-        .max_by(|&a, &b| points[a].1.total_cmp(&points[b].1).then(b.cmp(&a)))
-        .expect("non-empty");
     centres.push(points[heaviest].0.to_vec());
     let mut nearest: Vec<f32> = points
         .iter()
         .map(|(v, _)| distance::l2sq(v, &centres[0]))
         .collect();
     while centres.len() < k {
-        let next = (0..points.len())
-            .max_by(|&a, &b| {
-                (points[a].1 * nearest[a])
-                    .total_cmp(&(points[b].1 * nearest[b]))
-                    .then(b.cmp(&a))
-            })
-            .expect("non-empty");
-        centres.push(points[next].0.to_vec());
-        let c = centres.last().expect("just pushed");
+        let next = points[first_max(points.len(), |i| points[i].1 * nearest[i])].0;
         for (i, (v, _)) in points.iter().enumerate() {
-            nearest[i] = nearest[i].min(distance::l2sq(v, c));
+            nearest[i] = nearest[i].min(distance::l2sq(v, next));
         }
+        centres.push(next.to_vec());
     }
     let mut assign = vec![0usize; points.len()];
     for _ in 0..20 {
         let mut changed = false;
         for (i, (v, _)) in points.iter().enumerate() {
-            let best = (0..k)
-                .min_by(|&a, &b| {
-                    distance::l2sq(v, &centres[a]).total_cmp(&distance::l2sq(v, &centres[b]))
-                })
-                .expect("k ≥ 1");
+            // The nearest centre, the earlier one on ties.
+            let best = first_max(k, |j| -distance::l2sq(v, &centres[j]));
             changed |= best != assign[i];
             assign[i] = best;
         }
@@ -74,6 +68,21 @@ pub fn kmeans(points: &[(&[f32], f32)], k: usize, dim: usize) -> Vec<Cluster> {
         })
         .filter(|c| c.weight > 0.0)
         .collect()
+}
+
+/// The index in `0..n` with the largest `key` (the earliest on ties; 0 when `n` is 0).
+fn first_max(n: usize, key: impl Fn(usize) -> f32) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let (mut best, mut best_key) = (0, key(0));
+    for i in 1..n {
+        let k = key(i);
+        if k.total_cmp(&best_key).is_gt() {
+            (best, best_key) = (i, k);
+        }
+    }
+    best
 }
 
 /// Splits `k` slots in proportion to `weights` (largest remainder; ties → earlier).
@@ -117,6 +126,19 @@ mod tests {
             "metal cluster first (heaviest)"
         );
         assert!(a[1].centre[2] > 0.99);
+    }
+
+    #[test]
+    fn k_is_capped_at_the_points() {
+        let a = [1.0f32, 0.0];
+        let b = [0.0f32, 1.0];
+        let pts: Vec<(&[f32], f32)> = vec![(&a, 1.0), (&b, 1.0)];
+        assert_eq!(kmeans(&pts, 5, 2).len(), 2);
+        assert!(kmeans(&pts, 0, 2).is_empty());
+        assert!(kmeans(&[], 3, 2).is_empty());
+        // Equal weights: the earlier point seeds the first cluster.
+        assert_eq!(kmeans(&pts, 1, 2)[0].weight, 2.0);
+        assert_eq!(kmeans(&pts, 2, 2)[0].centre, a);
     }
 
     #[test]

@@ -138,3 +138,125 @@ pub struct Shape {
 /// How far down the unconstrained ranking an emerging item may sit and still take a quota
 /// slot ("reasonably close"): the `QUOTA_WINDOW × k` nearest admissible items.
 pub const QUOTA_WINDOW: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{at, collection, Item};
+    use earshot_core::metric::Metric;
+
+    /// Rows 0…9: creators "a" (even) and "b" (odd), popularity = row; row 10: no creator,
+    /// no popularity.
+    fn fixture() -> (tempfile::TempDir, Collection) {
+        let mut items: Vec<Item> = (0..10)
+            .map(|x| at(x as f32, ["a", "b"][x % 2], x as f32))
+            .collect();
+        items.push(Item {
+            vector: vec![10.0, 1.0],
+            creator: None,
+            popularity: None,
+        });
+        collection(Metric::L2, items)
+    }
+
+    fn admitted(f: &HardFilter, c: &Collection) -> Vec<u32> {
+        (0..c.len() as u32).filter(|&r| f.accepts(c, r)).collect()
+    }
+
+    #[test]
+    fn hard_filters_admit_what_they_say() {
+        let (_dir, c) = fixture();
+        let (a, b) = (c.creators.find("a").unwrap(), c.creators.find("b").unwrap());
+        let all: Vec<u32> = (0..11).collect();
+        assert!(HardFilter::default().is_trivial());
+        assert_eq!(admitted(&HardFilter::default(), &c), all);
+        let f = HardFilter {
+            exclude: vec![0, 5],
+            ..Default::default()
+        };
+        assert!(!f.is_trivial());
+        assert_eq!(admitted(&f, &c), [1, 2, 3, 4, 6, 7, 8, 9, 10]);
+        // An allow-list leaves out items without a creator; a deny-list keeps them.
+        let f = HardFilter {
+            allow_creators: Some(vec![a]),
+            ..Default::default()
+        };
+        assert_eq!(admitted(&f, &c), [0, 2, 4, 6, 8]);
+        let f = HardFilter {
+            deny_creators: vec![a],
+            ..Default::default()
+        };
+        assert_eq!(admitted(&f, &c), [1, 3, 5, 7, 9, 10]);
+        let f = HardFilter {
+            allow_creators: Some(vec![a, b]),
+            deny_creators: vec![b],
+            ..Default::default()
+        };
+        assert_eq!(admitted(&f, &c), [0, 2, 4, 6, 8]);
+        // Bounds are inclusive; unknown popularity fails any bound.
+        let f = HardFilter {
+            min_popularity: Some(3.0),
+            max_popularity: Some(5.0),
+            ..Default::default()
+        };
+        assert_eq!(admitted(&f, &c), [3, 4, 5]);
+        let f = HardFilter {
+            max_popularity: Some(f32::MAX),
+            ..Default::default()
+        };
+        assert_eq!(admitted(&f, &c), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn small_candidate_sets_are_exact() {
+        let (_dir, c) = fixture();
+        let a = c.creators.find("a").unwrap();
+        assert_eq!(HardFilter::default().small_candidate_set(&c, 100), None);
+        // An allow-list counts its creators' items.
+        let f = HardFilter {
+            allow_creators: Some(vec![a]),
+            exclude: vec![2],
+            ..Default::default()
+        };
+        assert_eq!(f.small_candidate_set(&c, 5), Some(vec![0, 4, 6, 8]));
+        // Exclusions alone: 11 − 2 rows left.
+        let f = HardFilter {
+            exclude: vec![0, 1],
+            ..Default::default()
+        };
+        assert_eq!(f.small_candidate_set(&c, 8), None);
+        assert_eq!(f.small_candidate_set(&c, 9), Some((2..11).collect()));
+        // Other filters are estimated; on 11 rows the sample is every row.
+        let f = HardFilter {
+            min_popularity: Some(8.0),
+            ..Default::default()
+        };
+        assert_eq!(f.small_candidate_set(&c, 2), Some(vec![8, 9]));
+        assert_eq!(f.small_candidate_set(&c, 1), None);
+    }
+
+    #[test]
+    fn emerging_creators_and_their_slots() {
+        // Creator popularity is the sum over its items: a = 0+2+…+8 = 20, b = 25.
+        let (_dir, c) = fixture();
+        let e = Emerging {
+            max_popularity: 22.0,
+            min_share: 0.3,
+        };
+        assert!(e.eligible(&c, 0));
+        assert!(!e.eligible(&c, 1));
+        assert!(!e.eligible(&c, 10), "no creator: not emerging");
+        assert_eq!(e.slots(10), 3);
+        assert_eq!(e.slots(4), 2, "rounded up");
+        let all = Emerging {
+            max_popularity: 22.0,
+            min_share: 1.0,
+        };
+        assert_eq!(all.slots(7), 7);
+        let none = Emerging {
+            max_popularity: 22.0,
+            min_share: 0.0,
+        };
+        assert_eq!(none.slots(7), 0);
+    }
+}

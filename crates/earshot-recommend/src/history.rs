@@ -70,11 +70,12 @@ pub fn pull_away(positive_mean: &mut [f32], positive_total: f32, negatives: &[(&
         return;
     }
     let beta = neg_total / (positive_total + neg_total);
-    let n = weighted_mean(
+    let Some(n) = weighted_mean(
         negatives.iter().map(|(v, w)| (*v, w.abs())),
         positive_mean.len(),
-    )
-    .expect("negative total is positive");
+    ) else {
+        return; // the same sum as `neg_total`: not reached
+    };
     for (t, x) in positive_mean.iter_mut().zip(&n) {
         *t -= beta * x;
     }

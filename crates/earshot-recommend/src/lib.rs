@@ -1,8 +1,15 @@
 //! Ranking semantics on top of nearest-neighbour search: listening histories become taste
-//! probes (`history`, `centroids`), and result lists obey constraints (`constraints`) that
-//! are applied while candidates are gathered, never by cutting a top-k afterwards (`select`).
+//! probes (`history` → `taste`, with `centroids`), client vectors become queries (`query`),
+//! and result lists obey constraints (`constraints`) that are applied while candidates are
+//! gathered, never by cutting a top-k afterwards (`select`). Pure functions over a
+//! [`Collection`](earshot_core::collection::Collection): no I/O, no HTTP.
 
 pub mod centroids;
 pub mod constraints;
 pub mod history;
+pub mod query;
 pub mod select;
+pub mod taste;
+
+#[cfg(test)]
+mod testing;

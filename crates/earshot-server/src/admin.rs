@@ -6,23 +6,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 
-use super::error::ErrorDetail;
-use super::registry::{Outcome, Trigger};
-use super::AppState;
-
-/// `POST /admin/reload` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ReloadResponse<'a> {
-    /// `swap_refused` when at least one collection refused its new version (status 422).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    error: Option<ErrorDetail<'a>>,
-    /// The outcome of every collection, by name.
-    #[schema(value_type = std::collections::BTreeMap<String, super::openapi::ReloadOutcome>)]
-    collections: &'a std::collections::BTreeMap<String, Outcome>,
-}
+use crate::api::{ErrorDetail, ReloadResponse};
+use crate::error_code::ErrorCode;
+use crate::registry::Trigger;
+use crate::state::AppState;
 
 /// `POST /admin/reload`: re-resolve every collection and swap in new versions that pass the
 /// checks. 200 when nothing was refused, otherwise 422 `swap_refused`; both list the outcome
@@ -35,6 +23,8 @@ pub struct ReloadResponse<'a> {
     description = "Re-resolves every collection of the index root and swaps in new versions that pass the checks (README \"Swap\"); lists the outcome per collection.",
     responses(
         (status = 200, description = "Nothing was refused", body = ReloadResponse),
+        // The one error answered with a body of its own (the outcomes); checked against
+        // `ErrorCode` with the rest of the document.
         (status = 422, description = "`swap_refused`: at least one collection refused its new version (the old one keeps serving); the body still lists every collection", body = ReloadResponse),
     )
 )]
@@ -45,7 +35,7 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
         format!("{refused} collection(s) refused their new version; the old one keeps serving");
     let body = ReloadResponse {
         error: (refused > 0).then(|| ErrorDetail {
-            code: "swap_refused",
+            code: ErrorCode::SwapRefused.as_str(),
             message: &message,
         }),
         collections: &report.collections,

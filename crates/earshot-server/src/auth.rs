@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
-use super::AppState;
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -164,7 +164,7 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut r = ApiError::new(ErrorCode::Unauthorized, message).into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"earshot\""),
@@ -173,12 +173,11 @@ fn unauthorized(message: &str) -> Response {
 }
 
 fn forbidden(message: &str) -> Response {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+    ApiError::new(ErrorCode::Forbidden, message).into_response()
 }
 
 /// Checks `need` for this request; `None` lets it through.
-fn check(state: &AppState, req: &Request, need: Role) -> Option<Response> {
-    let keys = &state.keys;
+fn check(keys: &Keys, req: &Request, need: Role) -> Option<Response> {
     if keys.is_empty() {
         if need == Role::Admin {
             let loopback = req
@@ -208,16 +207,16 @@ fn check(state: &AppState, req: &Request, need: Role) -> Option<Response> {
 }
 
 /// Route layer for `/v1/*`.
-pub async fn query(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match check(&state, &req, Role::Query) {
+pub async fn query(State(keys): State<Arc<Keys>>, req: Request, next: Next) -> Response {
+    match check(&keys, &req, Role::Query) {
         Some(r) => r,
         None => next.run(req).await,
     }
 }
 
 /// Route layer for `/admin/*`.
-pub async fn admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match check(&state, &req, Role::Admin) {
+pub async fn admin(State(keys): State<Arc<Keys>>, req: Request, next: Next) -> Response {
+    match check(&keys, &req, Role::Admin) {
         Some(r) => r,
         None => next.run(req).await,
     }

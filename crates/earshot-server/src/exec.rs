@@ -13,13 +13,14 @@
 use std::panic::AssertUnwindSafe;
 
 use axum::extract::Extension;
-use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::error::ApiError;
-use super::limits::DEFAULT_K;
-use super::overload::Permit;
-use super::query::{Engine, ListSpec};
+use crate::api::ListSpec;
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
+use crate::limits::DEFAULT_K;
+use crate::overload::Permit;
 
 /// Largest `ef × probes × dimension` answered inline: ef 128 at 384-d (~0.25 ms here).
 const INLINE_BUDGET: usize = 128 * 384;
@@ -93,8 +94,7 @@ where
 fn failed(what: &dyn std::fmt::Display) -> ApiError {
     tracing::error!("query failed: {what}");
     ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "the query failed unexpectedly; see the server log",
     )
 }

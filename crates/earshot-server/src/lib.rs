@@ -1,16 +1,32 @@
 //! `earshot serve`: loads every collection under the index root and answers HTTP.
+//!
+//! Modules, each depending only on those above it:
+//! - `limits`, `error_code`: request bounds and the API's error codes;
+//! - `api`: the wire format (request and response bodies, their OpenAPI schemas);
+//! - `engine`: what a query means, over the collections and `earshot_recommend`; no HTTP;
+//! - `error`, `extract`: the one HTTP error type (from engine errors and rejections), and
+//!   the JSON extractor that rejects with it;
+//! - `metrics`, `registry`: Prometheus metrics; the served collections and their hot swap;
+//! - `auth`, `overload`, `exec`: API keys, the concurrency limiter, where a query runs;
+//! - `state`, then the handlers `routes` and `admin`;
+//! - `openapi`: the document, from the handlers and types above;
+//! - this file: the router and the server's life cycle.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
+pub mod engine;
 pub mod error;
+pub mod error_code;
 pub mod exec;
+pub mod extract;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod overload;
-pub mod query;
 pub mod registry;
 pub mod routes;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,23 +46,8 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use earshot_core::format::Verify;
-use registry::{Live, Registry, Trigger};
-
-pub struct AppState {
-    /// The served collections; swapped whole on reload.
-    pub registry: Arc<Registry>,
-    pub metrics: metrics::Metrics,
-    pub ready: AtomicBool,
-    pub limiter: overload::Limiter,
-    pub keys: auth::Keys,
-}
-
-impl AppState {
-    /// The collections a request works on (lock-free; keeps them mapped while held).
-    pub fn live(&self) -> Arc<Live> {
-        self.registry.live()
-    }
-}
+use registry::{Registry, Trigger};
+use state::AppState;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -95,11 +96,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/search", post(routes::search))
         .route("/v1/batch", post(routes::batch))
         .route("/v1/collections", get(routes::collections))
-        .route_layer(from_fn_with_state(state.clone(), overload::limit))
-        .route_layer(from_fn_with_state(state.clone(), auth::query));
+        .route_layer(from_fn_with_state(state.limiter.clone(), overload::limit))
+        .route_layer(from_fn_with_state(state.keys.clone(), auth::query));
     let admin = Router::new()
         .route("/admin/reload", post(admin::reload))
-        .route_layer(from_fn_with_state(state.clone(), auth::admin));
+        .route_layer(from_fn_with_state(state.keys.clone(), auth::admin));
     // Probes and metrics stay open and outside the limiter.
     Router::new()
         .merge(v1)
@@ -110,7 +111,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -160,10 +161,10 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
     let (query_keys, admin_keys) = keys.counts();
     let state = Arc::new(AppState {
         registry: registry.clone(),
-        metrics,
+        metrics: Arc::new(metrics),
+        limiter: Arc::new(limiter),
+        keys: Arc::new(keys),
         ready: AtomicBool::new(false),
-        limiter,
-        keys,
     });
     #[cfg(unix)]
     {

@@ -9,4 +9,4 @@ pub const DEFAULT_K: usize = 10;
 pub const MAX_EXCLUDE: usize = 10_000;
 pub const MAX_CENTROIDS: usize = 16;
 /// Largest query-vector norm accepted under l2 and dot (scores stay finite in f32).
-pub const MAX_QUERY_NORM: f64 = 1e15;
+pub use earshot_recommend::query::MAX_QUERY_NORM;

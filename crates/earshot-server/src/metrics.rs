@@ -14,8 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::AppState;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
     /// A route template (see [`route_label`]).
@@ -108,9 +106,8 @@ impl Default for Metrics {
 }
 
 /// Records count, status and latency of every request under its route template.
-pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
-    let m = &state.metrics;
     m.in_flight.inc();
     let started = Instant::now();
     let resp = next.run(req).await;

@@ -3,28 +3,28 @@
 //!
 //! Everything comes from the code: operations from the `#[utoipa::path]` attributes on the
 //! handlers, schemas from the request and response types (`#[derive(utoipa::ToSchema)]`),
-//! and what the middleware adds (API keys, the concurrency limiter, request IDs) from
-//! [`Layers`] below, next to the router that installs it. The few schemas serde cannot
-//! describe to utoipa (the batch query union, enums defined outside the server) are derived
-//! here from the same types.
+//! the error responses of each operation from [`OPERATION_ERRORS`] (codes of
+//! [`ErrorCode`]), and what the middleware adds (API keys, the concurrency limiter, request
+//! IDs) from [`Layers`] below, next to the router that installs it.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
-use utoipa::openapi::schema::{
-    ArrayBuilder, Discriminator, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
-};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
 use utoipa::openapi::security::{SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::error::ErrorBody;
-use super::query::{SearchRequest, SimilarRequest, TasteRequest};
-use super::{admin, routes};
+use crate::api::{
+    BatchSearchQuery, BatchSimilarQuery, BatchTasteQuery, EmergingSpec, ErrorBody, FilterSpec,
+    HistoryItem, ReloadOutcome, SimilarBody,
+};
+use crate::error_code::ErrorCode::{self, *};
+use crate::{admin, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,12 +52,14 @@ use super::{admin, routes};
         BatchSimilarQuery,
         BatchSearchQuery,
         BatchTasteQuery,
-        super::query::FilterSpec,
-        super::query::EmergingSpec,
-        super::query::HistoryItem,
+        FilterSpec,
+        EmergingSpec,
+        HistoryItem,
         ReloadOutcome,
+        ErrorBody,
     )),
-    modifiers(&Layers, &CollectionNames),
+    // In this order: `Layers` adds headers to the error responses `OperationErrors` adds.
+    modifiers(&OperationErrors, &Layers, &CollectionNames),
     tags(
         (name = "query", description = "The query API (`/v1/*`): API key when keys are configured, bounded concurrency"),
         (name = "operations", description = "Probes, metrics, this document and admin endpoints"),
@@ -87,34 +89,207 @@ pub async fn serve() -> Response {
 }
 
 // ---------------------------------------------------------------------------------------
-// What the middleware adds to every operation (see `super::router`).
+// The errors of each operation.
+
+/// An error code as an operation documents it, with a note on when it answers it there:
+/// appended to the code as is (`" (wrong shape)"`, `": shutting down"`), often empty.
+type Documented = (ErrorCode, &'static str);
+
+/// The errors each operation answers with itself (by `operationId`, the handler's name), in
+/// the order its descriptions list them; what the layers add is in [`SHARED`]. `reload`
+/// documents its one error in its attribute: that error has a body of its own.
+pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
+    (
+        "similar",
+        &[
+            (InvalidK, ""),
+            (InvalidEf, ""),
+            (InvalidMaxPerCreator, ""),
+            (InvalidQuery, ""),
+            (InvalidPath, ""),
+            (InvalidCollection, ""),
+            (UnknownCollection, ""),
+            (UnknownId, ""),
+            (ConflictingFilters, ""),
+            (InvalidFilter, ""),
+        ],
+    ),
+    (
+        "similar_post",
+        &[
+            (InvalidK, ""),
+            (InvalidEf, ""),
+            (InvalidMaxPerCreator, ""),
+            (ExcludeTooLarge, ""),
+            (FilterTooLarge, ""),
+            (MalformedJson, ""),
+            (InvalidPath, ""),
+            (InvalidCollection, ""),
+            (PathInBody, " (`collection` or `id` in the body)"),
+            (UnknownCollection, ""),
+            (UnknownId, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, " (wrong shape)"),
+            (ConflictingFilters, ""),
+            (InvalidFilter, ""),
+            (InvalidEmerging, ""),
+            (NoPopularity, ""),
+        ],
+    ),
+    (
+        "search",
+        &[
+            (InvalidK, ""),
+            (InvalidEf, ""),
+            (InvalidMaxPerCreator, ""),
+            (ExcludeTooLarge, ""),
+            (FilterTooLarge, ""),
+            (MalformedJson, ""),
+            (InvalidCollection, ""),
+            (UnknownCollection, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, ""),
+            (DimensionMismatch, ""),
+            (InvalidVector, ""),
+            (ConflictingFilters, ""),
+            (InvalidFilter, ""),
+            (InvalidEmerging, ""),
+            (NoPopularity, ""),
+        ],
+    ),
+    (
+        "taste",
+        &[
+            (InvalidK, ""),
+            (InvalidEf, ""),
+            (InvalidCentroids, ""),
+            (InvalidMaxPerCreator, ""),
+            (ExcludeTooLarge, ""),
+            (FilterTooLarge, ""),
+            (MalformedJson, ""),
+            (InvalidPath, ""),
+            (InvalidCollection, ""),
+            (PathInBody, " (body names another collection)"),
+            (UnknownCollection, ""),
+            (UnknownId, ""),
+            (PayloadTooLarge, ""),
+            (HistoryTooLarge, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, ""),
+            (EmptyHistory, ""),
+            (InvalidWeight, ""),
+            (UnknownEvent, ""),
+            (InvalidHalfLife, ""),
+            (InvalidTimestamp, ""),
+            (DegenerateHistory, ""),
+            (NoPositiveHistory, ""),
+            (TooManyCentroids, ""),
+            (DimensionMismatch, ""),
+            (ConflictingFilters, ""),
+            (InvalidFilter, ""),
+            (InvalidEmerging, ""),
+            (NoPopularity, ""),
+        ],
+    ),
+    (
+        "batch",
+        &[
+            (InvalidBatch, " (0 or more than 256 queries)"),
+            (MalformedJson, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, " (a query of the wrong shape)"),
+        ],
+    ),
+    ("readyz", &[(NotReady, ": shutting down")]),
+];
+
+/// "`code`note, `code`note": the description of a response that answers with these codes.
+fn describe(errors: &[Documented], separator: &str) -> String {
+    let items: Vec<String> = errors
+        .iter()
+        .map(|(code, note)| format!("`{}`{note}", code.as_str()))
+        .collect();
+    items.join(separator)
+}
+
+/// An error response with the [`ErrorBody`] schema.
+fn error_response(description: String) -> ResponseBuilder {
+    ResponseBuilder::new().description(description).content(
+        "application/json",
+        Content::new(Some(Ref::from_schema_name(ErrorBody::name()))),
+    )
+}
+
+/// Adds [`OPERATION_ERRORS`] to the operations: one response per status.
+struct OperationErrors;
+
+impl Modify for OperationErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let Some((_, errors)) = OPERATION_ERRORS
+                    .iter()
+                    .find(|(id, _)| op.operation_id.as_deref() == Some(*id))
+                else {
+                    continue;
+                };
+                let mut by_status: BTreeMap<u16, Vec<Documented>> = BTreeMap::new();
+                for &e in errors.iter() {
+                    by_status.entry(e.0.status()).or_default().push(e);
+                }
+                for (status, errors) in by_status {
+                    let r = error_response(describe(&errors, ", ")).build();
+                    op.responses
+                        .responses
+                        .insert(status.to_string(), RefOr::T(r));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What the middleware adds to every operation (see `crate::router`).
 
 /// API keys (`auth.rs`), the limiter (`overload.rs`), request IDs and the error bodies of the
 /// layers, added to the operations they apply to.
 struct Layers;
 
-const SHARED: [(&str, &str); 5] = [
+/// The responses the layers add, by component name: the codes they answer with.
+const SHARED: [(&str, &[Documented]); 5] = [
     (
         "Unauthorized",
-        "`unauthorized`: API keys are configured and the request has none or a wrong one",
+        &[(
+            Unauthorized,
+            ": API keys are configured and the request has none or a wrong one",
+        )],
     ),
     (
         "Forbidden",
-        "`forbidden`: a query key on `/admin/*`, or `/admin/*` from a non-loopback client \
-         when no keys are configured",
+        &[(
+            Forbidden,
+            ": a query key on `/admin/*`, or `/admin/*` from a non-loopback client when no \
+             keys are configured",
+        )],
     ),
     (
         "PayloadTooLarge",
-        "`payload_too_large`: the body is over 4 MiB",
+        &[(PayloadTooLarge, ": the body is over 4 MiB")],
     ),
     (
         "Unavailable",
-        "`overloaded`: every execution slot busy and the queue full, or no slot within \
-         `--queue-timeout-ms`; `timeout`: not finished within `--request-timeout-ms`",
+        &[
+            (
+                Overloaded,
+                ": every execution slot busy and the queue full, or no slot within \
+                 `--queue-timeout-ms`",
+            ),
+            (Timeout, ": not finished within `--request-timeout-ms`"),
+        ],
     ),
     (
         "Internal",
-        "`internal`: a bug; the server log has the details",
+        &[(Internal, ": a bug; the server log has the details")],
     ),
 ];
 
@@ -152,13 +327,8 @@ impl Modify for Layers {
                 "The request's ID, also in every log line of the request",
             )),
         );
-        for (name, description) in SHARED {
-            let mut r = ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    Content::new(Some(Ref::from_schema_name(ErrorBody::name()))),
-                )
+        for (name, errors) in SHARED {
+            let mut r = error_response(describe(errors, "; "))
                 .header_ref("x-request-id", Ref::new("#/components/headers/RequestId"));
             match name {
                 "Unauthorized" => {
@@ -217,7 +387,7 @@ impl Modify for Layers {
     }
 }
 
-/// What `registry::valid_name` accepts as a collection name (else 400 `invalid_collection`):
+/// What `earshot_core::layout::check_name` accepts as a collection name (else 400 `invalid_collection`):
 /// no leading `.`, no `..`, no `/`, `\` or control characters.
 pub const COLLECTION_NAME_PATTERN: &str =
     r"^[^./\\\x00-\x1F\x7F-\x9F](\.?[^./\\\x00-\x1F\x7F-\x9F])*\.?$";
@@ -261,256 +431,10 @@ impl Modify for CollectionNames {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Schemas serde cannot spell out to utoipa.
-
-/// `schema_with` of `HistoryItem.event`: the events `recommend::history` knows.
-pub fn event_schema() -> Schema {
-    let mut events: Vec<serde_json::Value> = earshot_recommend::history::EVENTS
-        .split(',')
-        .map(|e| e.trim().into())
-        .collect();
-    events.push(serde_json::Value::Null);
-    ObjectBuilder::new()
-        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
-        .enum_values(Some(events))
-        .description(Some(
-            "What happened: `play` (default, weight 1), `like` 2, `save` 2, `share` 1.5, \
-             `skip` −0.5, `dislike` −2",
-        ))
-        .build()
-        .into()
-}
-
-/// `schema_with` of `CollectionInfo.metric`: the names serde gives [`earshot_core::metric::Metric`].
-pub fn metric_schema() -> Schema {
-    let names = earshot_core::metric::Metric::ALL.map(|m| serde_json::Value::from(m.name()));
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(names))
-        .description(Some(
-            "How closeness is measured: `cosine` (score: cosine similarity), `l2` (score: \
-             negative Euclidean distance), `dot` (score: inner product)",
-        ))
-        .build()
-        .into()
-}
-
-/// The object schema a request type derives.
-fn object_of<T: PartialSchema>() -> utoipa::openapi::schema::Object {
-    match T::schema() {
-        RefOr::T(Schema::Object(o)) => o,
-        _ => unreachable!("request types are structs"),
-    }
-}
-
-/// A required, non-null string property.
-fn required_string(o: &mut utoipa::openapi::schema::Object, name: &str, description: &str) {
-    o.properties.insert(
-        name.into(),
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some(description))
-            .into(),
-    );
-    if !o.required.iter().any(|r| r == name) {
-        o.required.push(name.into());
-    }
-}
-
-/// A batch query: the request type's object plus its `"type"` tag.
-fn tagged(mut o: utoipa::openapi::schema::Object, tag: &str) -> Schema {
-    o.properties.insert(
-        "type".into(),
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some([tag]))
-            .into(),
-    );
-    o.required.insert(0, "type".into());
-    o.into()
-}
-
-/// The body of `POST /v1/{collection}/{id}/similar`: [`SimilarRequest`] without the
-/// batch-only `collection` and `id` (the path names them; sending them is a 400).
-pub struct SimilarBody;
-
-impl PartialSchema for SimilarBody {
-    fn schema() -> RefOr<Schema> {
-        let mut o = object_of::<SimilarRequest>();
-        o.properties.remove("collection");
-        o.properties.remove("id");
-        o.required.retain(|r| r != "collection" && r != "id");
-        o.description = Some("List options for the neighbours of the item the path names".into());
-        o.example = Some(serde_json::json!({
-            "k": 5,
-            "max_per_creator": 1,
-            "exclude_same_creator": true,
-            "emerging": {"max_popularity": 200.0, "min_share": 0.4},
-            "explain": true
-        }));
-        RefOr::T(o.into())
-    }
-}
-
-impl ToSchema for SimilarBody {}
-
-/// `{"type": "similar", "collection", "id", …}` in a batch.
-pub struct BatchSimilarQuery;
-
-impl PartialSchema for BatchSimilarQuery {
-    fn schema() -> RefOr<Schema> {
-        let mut o = object_of::<SimilarRequest>();
-        required_string(&mut o, "collection", "Collection name");
-        required_string(&mut o, "id", "The item whose neighbours are wanted");
-        o.description =
-            Some("`similar` in a batch: the body form plus `collection` and `id`".into());
-        RefOr::T(tagged(o, "similar"))
-    }
-}
-
-impl ToSchema for BatchSimilarQuery {}
-
-/// `{"type": "search", …}` in a batch.
-pub struct BatchSearchQuery;
-
-impl PartialSchema for BatchSearchQuery {
-    fn schema() -> RefOr<Schema> {
-        let mut o = object_of::<SearchRequest>();
-        o.description = Some("`search` in a batch: the `POST /v1/search` body".into());
-        o.example = None;
-        RefOr::T(tagged(o, "search"))
-    }
-}
-
-impl ToSchema for BatchSearchQuery {}
-
-/// `{"type": "taste", "collection", …}` in a batch.
-pub struct BatchTasteQuery;
-
-impl PartialSchema for BatchTasteQuery {
-    fn schema() -> RefOr<Schema> {
-        let mut o = object_of::<TasteRequest>();
-        required_string(&mut o, "collection", "Collection to recommend from");
-        o.description = Some("`taste` in a batch: the body form plus `collection`".into());
-        o.example = None;
-        RefOr::T(tagged(o, "taste"))
-    }
-}
-
-impl ToSchema for BatchTasteQuery {}
-
-/// `schema_with` of `BatchRequest.queries`.
-pub fn batch_queries_schema() -> Schema {
-    let variants = [
-        ("similar", BatchSimilarQuery::name()),
-        ("search", BatchSearchQuery::name()),
-        ("taste", BatchTasteQuery::name()),
-    ];
-    let mut one_of = OneOfBuilder::new().discriminator(Some(Discriminator::with_mapping(
-        "type",
-        variants
-            .clone()
-            .map(|(tag, name)| (tag, format!("#/components/schemas/{name}"))),
-    )));
-    for (_, name) in variants {
-        one_of = one_of.item(Ref::from_schema_name(name));
-    }
-    ArrayBuilder::new()
-        .items(one_of)
-        .min_items(Some(1))
-        .max_items(Some(super::limits::MAX_BATCH))
-        .description(Some(
-            "Answered in this order, each on its own (1 to 256 queries)",
-        ))
-        .build()
-        .into()
-}
-
-/// The per-collection outcome of `POST /admin/reload`, as `registry::Outcome` serializes
-/// (the registry's type stays free of documentation concerns; a test below keeps the two
-/// equal).
-#[derive(Serialize, ToSchema)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum ReloadOutcome {
-    /// The version in service is still the current one.
-    Unchanged { version: String },
-    /// A new version passed every check and serves now.
-    Swapped {
-        /// The version it replaced (null for a new collection).
-        #[schema(required = true)]
-        from: Option<String>,
-        to: String,
-        /// How long opening, checking and warming took.
-        ms: u64,
-    },
-    /// The new version failed a check; the old one keeps serving.
-    Refused {
-        /// The refused version (null when the entry itself is unusable).
-        #[schema(required = true)]
-        version: Option<String>,
-        /// The file and the problem.
-        reason: String,
-        /// The version that keeps serving (null for a collection that never loaded).
-        #[schema(required = true)]
-        serving: Option<String>,
-    },
-    /// The entry is gone from the index root; the loaded version serves until a restart.
-    Missing { serving: String },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limits::*;
-    use crate::registry::Outcome;
-
-    /// Field for field, so a new variant or field of `Outcome` fails to compile here.
-    fn mirror(o: &Outcome) -> ReloadOutcome {
-        match o.clone() {
-            Outcome::Unchanged { version } => ReloadOutcome::Unchanged { version },
-            Outcome::Swapped { from, to, ms } => ReloadOutcome::Swapped { from, to, ms },
-            Outcome::Refused {
-                version,
-                reason,
-                serving,
-            } => ReloadOutcome::Refused {
-                version,
-                reason,
-                serving,
-            },
-            Outcome::Missing { serving } => ReloadOutcome::Missing { serving },
-        }
-    }
-
-    #[test]
-    fn reload_outcome_mirrors_the_registry() {
-        let s = |x: &str| x.to_string();
-        for o in [
-            Outcome::Unchanged { version: s("v1") },
-            Outcome::Swapped {
-                from: None,
-                to: s("v2"),
-                ms: 3,
-            },
-            Outcome::Swapped {
-                from: Some(s("v1")),
-                to: s("v2"),
-                ms: 3,
-            },
-            Outcome::Refused {
-                version: Some(s("v3")),
-                reason: s("bad"),
-                serving: None,
-            },
-            Outcome::Missing { serving: s("v1") },
-        ] {
-            assert_eq!(
-                serde_json::to_value(&o).unwrap(),
-                serde_json::to_value(mirror(&o)).unwrap()
-            );
-        }
-    }
 
     fn doc() -> serde_json::Value {
         serde_json::from_str(json()).unwrap()
@@ -559,6 +483,91 @@ mod tests {
                     "{name} has deny_unknown_fields"
                 );
             }
+        }
+    }
+
+    /// Every `code` an error response mentions, with the statuses it is documented under.
+    fn documented_codes(d: &serde_json::Value) -> Vec<(String, u16, String)> {
+        let mut out = Vec::new();
+        let shared = &d["components"]["responses"];
+        for (path, item) in d["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, r) in op["responses"].as_object().unwrap() {
+                    let status: u16 = status.parse().unwrap();
+                    if status < 400 {
+                        continue;
+                    }
+                    let r = match r["$ref"].as_str() {
+                        Some(name) => &shared[name.trim_start_matches("#/components/responses/")],
+                        None => r,
+                    };
+                    let text = r["description"].as_str().unwrap();
+                    // Codes are the backticked words made of `a-z` and `_` only.
+                    for (i, word) in text.split('`').enumerate() {
+                        if i % 2 == 1 && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                            out.push((word.to_string(), status, format!("{method} {path}")));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn error_responses_name_codes_of_their_status() {
+        let d = doc();
+        let known = |code: &str, status: u16| {
+            ErrorCode::ALL
+                .iter()
+                .any(|c| c.as_str() == code && c.status() == status)
+        };
+        // Backticked words that are field names, not codes.
+        let fields = ["collection", "id"];
+        for (code, status, op) in documented_codes(&d) {
+            assert!(
+                known(&code, status) || fields.contains(&code.as_str()),
+                "{op} documents `{code}` under {status}: not an ErrorCode with that status"
+            );
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_where_it_is_answered() {
+        let documented: std::collections::HashSet<(String, u16)> = documented_codes(&doc())
+            .into_iter()
+            .map(|(code, status, _)| (code, status))
+            .collect();
+        for c in ErrorCode::ALL {
+            // The router's fallbacks answer routes the document does not have.
+            if matches!(c, NotFound | MethodNotAllowed) {
+                continue;
+            }
+            assert!(
+                documented.contains(&(c.as_str().to_string(), c.status())),
+                "{c:?} ({} {}) is in no operation's responses",
+                c.status(),
+                c.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn operation_errors_name_real_operations() {
+        let d = doc();
+        let ids: Vec<&str> = d["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        for (id, errors) in OPERATION_ERRORS {
+            assert!(
+                ids.contains(id),
+                "OPERATION_ERRORS names no operation {id:?}"
+            );
+            assert!(!errors.is_empty(), "{id}");
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -23,10 +23,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::error::{payload_too_large, ApiError};
-use super::limits::MAX_BODY_BYTES;
-use super::metrics::Metrics;
-use super::AppState;
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
+use crate::limits::MAX_BODY_BYTES;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct LimitOptions {
@@ -130,8 +130,7 @@ impl Limiter {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
         let err = if reason == "timeout" {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
+                ErrorCode::Timeout,
                 format!(
                     "the request did not finish within {} ms; retry later or ask for less",
                     self.opts.request_timeout.as_millis()
@@ -139,8 +138,7 @@ impl Limiter {
             )
         } else {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                ErrorCode::Overloaded,
                 format!(
                     "the server is at capacity ({} executing, {} queued); retry after a second",
                     self.opts.max_concurrent, self.opts.max_queue
@@ -155,8 +153,7 @@ impl Limiter {
 }
 
 /// Middleware for the query routes: read the body, take a slot, run within the deadline.
-pub async fn limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let limiter = &state.limiter;
+pub async fn limit(State(limiter): State<Arc<Limiter>>, req: Request, next: Next) -> Response {
     let deadline = tokio::time::Instant::now() + limiter.opts.request_timeout;
     let (mut parts, body) = req.into_parts();
     let declared = parts
@@ -165,18 +162,18 @@ pub async fn limit(State(state): State<Arc<AppState>>, req: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return payload_too_large().into_response();
+        return ApiError::payload_too_large().into_response();
     }
     let bytes =
         match tokio::time::timeout_at(deadline, Limited::new(body, MAX_BODY_BYTES).collect()).await
         {
             Err(_) => return limiter.reject("timeout"),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return payload_too_large().into_response()
+                return ApiError::payload_too_large().into_response()
             }
             Ok(Err(e)) => {
-                return ApiError::bad_request(
-                    "malformed_json",
+                return ApiError::new(
+                    ErrorCode::MalformedJson,
                     format!("cannot read the request body: {e}"),
                 )
                 .into_response()

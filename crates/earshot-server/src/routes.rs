@@ -1,56 +1,29 @@
-//! Thin HTTP handlers: parse, call the engine, render.
+//! Thin HTTP handlers: parse, call the engine, render. The errors each operation documents
+//! are listed in `openapi.rs` (`OPERATION_ERRORS`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use axum_extra_json::AppJson;
 use serde::Serialize;
 
-use super::error::{ApiError, ErrorBody};
-use super::exec::{self, Work};
-use super::limits::MAX_BATCH;
-use super::overload::Permit;
-use super::query::{
-    Answer, BatchQuery, BatchRequest, ListExplanation, ResultItem, SearchRequest, SimilarParams,
-    SimilarRequest, TasteRequest,
+use crate::api::{
+    BatchEntry, BatchQuery, BatchRequest, BatchResponse, CollectionInfo, CollectionsResponse,
+    ErrorDetail, Results, SearchRequest, SimilarBody, SimilarParams, SimilarRequest, Status,
+    TasteRequest,
 };
-use super::AppState;
-
-/// `Json<T>` whose rejections become our JSON errors.
-mod axum_extra_json {
-    use axum::extract::{FromRequest, Request};
-
-    use super::ApiError;
-
-    pub struct AppJson<T>(pub T);
-
-    impl<T, S> FromRequest<S> for AppJson<T>
-    where
-        axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
-        S: Send + Sync,
-    {
-        type Rejection = ApiError;
-        async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-            let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
-            Ok(Self(v))
-        }
-    }
-}
-
-/// The answer of `similar`, `taste` and `search`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Results<'a> {
-    /// Sorted by score, highest first; no duplicates; at most `k`.
-    results: Vec<ResultItem<'a>>,
-    /// With `explain: true` only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    explain: Option<ListExplanation>,
-}
+use crate::engine::{Answer, QueryError};
+use crate::error::ApiError;
+use crate::error_code::ErrorCode;
+use crate::exec::{self, Work};
+use crate::extract::AppJson;
+use crate::limits::MAX_BATCH;
+use crate::overload::Permit;
+use crate::registry::Live;
+use crate::state::AppState;
 
 fn render(answer: &Answer) -> Response {
     let results = answer.items();
@@ -79,8 +52,7 @@ fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
         Err(e) => {
             tracing::error!("cannot encode the answer: {e}");
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the answer could not be encoded; see the server log",
             )
             .into_response()
@@ -102,9 +74,6 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
     ),
     responses(
         (status = 200, description = "Results", body = Results),
-        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `invalid_query`, `invalid_path`, `invalid_collection`", body = ErrorBody),
-        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
-        (status = 422, description = "`conflicting_filters`, `invalid_filter`", body = ErrorBody),
     )
 )]
 pub async fn similar(
@@ -133,13 +102,9 @@ pub async fn similar(
         ("collection" = String, Path, description = "Collection name", example = "tracks"),
         ("id" = String, Path, description = "Item ID (percent-encode `/`)", example = "demo:track:0000001"),
     ),
-    request_body = super::openapi::SimilarBody,
+    request_body = SimilarBody,
     responses(
         (status = 200, description = "Results", body = Results),
-        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_path`, `invalid_collection`, `invalid_request` (`collection` or `id` in the body)", body = ErrorBody),
-        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request` (wrong shape), `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
     )
 )]
 pub async fn similar_post(
@@ -150,8 +115,8 @@ pub async fn similar_post(
 ) -> Result<Response, ApiError> {
     let Path((collection, id)) = path?;
     if req.collection.is_some() || req.id.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            ErrorCode::PathInBody,
             "the path names the collection and id; leave them out of the body",
         ));
     }
@@ -180,10 +145,6 @@ fn similar_work<'a>(collection: &'a str, req: &'a SimilarRequest) -> Work<'a> {
     request_body = SearchRequest,
     responses(
         (status = 200, description = "Results", body = Results),
-        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_collection`", body = ErrorBody),
-        (status = 404, description = "`unknown_collection`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request`, `dimension_mismatch`, `invalid_vector`, `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
     )
 )]
 pub async fn search(
@@ -216,11 +177,6 @@ pub async fn search(
     request_body = TasteRequest,
     responses(
         (status = 200, description = "Results", body = Results),
-        (status = 400, description = "`invalid_k`, `invalid_ef`, `invalid_centroids`, `invalid_max_per_creator`, `exclude_too_large`, `filter_too_large`, `malformed_json`, `invalid_path`, `invalid_collection`, `invalid_request` (body names another collection)", body = ErrorBody),
-        (status = 404, description = "`unknown_collection`, `unknown_id`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`, `history_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request`, `empty_history`, `invalid_weight`, `unknown_event`, `invalid_half_life`, `invalid_timestamp`, `degenerate_history`, `no_positive_history`, `too_many_centroids`, `dimension_mismatch`, `conflicting_filters`, `invalid_filter`, `invalid_emerging`, `no_popularity`", body = ErrorBody),
     )
 )]
 pub async fn taste(
@@ -253,9 +209,6 @@ pub async fn taste(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One entry per query, in request order: results, or the error that query alone would have had", body = BatchResponse),
-        (status = 400, description = "`invalid_batch` (0 or more than 256 queries), `malformed_json`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request` (a query of the wrong shape)", body = ErrorBody),
     )
 )]
 pub async fn batch(
@@ -264,8 +217,8 @@ pub async fn batch(
     AppJson(req): AppJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
     if req.queries.is_empty() || req.queries.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(
-            "invalid_batch",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBatch,
             format!(
                 "a batch holds 1 to {MAX_BATCH} queries (got {})",
                 req.queries.len()
@@ -277,9 +230,9 @@ pub async fn batch(
     exec::run(permit, false, move || Ok(batch_answers(&live, &req))).await
 }
 
-fn batch_answers(live: &super::registry::Live, req: &BatchRequest) -> Response {
+fn batch_answers(live: &Live, req: &BatchRequest) -> Response {
     let engine = &live.engine;
-    let answers: Vec<Result<Answer, ApiError>> = req
+    let answers: Vec<Result<Answer, QueryError>> = req
         .queries
         .iter()
         .map(|q| match q {
@@ -293,79 +246,15 @@ fn batch_answers(live: &super::registry::Live, req: &BatchRequest) -> Response {
         .map(|a| match a {
             Ok(a) => BatchEntry::Ok { results: a.items() },
             Err(e) => BatchEntry::Err {
-                error: e.body().error,
-                status: e.status.as_u16(),
+                error: ErrorDetail {
+                    code: e.code.as_str(),
+                    message: &e.message,
+                },
+                status: e.code.status(),
             },
         })
         .collect();
     Json(BatchResponse { responses: entries }).into_response()
-}
-
-/// One query's answer in a batch.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum BatchEntry<'a> {
-    Ok {
-        /// Sorted by score, highest first; no duplicates; at most `k`.
-        results: Vec<ResultItem<'a>>,
-    },
-    Err {
-        error: super::error::ErrorDetail<'a>,
-        /// The HTTP status this query alone would have had.
-        #[schema(minimum = 400, maximum = 599)]
-        status: u16,
-    },
-}
-
-/// `POST /v1/batch` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct BatchResponse<'a> {
-    /// One per query, in request order.
-    responses: Vec<BatchEntry<'a>>,
-}
-
-/// One served collection.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CollectionInfo<'a> {
-    /// The collection's name (its directory under the index root).
-    name: &'a str,
-    /// How closeness is measured; scores are always "higher is closer".
-    #[schema(schema_with = super::openapi::metric_schema)]
-    metric: earshot_core::metric::Metric,
-    /// Vector dimension.
-    dim: u32,
-    /// Items.
-    count: u64,
-    /// Distinct creators.
-    creators: u64,
-    /// Whether items carry a popularity (needed by `emerging`).
-    has_popularity: bool,
-    /// HNSW parameter M.
-    m: u32,
-    /// HNSW build beam width.
-    ef_construction: u32,
-    /// The beam width used when a request gives none.
-    default_ef: usize,
-    /// When it was built (RFC 3339).
-    built_at: &'a str,
-    /// The earshot version that built it.
-    builder: &'a str,
-    /// Bytes of its memory-mapped files.
-    mapped_bytes: u64,
-    /// The version in service (a version directory's name, or a plain one's build time).
-    version: &'a str,
-    /// When this server swapped it in (RFC 3339).
-    #[schema(required = true)]
-    loaded_at: Option<String>,
-}
-
-/// `GET /v1/collections` answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct CollectionsResponse<'a> {
-    /// Every served collection, by name.
-    collections: Vec<CollectionInfo<'a>>,
-    /// The SIMD distance kernels in use.
-    kernels: &'static str,
 }
 
 /// The served collections and the version of each in service.
@@ -413,14 +302,6 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// `{"status": …}` of the probes.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Status {
-    /// `ok` (`/healthz`) or `ready` (`/readyz`).
-    #[schema(example = "ok")]
-    status: &'static str,
-}
-
 /// Liveness: 200 while the process runs (never queued, no key needed).
 #[utoipa::path(
     get,
@@ -439,7 +320,6 @@ pub async fn healthz() -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "Serving", body = Status, example = json!({"status": "ready"})),
-        (status = 503, description = "`not_ready`: shutting down", body = ErrorBody),
     ),
 )]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -447,8 +327,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Json(Status { status: "ready" }).into_response()
     } else {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "the server is starting up or shutting down",
         )
         .into_response()
@@ -475,16 +354,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 pub async fn not_found() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         "no such endpoint; see README for the API",
     )
 }
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not take that method",
     )
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use earshot_core::collection::Collection;
 use earshot_core::format::Verify;
@@ -431,15 +432,16 @@ fn precise_sleeps() {
     }
 }
 
-/// Percent-encodes an ID for a path segment.
+/// What `encode` escapes: every byte but RFC 3986's unreserved characters and `:` (a
+/// pchar, legal in a path segment). Bytes outside ASCII are always escaped.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':');
+
+/// Percent-encodes an ID for a path segment (upper-case hex, UTF-8 bytes).
 fn encode(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(id, SEGMENT).to_string()
 }

@@ -14,14 +14,18 @@ use memmap2::Mmap;
 
 use super::FormatError;
 
+/// The first eight bytes of every array file.
 pub const MAGIC: [u8; 8] = *b"EARSHOT\x01";
+/// The format version this earshot writes and reads (array headers and the manifest).
 pub const FORMAT_VERSION: u32 = 1;
+/// Header bytes before the payload.
 pub const HEADER_LEN: usize = 64;
 /// Written as a little-endian u32; reads back differently on a big-endian writer's file.
 const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
 /// The element types the format stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)] // The variants are the Rust types they name.
 pub enum ElemType {
     U8 = 1,
     U32 = 2,
@@ -41,6 +45,7 @@ impl ElemType {
             _ => return None,
         })
     }
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Self::U8 | Self::I8 => 1,
@@ -52,6 +57,7 @@ impl ElemType {
 
 /// Types that can be stored in an array file.
 pub trait Element: bytemuck::Pod {
+    /// The header's tag for this type.
     const TYPE: ElemType;
 }
 impl Element for u8 {
@@ -88,6 +94,7 @@ fn bincode_config() -> impl bincode::config::Config {
         .with_fixed_int_encoding()
 }
 
+/// The payload checksum stored in headers and the manifest: xxh3-64.
 pub fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
@@ -120,6 +127,7 @@ pub fn write<T: Element>(path: &Path, data: &[T]) -> std::io::Result<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
     /// Header and length checks only: opens in microseconds, touches no payload page.
+    /// (A string table still reads its offsets and bytes once: see `strings`.)
     Lazy,
     /// Also checksum the payload (reads, and so warms, every page).
     Full,
@@ -128,12 +136,14 @@ pub enum Verify {
 /// A memory-mapped array file whose header and length have been checked.
 pub struct ArrayFile {
     path: PathBuf,
-    map: Option<Mmap>,
+    map: Mmap,
     count: usize,
     checksum: u64,
 }
 
 impl ArrayFile {
+    /// Maps `path` and checks its header and length for elements of type `T` (and with
+    /// `Verify::Full` its checksum); every refusal names the file.
     pub fn open<T: Element>(path: &Path, verify: Verify) -> Result<Self, FormatError> {
         let bad = |problem: String| FormatError::File {
             path: path.to_path_buf(),
@@ -149,8 +159,16 @@ impl ArrayFile {
                 "truncated: {len} bytes, shorter than the {HEADER_LEN}-byte header"
             )));
         }
-        // SAFETY: index files are written once into a fresh directory and never modified in
-        // place; lengths are checked below before any payload byte is read.
+        // SAFETY: a mapping is only as stable as the file under it: if another process
+        // truncates a mapped file, touching the lost pages raises SIGBUS, and if it rewrites
+        // one in place, bytes change under the `&[T]` slices handed out (which Rust assumes
+        // never change). earshot's writers do neither: build, derive and version switches
+        // write every file into a new temporary directory and rename that directory (or a
+        // symlink to it) into place, so a published file is never modified, only unlinked,
+        // which leaves the mapped inode intact. Operators must do likewise: never edit,
+        // truncate or copy over the files of a collection a server may have open; put a new
+        // collection beside it and rename it in (or build a new version). The length checks
+        // below only catch a file that was already short when it was opened.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(format!("cannot mmap: {e}")))?;
         let (header, _): (Header, usize) =
             bincode::decode_from_slice(&map[..HEADER_LEN], bincode_config())
@@ -197,8 +215,7 @@ impl ArrayFile {
         let count = usize::try_from(header.count).map_err(|_| bad("too large".into()))?;
         let out = Self {
             path: path.to_path_buf(),
-            // An empty payload cannot be mapped as a slice start; keep no map then.
-            map: Some(map),
+            map,
             count,
             checksum: header.checksum,
         };
@@ -208,6 +225,7 @@ impl ArrayFile {
         Ok(out)
     }
 
+    /// Checksums the payload (reading every page); a mismatch names the file.
     pub fn verify_checksum(&self) -> Result<(), FormatError> {
         let actual = checksum(self.payload());
         if actual != self.checksum {
@@ -223,41 +241,41 @@ impl ArrayFile {
     }
 
     fn payload(&self) -> &[u8] {
-        match &self.map {
-            Some(m) => &m[HEADER_LEN..],
-            None => &[],
-        }
+        &self.map[HEADER_LEN..]
     }
 
-    /// The payload as a typed slice, straight from the mapping.
+    /// The payload as a typed slice, straight from the mapping; `T` is the type the file
+    /// was opened as.
     pub fn as_slice<T: Element>(&self) -> &[T] {
         // Length and type were checked at open; the mapping is page-aligned and the
         // payload starts at byte 64, so the cast cannot fail.
         bytemuck::cast_slice(self.payload())
     }
 
+    /// Elements in the payload.
     pub fn len(&self) -> usize {
         self.count
     }
+    /// True when the payload holds no element.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+    /// The payload checksum recorded in the header (not recomputed).
     pub fn checksum(&self) -> u64 {
         self.checksum
     }
+    /// The path the file was opened from (named by every error about it).
     pub fn path(&self) -> &Path {
         &self.path
     }
     /// Bytes of the mapping (header included).
     pub fn mapped_bytes(&self) -> usize {
-        self.map.as_ref().map_or(0, |m| m.len())
+        self.map.len()
     }
     /// Asks the kernel to read the whole file ahead (pages in without checksumming).
     pub fn advise_willneed(&self) {
         #[cfg(unix)]
-        if let Some(m) = &self.map {
-            let _ = m.advise(memmap2::Advice::WillNeed);
-        }
+        let _ = self.map.advise(memmap2::Advice::WillNeed);
     }
 }
 
@@ -283,6 +301,10 @@ mod tests {
         assert!(ArrayFile::open::<f32>(&p, Verify::Lazy).is_ok());
         let e = ArrayFile::open::<f32>(&p, Verify::Full).err().unwrap();
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
+        assert!(e.to_string().starts_with(&p.display().to_string()), "{e}");
+        let lazy = ArrayFile::open::<f32>(&p, Verify::Lazy).unwrap();
+        let e = lazy.verify_checksum().err().unwrap();
+        assert!(e.to_string().contains("a.bin: checksum mismatch"), "{e}");
         // truncation
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         let e = ArrayFile::open::<f32>(&p, Verify::Lazy).err().unwrap();
@@ -302,6 +324,31 @@ mod tests {
         std::fs::write(&p, &v).unwrap();
         let e = ArrayFile::open::<f32>(&p, Verify::Lazy).err().unwrap();
         assert!(e.to_string().contains("format version 99"), "{e}");
+    }
+
+    /// Writes `data`, opens it with full checks and compares everything the header records.
+    fn round_trip<T: Element + PartialEq + std::fmt::Debug>(data: &[T]) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.bin");
+        let sum = write(&p, data).unwrap();
+        let f = ArrayFile::open::<T>(&p, Verify::Full).unwrap();
+        assert_eq!(f.as_slice::<T>(), data);
+        assert_eq!(f.len(), data.len());
+        assert_eq!(f.checksum(), sum);
+        assert_eq!(f.checksum(), checksum(bytemuck::cast_slice(data)));
+        assert_eq!(f.path(), p);
+        let size = T::TYPE.size() * data.len();
+        assert_eq!(f.mapped_bytes(), HEADER_LEN + size);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), f.mapped_bytes() as u64);
+    }
+
+    #[test]
+    fn every_element_type_round_trips() {
+        round_trip::<u8>(&[0, 1, 255]);
+        round_trip::<i8>(&[-127, 0, 127]);
+        round_trip::<u32>(&[0, 7, u32::MAX]);
+        round_trip::<u64>(&[0, 1 << 40, u64::MAX]);
+        round_trip::<f32>(&[0.0, -1.5, f32::MAX]);
     }
 
     #[test]

@@ -15,11 +15,18 @@ pub use manifest::Manifest;
 /// A file of an index that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
+    /// `path` cannot be used because of `problem`.
     #[error("{}: {problem}", path.display())]
-    File { path: PathBuf, problem: String },
+    File {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it, for a person to read.
+        problem: String,
+    },
 }
 
 impl FormatError {
+    /// A [`FormatError::File`].
     pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Self::File {
             path: path.into(),
@@ -28,23 +35,39 @@ impl FormatError {
     }
 }
 
-/// File names inside a collection directory.
+/// File names inside a collection directory (docs/format.md describes each file).
 pub mod names {
+    /// What the collection is and which files make it up.
     pub const MANIFEST: &str = "manifest.json";
+    /// f32 vectors, row-major.
     pub const VECTORS: &str = "vectors.bin";
+    /// Level-0 link blocks.
     pub const LEVEL0: &str = "graph_level0.bin";
+    /// Upper-level link blocks.
     pub const UPPER: &str = "graph_upper.bin";
+    /// Each node's first upper block.
     pub const UPPER_START: &str = "graph_upper_start.bin";
+    /// Stem of the item ID string table.
     pub const IDS: &str = "ids";
+    /// Each item's creator index.
     pub const CREATOR_OF: &str = "item_creator.bin";
+    /// Each item's popularity.
     pub const POPULARITY: &str = "item_popularity.bin";
+    /// Stem of the creator name string table.
     pub const CREATORS: &str = "creators";
+    /// Where each creator's rows start in [`CREATOR_ITEMS`].
     pub const CREATOR_ITEM_OFFSETS: &str = "creator_items_offsets.bin";
+    /// Rows grouped by creator.
     pub const CREATOR_ITEMS: &str = "creator_items.bin";
+    /// Each creator's summed popularity.
     pub const CREATOR_POPULARITY: &str = "creator_popularity.bin";
+    /// 8-bit codes of the vectors.
     pub const VECTORS_I8: &str = "vectors_i8.bin";
+    /// Per-dimension scale of the codes.
     pub const QUANT_SCALE: &str = "quant_scale.bin";
+    /// Per-dimension offset of the codes.
     pub const QUANT_OFFSET: &str = "quant_offset.bin";
+    /// Exact squared norm of each vector.
     pub const SQNORMS: &str = "vector_sqnorms.bin";
 }
 

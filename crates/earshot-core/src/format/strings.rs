@@ -1,5 +1,9 @@
 //! A string table: the strings laid end to end, their offsets, and an open-addressing hash
 //! table from string to row, all three read in place from the mapping (no parsing at open).
+//!
+//! Opening proves every row is a UTF-8 string inside the bytes (one pass over the offsets and
+//! the bytes, with either `Verify`), so reading a row on the request path cannot fail and
+//! copies nothing, and a damaged row is refused at open, naming its file.
 
 use super::array_file::{self, ArrayFile, Verify};
 use super::FormatError;
@@ -13,8 +17,11 @@ fn hash(s: &[u8]) -> u64 {
 
 /// The three arrays of a table, built in memory by the builder.
 pub struct StringTableData {
+    /// Row `i` is `bytes[offsets[i]..offsets[i + 1]]`; `count + 1` entries.
     pub offsets: Vec<u64>,
+    /// The strings end to end.
     pub bytes: Vec<u8>,
+    /// Hash slots: a row, or `u32::MAX` for an empty slot.
     pub slots: Vec<u32>,
 }
 
@@ -64,6 +71,7 @@ impl StringTableData {
     }
 }
 
+/// The offsets, bytes and hash file names of the table `stem`.
 pub fn file_names(stem: &str) -> [String; 3] {
     [
         format!("{stem}_offsets.bin"),
@@ -80,6 +88,7 @@ pub struct StringTable {
 }
 
 impl StringTable {
+    /// Maps the table `stem` of `count` strings in `dir` and proves every row readable.
     pub fn open(dir: &Path, stem: &str, count: usize, verify: Verify) -> Result<Self, FormatError> {
         let [o, b, h] = file_names(stem);
         let offsets = ArrayFile::open::<u64>(&dir.join(&o), verify)?;
@@ -106,6 +115,7 @@ impl StringTable {
         if offs.last().copied() != Some(bytes.len() as u64) || offs.first() != Some(&0) {
             return Err(bad(offsets.path(), "offsets do not span the string bytes"));
         }
+        check_rows(&offsets, &bytes)?;
         Ok(Self {
             offsets,
             bytes,
@@ -113,18 +123,29 @@ impl StringTable {
         })
     }
 
+    /// Strings in the table.
     pub fn len(&self) -> usize {
         self.offsets.len() - 1
     }
+    /// True when the table holds no string.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The string at `row`; empty if out of range or damaged (lazy opens skip the checksum).
+    /// The string at `row`, straight from the mapping; "" past the last row (rows come from
+    /// this collection, so that is the caller's mistake, not damage).
     pub fn get(&self, row: u32) -> &str {
-        self.raw(row)
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .unwrap_or("")
+        let Some(bytes) = self.raw(row) else {
+            return "";
+        };
+        // Cannot fail: `open` proved every row UTF-8, and published files never change
+        // (see the mmap contract in `ArrayFile::open`).
+        std::str::from_utf8(bytes).unwrap_or_else(|e| {
+            panic!(
+                "{}: row {row} is no longer UTF-8 ({e}): the file was modified while mapped",
+                self.bytes.path().display()
+            )
+        })
     }
 
     /// The bytes at `row` (not checked to be UTF-8).
@@ -155,7 +176,119 @@ impl StringTable {
         None
     }
 
+    /// The offsets, bytes and hash files.
     pub fn files(&self) -> [&ArrayFile; 3] {
         [&self.offsets, &self.bytes, &self.slots]
+    }
+}
+
+/// Proves every row a UTF-8 string inside the bytes, given offsets that start at 0 and end
+/// at the byte count: the offsets never decrease, the bytes are UTF-8, and every offset
+/// falls on a character boundary. Each error names the damaged file and row.
+fn check_rows(offsets: &ArrayFile, bytes: &ArrayFile) -> Result<(), FormatError> {
+    let offs = offsets.as_slice::<u64>();
+    if let Some(row) = offs.windows(2).position(|w| w[0] > w[1]) {
+        return Err(FormatError::file(
+            offsets.path(),
+            format!("row {row} ends before it starts: the offsets are corrupt"),
+        ));
+    }
+    let text = std::str::from_utf8(bytes.as_slice::<u8>()).map_err(|e| {
+        let at = e.valid_up_to() as u64;
+        let row = offs.partition_point(|&o| o <= at).saturating_sub(1);
+        FormatError::file(
+            bytes.path(),
+            format!("row {row} is not UTF-8 (byte {at}): the file is corrupt"),
+        )
+    })?;
+    // Offsets are at most `text.len()` here (ascending up to the last, which equals it).
+    if let Some(row) = offs.iter().position(|&o| !text.is_char_boundary(o as usize)) {
+        return Err(FormatError::file(
+            offsets.path(),
+            format!("row {row} starts inside a UTF-8 character: the offsets are corrupt"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRINGS: [&str; 5] = ["trk-1", "", "Sigur Rós", "日本語", "trk-2"];
+
+    fn open(dir: &Path, verify: Verify) -> Result<StringTable, FormatError> {
+        StringTable::open(dir, "ids", STRINGS.len(), verify)
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = StringTableData::build(&STRINGS)
+            .write(dir.path(), "ids")
+            .unwrap();
+        assert_eq!(
+            written.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["ids_offsets.bin", "ids_bytes.bin", "ids_hash.bin"]
+        );
+        for verify in [Verify::Lazy, Verify::Full] {
+            let t = open(dir.path(), verify).unwrap();
+            assert_eq!(t.len(), STRINGS.len());
+            for (row, s) in STRINGS.iter().enumerate() {
+                assert_eq!(t.get(row as u32), *s);
+                assert_eq!(t.find(s), Some(row as u32));
+            }
+            assert_eq!(t.find("trk-3"), None);
+            assert_eq!(t.get(STRINGS.len() as u32), "");
+            for (f, (name, sum)) in t.files().iter().zip(&written) {
+                assert!(f.path().ends_with(name));
+                assert_eq!(f.checksum(), *sum);
+            }
+        }
+        let e = StringTable::open(dir.path(), "ids", 4, Verify::Lazy)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("ids_offsets.bin"), "{e}");
+    }
+
+    #[test]
+    fn empty_table() {
+        let dir = tempfile::tempdir().unwrap();
+        StringTableData::build::<&str>(&[])
+            .write(dir.path(), "creators")
+            .unwrap();
+        let t = StringTable::open(dir.path(), "creators", 0, Verify::Full).unwrap();
+        assert!(t.is_empty());
+        assert_eq!(t.find(""), None);
+    }
+
+    /// Writes a table whose checksums are right but whose rows are damaged by `damage`, and
+    /// checks both opens refuse it naming `file` and saying `words`.
+    fn assert_refused(damage: impl FnOnce(&mut StringTableData), file: &str, words: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = StringTableData::build(&STRINGS);
+        damage(&mut data);
+        data.write(dir.path(), "ids").unwrap();
+        for verify in [Verify::Lazy, Verify::Full] {
+            let e = open(dir.path(), verify).err().unwrap().to_string();
+            assert!(e.contains(file) && e.contains(words), "{verify:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn damaged_rows_are_refused_at_open() {
+        // "Sigur Rós" is row 2: bytes 5..15, with 'ó' at bytes 12..14.
+        assert_refused(|d| d.bytes[12] = 0xFF, "ids_bytes.bin", "row 2 is not UTF-8");
+        assert_refused(|d| d.offsets.swap(1, 3), "ids_offsets.bin", "ends before it starts");
+        assert_refused(
+            |d| d.offsets[3] = 13,
+            "ids_offsets.bin",
+            "row 3 starts inside a UTF-8 character",
+        );
+        assert_refused(
+            |d| *d.offsets.last_mut().unwrap() += 1,
+            "ids_offsets.bin",
+            "do not span",
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The served collections and how they change while the server runs.
 //!
 //! Every non-hidden entry of the index root is a collection: a plain directory, or a symlink
-//! into `ROOT/.versions/NAME/VERSION` (see `build::writer`). The served set is one immutable
+//! into `ROOT/.versions/NAME/VERSION` (see `earshot_core::layout`). The served set is one immutable
 //! [`Live`] snapshot behind an [`ArcSwap`]: a request takes an `Arc` of it without a lock and
 //! keeps every collection it reads alive until it finishes. A reload (SIGHUP,
 //! `POST /admin/reload`, or the `--watch-interval` poll) re-resolves every entry; a collection
@@ -10,25 +10,27 @@
 //! A version that fails any of that is refused with a log line and a metric, and the old one
 //! keeps serving. The old mappings are released when the last request holding them is done.
 
+mod metrics;
+mod scan;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
-use anyhow::Context;
 use arc_swap::ArcSwap;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry as PromRegistry;
 use serde::Serialize;
 
-use super::metrics::{CollectionLabel, Metrics};
-use super::query::Engine;
 use earshot_core::collection::{sanity_check, Collection};
 use earshot_core::format::{names, Verify};
-use earshot_core::layout::{check_name, VERSIONS_DIR};
+use earshot_core::layout::compact_time;
+
+use crate::api::ReloadOutcome;
+use crate::engine::Engine;
+use crate::metrics::CollectionLabel;
+pub use metrics::{SwapMetrics, VersionLabel};
+pub use scan::Identity;
+use scan::{scan, Candidate};
 
 /// What requests read: the engine over one consistent set of collections, and which version
 /// of each is in service.
@@ -54,149 +56,6 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
 }
 
-/// Device and inode of a version directory: a rebuilt or re-pointed collection changes it.
-pub type Identity = (u64, u64);
-
-/// A collection entry of the index root, resolved.
-#[derive(Debug, Clone)]
-struct Candidate {
-    name: String,
-    /// Canonical directory to open.
-    target: PathBuf,
-    /// `Some` for a versioned collection (the symlink's version).
-    version: Option<String>,
-    identity: Identity,
-}
-
-/// Why an entry of the index root cannot be served.
-#[derive(Debug, Clone)]
-struct Problem {
-    name: String,
-    reason: String,
-}
-
-/// Reads the index root: usable entries and problems, each by collection name.
-fn scan(root: &Path) -> anyhow::Result<(Vec<Candidate>, Vec<Problem>)> {
-    let entries = std::fs::read_dir(root).with_context(|| {
-        format!(
-            "cannot read index root {}: build an index first (earshot build --out {}/NAME …)",
-            root.display(),
-            root.display()
-        )
-    })?;
-    let root_canon = root
-        .canonicalize()
-        .with_context(|| format!("cannot resolve index root {}", root.display()))?;
-    let mut found = Vec::new();
-    let mut problems = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        let raw_name = e.file_name();
-        let Some(name) = raw_name.to_str().map(str::to_string) else {
-            problems.push(Problem {
-                name: raw_name.to_string_lossy().into_owned(),
-                reason: format!("{}: the name is not UTF-8", path.display()),
-            });
-            continue;
-        };
-        if name.starts_with('.') {
-            continue; // .versions, temporary builds and links
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue; // gone since read_dir
-        };
-        let is_link = meta.file_type().is_symlink();
-        if !is_link && !meta.is_dir() {
-            continue; // stray files are not collections
-        }
-        match resolve(&root_canon, &path, &name, is_link) {
-            Ok(c) => found.push(c),
-            Err(reason) => problems.push(Problem { name, reason }),
-        }
-    }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    problems.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((found, problems))
-}
-
-fn resolve(root: &Path, path: &Path, name: &str, is_link: bool) -> Result<Candidate, String> {
-    check_name(name).map_err(|p| {
-        format!(
-            "{}: collection name {name:?} {p}; rename the directory",
-            path.display()
-        )
-    })?;
-    let target = path
-        .canonicalize()
-        .map_err(|e| format!("{}: cannot resolve ({e})", path.display()))?;
-    let version = if is_link {
-        // A symlink must stay inside the root's own version store.
-        let store = root.join(VERSIONS_DIR);
-        let inside = store
-            .canonicalize()
-            .ok()
-            .filter(|store| target.parent().and_then(Path::parent) == Some(store.as_path()));
-        if inside.is_none() {
-            return Err(format!(
-                "{}: symlink to {} points outside {}/NAME/: refused (only versions under the \
-                 index root's {VERSIONS_DIR} are served)",
-                path.display(),
-                target.display(),
-                store.display()
-            ));
-        }
-        let v = target
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        check_name(&v).map_err(|p| format!("{}: version name {v:?} {p}", target.display()))?;
-        Some(v)
-    } else {
-        if target.parent() != Some(root) {
-            return Err(format!(
-                "{}: resolves to {}, outside the index root",
-                path.display(),
-                target.display()
-            ));
-        }
-        None
-    };
-    let meta = std::fs::metadata(&target)
-        .map_err(|e| format!("{}: cannot read ({e})", target.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("{}: not a directory", target.display()));
-    }
-    if !target.join(names::MANIFEST).exists() {
-        return Err(format!(
-            "{}: missing; every subdirectory of the index root must be a built collection",
-            target.join(names::MANIFEST).display()
-        ));
-    }
-    Ok(Candidate {
-        name: name.to_string(),
-        target,
-        version,
-        identity: identity(&meta),
-    })
-}
-
-#[cfg(unix)]
-fn identity(m: &std::fs::Metadata) -> Identity {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-#[cfg(not(unix))]
-fn identity(m: &std::fs::Metadata) -> Identity {
-    let t = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .unwrap_or_default();
-    (t.as_secs(), t.subsec_nanos() as u64)
-}
-
 /// Opens, checks and warms one candidate.
 fn load(c: &Candidate, verify: Verify, probe: bool) -> Result<(Collection, Served), String> {
     let mut col = Collection::open(&c.target, verify).map_err(|e| e.to_string())?;
@@ -218,82 +77,6 @@ fn load(c: &Candidate, verify: Verify, probe: bool) -> Result<(Collection, Serve
     Ok((col, served))
 }
 
-/// `2025-01-01T12:00:00Z` → `20250101T120000Z`.
-fn compact_time(t: &str) -> String {
-    t.chars().filter(|c| *c != '-' && *c != ':').collect()
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabel {
-    pub collection: String,
-    pub version: String,
-}
-
-/// Swap metrics, registered into the server's registry.
-#[derive(Clone, Default)]
-pub struct SwapMetrics {
-    pub swaps: Family<CollectionLabel, Counter>,
-    pub refusals: Family<CollectionLabel, Counter>,
-    pub version_info: Family<VersionLabel, Gauge>,
-    items: Family<CollectionLabel, Gauge>,
-    mapped_bytes: Family<CollectionLabel, Gauge>,
-}
-
-impl SwapMetrics {
-    pub fn new(m: &mut Metrics) -> Self {
-        let s = Self {
-            items: m.items.clone(),
-            mapped_bytes: m.mapped_bytes.clone(),
-            ..Default::default()
-        };
-        register(&mut m.registry, &s);
-        s
-    }
-
-    fn serving(&self, c: &Collection, served: &Served, replaced: Option<&Served>) {
-        let label = CollectionLabel {
-            collection: c.name.clone(),
-        };
-        if let Some(old) = replaced {
-            self.version_info.remove(&VersionLabel {
-                collection: c.name.clone(),
-                version: old.version.clone(),
-            });
-        }
-        self.version_info
-            .get_or_create(&VersionLabel {
-                collection: c.name.clone(),
-                version: served.version.clone(),
-            })
-            .set(1);
-        self.items.get_or_create(&label).set(c.len() as i64);
-        self.mapped_bytes
-            .get_or_create(&label)
-            .set(c.mapped_bytes() as i64);
-        // Present (at 0) from the start, so rates and alerts see them.
-        let _ = self.swaps.get_or_create(&label);
-        let _ = self.refusals.get_or_create(&label);
-    }
-}
-
-fn register(r: &mut PromRegistry, s: &SwapMetrics) {
-    r.register(
-        "swaps",
-        "New collection versions swapped in",
-        s.swaps.clone(),
-    );
-    r.register(
-        "swap_refusals",
-        "New collection versions refused (failed verification, schema or sanity checks)",
-        s.refusals.clone(),
-    );
-    r.register(
-        "collection_version_info",
-        "The version in service per collection (value 1)",
-        s.version_info.clone(),
-    );
-}
-
 /// What started a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -303,41 +86,17 @@ pub enum Trigger {
     Watch,
 }
 
-/// The outcome of a reload for one collection.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    Unchanged {
-        version: String,
-    },
-    Swapped {
-        from: Option<String>,
-        to: String,
-        ms: u64,
-    },
-    Refused {
-        version: Option<String>,
-        reason: String,
-        /// The version that keeps serving (none for a collection that never loaded).
-        serving: Option<String>,
-    },
-    /// The entry is gone from the index root; the loaded version keeps serving until restart.
-    Missing {
-        serving: String,
-    },
-}
-
 /// Per-collection outcomes of one reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
-    pub collections: BTreeMap<String, Outcome>,
+    pub collections: BTreeMap<String, ReloadOutcome>,
 }
 
 impl ReloadReport {
     pub fn refused(&self) -> usize {
         self.collections
             .values()
-            .filter(|o| matches!(o, Outcome::Refused { .. }))
+            .filter(|o| matches!(o, ReloadOutcome::Refused { .. }))
             .count()
     }
 }
@@ -385,7 +144,7 @@ impl Registry {
                 ms = started.elapsed().as_millis() as u64,
                 "opened"
             );
-            metrics.serving(&col, &served, None);
+            metrics.serving(&col, &served.version, None);
             collections.insert(col.name.clone(), Arc::new(col));
             versions.insert(c.name.clone(), served);
         }
@@ -452,7 +211,7 @@ impl Registry {
             }
             outcomes.insert(
                 p.name.clone(),
-                Outcome::Refused {
+                ReloadOutcome::Refused {
                     version: None,
                     reason: p.reason,
                     serving,
@@ -464,7 +223,7 @@ impl Registry {
             if let Some(old) = old.filter(|o| o.identity == c.identity) {
                 outcomes.insert(
                     c.name.clone(),
-                    Outcome::Unchanged {
+                    ReloadOutcome::Unchanged {
                         version: old.version.clone(),
                     },
                 );
@@ -475,7 +234,7 @@ impl Registry {
                 // Refused before and not changed since: not worth another full verification.
                 outcomes.insert(
                     c.name.clone(),
-                    Outcome::Refused {
+                    ReloadOutcome::Refused {
                         version: c.version.clone(),
                         reason: "refused earlier (unchanged since)".into(),
                         serving,
@@ -504,17 +263,18 @@ impl Registry {
                         ms,
                         "swapped in new version"
                     );
-                    self.metrics.serving(&col, &served, old);
+                    self.metrics
+                        .serving(&col, &served.version, old.map(|o| o.version.as_str()));
                     self.metrics
                         .swaps
                         .get_or_create(&CollectionLabel {
                             collection: c.name.clone(),
                         })
                         .inc();
-                    self.reported.lock().unwrap().remove(&c.name);
+                    self.reported().remove(&c.name);
                     outcomes.insert(
                         c.name.clone(),
-                        Outcome::Swapped {
+                        ReloadOutcome::Swapped {
                             from: serving,
                             to: served.version.clone(),
                             ms,
@@ -525,9 +285,7 @@ impl Registry {
                     changed = true;
                 }
                 Err(reason) => {
-                    self.reported
-                        .lock()
-                        .unwrap()
+                    self.reported()
                         .insert(c.name.clone(), fingerprint(c.identity));
                     self.refuse(
                         &c.name,
@@ -538,7 +296,7 @@ impl Registry {
                     );
                     outcomes.insert(
                         c.name.clone(),
-                        Outcome::Refused {
+                        ReloadOutcome::Refused {
                             version: c.version.clone(),
                             reason,
                             serving,
@@ -558,7 +316,7 @@ impl Registry {
                 }
                 outcomes.insert(
                     name.clone(),
-                    Outcome::Missing {
+                    ReloadOutcome::Missing {
                         serving: served.version.clone(),
                     },
                 );
@@ -578,9 +336,14 @@ impl Registry {
         }
     }
 
+    /// A panicked reload leaves nothing half-written in the map: a poisoned lock is usable.
+    fn reported(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.reported.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records `what` as reported for `name`; true if the watch poll reported it already.
     fn seen(&self, trigger: Trigger, name: &str, what: &str) -> bool {
-        let mut reported = self.reported.lock().unwrap();
+        let mut reported = self.reported();
         let before = reported.insert(name.to_string(), what.to_string());
         trigger == Trigger::Watch && before.as_deref() == Some(what)
     }
@@ -630,7 +393,6 @@ fn schema_unchanged(old: &Collection, new: &Collection) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a collection name taken from a request can name a collection at all.
-pub fn valid_name(name: &str) -> bool {
-    check_name(name).is_ok()
-}
+// Versioned collections are symlinks: the tests build them on unix only.
+#[cfg(all(test, unix))]
+mod tests;

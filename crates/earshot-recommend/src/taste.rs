@@ -1,0 +1,187 @@
+//! From a history's evidence to taste probes (the model is in [`crate::history`]): repeated
+//! items are merged, the positive ones clustered into taste centroids, and each centroid is
+//! pulled away from the negative evidence and becomes one query of the recommended-from
+//! collection.
+
+use std::collections::BTreeMap;
+
+use earshot_core::collection::Collection;
+
+use crate::centroids::{self, Cluster};
+use crate::history::{self, Evidence};
+use crate::query;
+use crate::select::Probe;
+
+/// Why a history gives no taste to search for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TasteError {
+    /// Only negative evidence (skips, dislikes): nothing says what to recommend.
+    NoPositiveEvidence,
+    /// More centroids asked for than there are distinct positively weighted items.
+    TooManyCentroids { asked: usize, available: usize },
+    /// A centroid is no usable query: the history's vectors cancel out.
+    Degenerate,
+}
+
+/// The evidence of one history, merged per item and split by sign.
+pub struct Taste<'a> {
+    /// (vector, weight > 0), one per distinct item, by row.
+    positives: Vec<(&'a [f32], f32)>,
+    /// (vector, weight < 0), one per distinct item, by row.
+    negatives: Vec<(&'a [f32], f32)>,
+}
+
+impl<'a> Taste<'a> {
+    /// Merges `evidence` (rows of `source`): one point per distinct row with its evidence
+    /// summed in f64, then scaled so the largest magnitude is 1 (weights are relative, and
+    /// sums near f32::MAX must not overflow).
+    pub fn new(source: &'a Collection, evidence: &[Evidence]) -> Result<Self, TasteError> {
+        let mut sums: BTreeMap<u32, f64> = BTreeMap::new();
+        for e in evidence {
+            *sums.entry(e.row).or_default() += e.weight;
+        }
+        let largest = sums.values().fold(0f64, |m, w| m.max(w.abs()));
+        let mut positives = Vec::new();
+        let mut negatives = Vec::new();
+        for (row, w) in sums {
+            let w = if largest > 0.0 {
+                (w / largest) as f32
+            } else {
+                0.0
+            };
+            if w > 0.0 {
+                positives.push((source.vector(row), w));
+            } else if w < 0.0 {
+                negatives.push((source.vector(row), w));
+            }
+        }
+        if positives.is_empty() {
+            return Err(TasteError::NoPositiveEvidence);
+        }
+        Ok(Self {
+            positives,
+            negatives,
+        })
+    }
+
+    /// Distinct positively weighted items: the most centroids the taste can have.
+    pub fn positive_items(&self) -> usize {
+        self.positives.len()
+    }
+
+    /// One probe per taste centroid, as queries of `c` (which must share the source
+    /// collection's dimension). Zero centroids give no probes.
+    pub fn probes(&self, c: &Collection, centroids: usize) -> Result<Vec<Probe>, TasteError> {
+        if centroids > self.positives.len() {
+            return Err(TasteError::TooManyCentroids {
+                asked: centroids,
+                available: self.positives.len(),
+            });
+        }
+        let dim = c.dim();
+        let clusters = if centroids == 1 {
+            let total: f32 = self.positives.iter().map(|(_, w)| w).sum();
+            let centre = history::weighted_mean(self.positives.iter().copied(), dim)
+                .ok_or(TasteError::Degenerate)?;
+            vec![Cluster {
+                centre,
+                weight: total,
+            }]
+        } else {
+            centroids::kmeans(&self.positives, centroids, dim)
+        };
+        clusters
+            .into_iter()
+            .map(|cl| {
+                let mut t = cl.centre;
+                history::pull_away(&mut t, cl.weight, &self.negatives);
+                let query = query::prepare(c, &t).map_err(|_| TasteError::Degenerate)?;
+                Ok(Probe {
+                    query,
+                    weight: cl.weight,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{collection, Item};
+    use earshot_core::metric::Metric;
+
+    /// Under dot, vectors are stored as given: rows [1,0], [2,0], [0,1], [0,2].
+    fn fixture() -> (tempfile::TempDir, Collection) {
+        let items = [[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 2.0]]
+            .into_iter()
+            .map(|v| Item {
+                vector: v.to_vec(),
+                creator: None,
+                popularity: None,
+            })
+            .collect();
+        collection(Metric::Dot, items)
+    }
+
+    fn ev(row: u32, weight: f64) -> Evidence {
+        Evidence { row, weight }
+    }
+
+    #[test]
+    fn repeated_items_merge_and_signs_split() {
+        let (_dir, c) = fixture();
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(0, 1.0), ev(2, 1.0), ev(3, -0.5)]).unwrap();
+        assert_eq!(t.positive_items(), 2);
+        // An item whose evidence sums to zero counts for nothing.
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(2, 1.0), ev(2, -1.0)]).unwrap();
+        assert_eq!(t.positive_items(), 1);
+        assert_eq!(
+            Taste::new(&c, &[ev(1, -2.0)]).err(),
+            Some(TasteError::NoPositiveEvidence)
+        );
+        assert_eq!(
+            Taste::new(&c, &[ev(0, 1.0), ev(0, -1.0)]).err(),
+            Some(TasteError::NoPositiveEvidence)
+        );
+    }
+
+    #[test]
+    fn one_centroid_is_the_weighted_mean() {
+        let (_dir, c) = fixture();
+        // Scaled to 1/3 and 1: the mean is (1/3·[1,0] + [0,1]) / (4/3).
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(2, 3.0)]).unwrap();
+        let p = t.probes(&c, 1).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!((p[0].query[0] - 0.25).abs() < 1e-6 && (p[0].query[1] - 0.75).abs() < 1e-6);
+        assert!((p[0].weight - 4.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn centroids_split_the_positive_items() {
+        let (_dir, c) = fixture();
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(2, 1.0)]).unwrap();
+        let p = t.probes(&c, 2).unwrap();
+        let queries: Vec<&[f32]> = p.iter().map(|p| p.query.as_slice()).collect();
+        assert_eq!(queries, [[1.0, 0.0], [0.0, 1.0]]);
+        assert_eq!(
+            t.probes(&c, 3).err(),
+            Some(TasteError::TooManyCentroids {
+                asked: 3,
+                available: 2
+            })
+        );
+        assert!(t.probes(&c, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn negative_evidence_pulls_the_taste_away() {
+        let (_dir, c) = fixture();
+        // t = P − β·N with β = 1/(1+1): [1,0] − ½·[0,2] = [1,−1].
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(3, -1.0)]).unwrap();
+        assert_eq!(t.probes(&c, 1).unwrap()[0].query, [1.0, -1.0]);
+        // [1,0] − ½·[2,0] = 0: no direction left to search under dot.
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(1, -1.0)]).unwrap();
+        assert_eq!(t.probes(&c, 1).err(), Some(TasteError::Degenerate));
+    }
+}

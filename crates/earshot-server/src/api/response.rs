@@ -1,0 +1,194 @@
+//! Response bodies: results, the collection list, probes, the reload report, and errors.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::ToSchema;
+
+/// Every error response: `{"error": {"code", "message"}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "unknown_id", "message": "no item with id \"x\" in collection \"tracks\""}}))]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable, machine-readable error code (README "Errors" lists them by status).
+    #[schema(example = "unknown_id")]
+    pub code: &'a str,
+    /// What went wrong and how to fix it, for humans; not stable.
+    pub message: &'a str,
+}
+
+/// The answer of `similar`, `taste` and `search`.
+#[derive(Serialize, ToSchema)]
+pub struct Results<'a> {
+    /// Sorted by score, highest first; no duplicates; at most `k`.
+    pub results: Vec<ResultItem<'a>>,
+    /// With `explain: true` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub explain: Option<ListExplanation>,
+}
+
+/// One result.
+#[derive(Serialize, ToSchema)]
+pub struct ResultItem<'a> {
+    /// The item's ID.
+    pub id: &'a str,
+    /// Higher is closer: cosine similarity under `cosine`, the negative Euclidean distance
+    /// under `l2`, the inner product under `dot`.
+    pub score: f32,
+    /// The item's creator; null when unknown.
+    #[schema(required = true)]
+    pub creator: Option<&'a str>,
+    /// The item's popularity; null when unknown.
+    #[schema(required = true)]
+    pub popularity: Option<f32>,
+    /// With `explain: true` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub explain: Option<Explanation>,
+}
+
+/// What placed a result where it is.
+#[derive(Serialize, ToSchema)]
+pub struct Explanation {
+    /// Similarity to the taste probe that found it (same scale as `score`).
+    pub similarity: f32,
+    /// Which taste centroid found it, and that centroid's share of the evidence.
+    pub centroid: usize,
+    /// That centroid's share of the evidence (0…1).
+    pub centroid_weight: f32,
+    /// Position among that centroid's admissible candidates (0 = nearest).
+    pub rank: usize,
+    /// Its creator is emerging and it fills an emerging-quota slot.
+    pub emerging_quota: bool,
+    /// Taken in its centroid's own share of slots; false = backfilled.
+    pub in_share: bool,
+    /// Constraints that passed over nearer candidates just before it was picked
+    /// (`max_per_creator`, `emerging_quota`).
+    pub moved_by: Vec<&'static str>,
+}
+
+/// Request-level explanation (with `explain: true`).
+#[derive(Serialize, ToSchema)]
+pub struct ListExplanation {
+    /// Each taste centroid's share of the evidence (one entry without centroids).
+    pub centroid_weights: Vec<f32>,
+    /// Emerging-quota slots requested, and reserved: fewer when fewer emerging items are
+    /// within reach (the 10·k nearest admissible items).
+    pub emerging_slots_requested: usize,
+    /// Emerging-quota slots actually reserved.
+    pub emerging_slots_reserved: usize,
+}
+
+/// One served collection.
+#[derive(Serialize, ToSchema)]
+pub struct CollectionInfo<'a> {
+    /// The collection's name (its directory under the index root).
+    pub name: &'a str,
+    /// How closeness is measured; scores are always "higher is closer".
+    #[schema(schema_with = metric_schema)]
+    pub metric: earshot_core::metric::Metric,
+    /// Vector dimension.
+    pub dim: u32,
+    /// Items.
+    pub count: u64,
+    /// Distinct creators.
+    pub creators: u64,
+    /// Whether items carry a popularity (needed by `emerging`).
+    pub has_popularity: bool,
+    /// HNSW parameter M.
+    pub m: u32,
+    /// HNSW build beam width.
+    pub ef_construction: u32,
+    /// The beam width used when a request gives none.
+    pub default_ef: usize,
+    /// When it was built (RFC 3339).
+    pub built_at: &'a str,
+    /// The earshot version that built it.
+    pub builder: &'a str,
+    /// Bytes of its memory-mapped files.
+    pub mapped_bytes: u64,
+    /// The version in service (a version directory's name, or a plain one's build time).
+    pub version: &'a str,
+    /// When this server swapped it in (RFC 3339).
+    #[schema(required = true)]
+    pub loaded_at: Option<String>,
+}
+
+/// `GET /v1/collections` answer.
+#[derive(Serialize, ToSchema)]
+pub struct CollectionsResponse<'a> {
+    /// Every served collection, by name.
+    pub collections: Vec<CollectionInfo<'a>>,
+    /// The SIMD distance kernels in use.
+    pub kernels: &'static str,
+}
+
+/// `{"status": …}` of the probes.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `schema_with` of `CollectionInfo.metric`: the names serde gives [`earshot_core::metric::Metric`].
+fn metric_schema() -> Schema {
+    let names = earshot_core::metric::Metric::ALL.map(|m| serde_json::Value::from(m.name()));
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .description(Some(
+            "How closeness is measured: `cosine` (score: cosine similarity), `l2` (score: \
+             negative Euclidean distance), `dot` (score: inner product)",
+        ))
+        .build()
+        .into()
+}
+
+/// `POST /admin/reload` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ReloadResponse<'a> {
+    /// `swap_refused` when at least one collection refused its new version (status 422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<ErrorDetail<'a>>,
+    /// The outcome of every collection, by name.
+    #[schema(value_type = BTreeMap<String, ReloadOutcome>)]
+    pub collections: &'a BTreeMap<String, ReloadOutcome>,
+}
+
+/// The per-collection outcome of `POST /admin/reload`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The version in service is still the current one.
+    Unchanged { version: String },
+    /// A new version passed every check and serves now.
+    Swapped {
+        /// The version it replaced (null for a new collection).
+        #[schema(required = true)]
+        from: Option<String>,
+        to: String,
+        /// How long opening, checking and warming took.
+        ms: u64,
+    },
+    /// The new version failed a check; the old one keeps serving.
+    Refused {
+        /// The refused version (null when the entry itself is unusable).
+        #[schema(required = true)]
+        version: Option<String>,
+        /// The file and the problem.
+        reason: String,
+        /// The version that keeps serving (null for a collection that never loaded).
+        #[schema(required = true)]
+        serving: Option<String>,
+    },
+    /// The entry is gone from the index root; the loaded version serves until a restart.
+    Missing { serving: String },
+}

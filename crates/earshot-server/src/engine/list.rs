@@ -1,0 +1,144 @@
+//! The list options every query takes (`k`, `ef`, `exclude`, `filter`, `max_per_creator`,
+//! `emerging`), validated into the constraints [`earshot_recommend::select`] enforces.
+
+use earshot_core::collection::Collection;
+use earshot_recommend::constraints::{Emerging, HardFilter, Shape};
+
+use super::error::QueryError;
+use crate::api::ListSpec;
+use crate::error_code::ErrorCode;
+use crate::limits::{DEFAULT_K, MAX_EF, MAX_EXCLUDE, MAX_K};
+
+/// The hard filter (with `always_exclude` rows left out), the list's shape and the beam
+/// width of `spec` on `c` (`default_ef` when it gives none).
+pub(super) fn constraints(
+    c: &Collection,
+    spec: &ListSpec,
+    default_ef: usize,
+    always_exclude: &[u32],
+) -> Result<(HardFilter, Shape, usize), QueryError> {
+    let k = spec.k.unwrap_or(DEFAULT_K);
+    if k == 0 || k > MAX_K {
+        return Err(QueryError::new(
+            ErrorCode::InvalidK,
+            format!("k must be between 1 and {MAX_K} (got {k})"),
+        ));
+    }
+    let ef = match spec.ef {
+        Some(ef) if ef == 0 || ef > MAX_EF => {
+            return Err(QueryError::new(
+                ErrorCode::InvalidEf,
+                format!("ef must be between 1 and {MAX_EF} (got {ef})"),
+            ))
+        }
+        Some(ef) => ef,
+        None => default_ef,
+    }
+    .max(k);
+    let mut filter = HardFilter::default();
+    let mut exclude: Vec<u32> = always_exclude.to_vec();
+    if let Some(ids) = spec.exclude {
+        if ids.len() > MAX_EXCLUDE {
+            return Err(QueryError::new(
+                ErrorCode::ExcludeTooLarge,
+                format!(
+                    "exclude holds at most {MAX_EXCLUDE} IDs (got {})",
+                    ids.len()
+                ),
+            ));
+        }
+        // Unknown IDs cannot be returned anyway.
+        exclude.extend(ids.iter().filter_map(|id| c.row_of(id)));
+    }
+    exclude.sort_unstable();
+    exclude.dedup();
+    filter.exclude = exclude;
+    if let Some(f) = spec.filter {
+        let creators = |names: &[String], field: &str| -> Result<Vec<u32>, QueryError> {
+            if names.len() > MAX_EXCLUDE {
+                return Err(QueryError::new(
+                    ErrorCode::FilterTooLarge,
+                    format!("filter.{field} holds at most {MAX_EXCLUDE} names"),
+                ));
+            }
+            let mut v: Vec<u32> = names.iter().filter_map(|n| c.creators.find(n)).collect();
+            v.sort_unstable();
+            v.dedup();
+            Ok(v)
+        };
+        if let Some(allow) = &f.creators {
+            filter.allow_creators = Some(creators(allow, "creators")?);
+        }
+        if let Some(deny) = &f.exclude_creators {
+            filter.deny_creators = creators(deny, "exclude_creators")?;
+        }
+        if let (Some(allow), Some(deny)) = (&f.creators, &f.exclude_creators) {
+            if let Some(both) = allow.iter().find(|a| deny.contains(a)) {
+                return Err(QueryError::new(
+                    ErrorCode::ConflictingFilters,
+                    format!("creator {both:?} is both allowed and excluded"),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("min_popularity", f.min_popularity),
+            ("max_popularity", f.max_popularity),
+        ] {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(QueryError::new(
+                    ErrorCode::InvalidFilter,
+                    format!("filter.{name} must be a finite number"),
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (f.min_popularity, f.max_popularity) {
+            if lo > hi {
+                return Err(QueryError::new(
+                    ErrorCode::ConflictingFilters,
+                    format!("filter.min_popularity {lo} is above filter.max_popularity {hi}"),
+                ));
+            }
+        }
+        filter.min_popularity = f.min_popularity;
+        filter.max_popularity = f.max_popularity;
+    }
+    if let Some(m) = spec.max_per_creator {
+        if m == 0 {
+            return Err(QueryError::new(
+                ErrorCode::InvalidMaxPerCreator,
+                "max_per_creator must be at least 1",
+            ));
+        }
+    }
+    let emerging = match spec.emerging {
+        Some(e) => {
+            let share = e.min_share.unwrap_or(0.3);
+            if !(0.0..=1.0).contains(&share) || !e.max_popularity.is_finite() {
+                return Err(QueryError::new(
+                    ErrorCode::InvalidEmerging,
+                    "emerging.min_share must be within 0…1 and emerging.max_popularity finite",
+                ));
+            }
+            if !c.manifest.has_popularity || c.creator_count() == 0 {
+                return Err(QueryError::new(
+                    ErrorCode::NoPopularity,
+                    format!(
+                        "collection {:?} has no creator popularity to tell emerging creators apart",
+                        c.name
+                    ),
+                ));
+            }
+            Some(Emerging {
+                max_popularity: e.max_popularity,
+                min_share: share,
+            })
+        }
+        None => None,
+    };
+    let shape = Shape {
+        k,
+        max_per_creator: spec.max_per_creator,
+        emerging,
+    };
+    Ok((filter, shape, ef))
+}

@@ -1,0 +1,196 @@
+//! The query engine: what a `similar`, `search` or `taste` request means. It validates a
+//! request against the served collections, turns it into taste probes and constraints, and
+//! lets [`earshot_recommend`] pick the list. Nothing here knows about HTTP: errors are a
+//! [`QueryError`] naming an [`ErrorCode`], which `error.rs` turns into a response.
+
+mod answer;
+mod error;
+mod history;
+mod list;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use earshot_core::collection::Collection;
+use earshot_core::layout::check_name;
+use earshot_core::metric::Metric;
+use earshot_recommend::constraints::{HardFilter, Shape};
+use earshot_recommend::query::{self, VectorError, MAX_QUERY_NORM};
+use earshot_recommend::select::{recommend, Probe};
+
+use crate::api::{SearchRequest, SimilarRequest, TasteRequest};
+use crate::error_code::ErrorCode;
+
+pub use answer::Answer;
+pub use error::QueryError;
+
+/// The served collections (read-only once loaded).
+pub struct Engine {
+    pub collections: BTreeMap<String, Arc<Collection>>,
+    pub default_ef: usize,
+}
+
+impl Engine {
+    pub fn collection(&self, name: &str) -> Result<&Arc<Collection>, QueryError> {
+        // Names are only ever looked up here, never joined to a path; a name that could not
+        // be a directory of the index root is still refused outright.
+        if check_name(name).is_err() {
+            return Err(QueryError::new(
+                ErrorCode::InvalidCollection,
+                format!(
+                    "{name:?} is not a collection name (no '/', '\\', '..', NUL or control \
+                     characters, no leading '.')"
+                ),
+            ));
+        }
+        self.collections.get(name).ok_or_else(|| {
+            QueryError::new(
+                ErrorCode::UnknownCollection,
+                format!("no collection named {name:?}; GET /v1/collections lists them"),
+            )
+        })
+    }
+
+    pub fn similar(
+        &self,
+        collection: &str,
+        id: &str,
+        req: &SimilarRequest,
+    ) -> Result<Answer, QueryError> {
+        let c = self.collection(collection)?;
+        let row = c.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
+        let (mut filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[row])?;
+        if req.exclude_same_creator.unwrap_or(false) {
+            if let Some(cr) = c.creator_index(row) {
+                if let Err(at) = filter.deny_creators.binary_search(&cr) {
+                    filter.deny_creators.insert(at, cr);
+                }
+            }
+        }
+        let probes = vec![Probe {
+            query: c.vector(row).to_vec(),
+            weight: 1.0,
+        }];
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+    }
+
+    /// A batch's `similar` query names its collection and item in the body.
+    pub fn similar_in_batch(&self, req: &SimilarRequest) -> Result<Answer, QueryError> {
+        let (Some(collection), Some(id)) = (&req.collection, &req.id) else {
+            return Err(QueryError::new(
+                ErrorCode::InvalidRequest,
+                "a batch similar query needs \"collection\" and \"id\"",
+            ));
+        };
+        self.similar(collection, id, req)
+    }
+
+    pub fn search(&self, req: &SearchRequest) -> Result<Answer, QueryError> {
+        let c = self.collection(&req.collection)?;
+        let (filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[])?;
+        let query = query::prepare(c, &req.vector).map_err(|e| vector_error(c, e))?;
+        let probes = vec![Probe { query, weight: 1.0 }];
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+    }
+
+    pub fn taste(&self, collection: &str, req: &TasteRequest) -> Result<Answer, QueryError> {
+        if let Some(named) = &req.collection {
+            if named != collection {
+                return Err(QueryError::new(
+                    ErrorCode::PathInBody,
+                    format!("body names collection {named:?} but the path names {collection:?}"),
+                ));
+            }
+        }
+        let c = self.collection(collection)?;
+        let source = match &req.history_collection {
+            Some(name) => self.collection(name)?,
+            None => c,
+        };
+        if source.dim() != c.dim() {
+            return Err(QueryError::new(
+                ErrorCode::DimensionMismatch,
+                format!(
+                    "history collection {:?} has dimension {} but {:?} has {}",
+                    source.name,
+                    source.dim(),
+                    c.name,
+                    c.dim()
+                ),
+            ));
+        }
+        let evidence = history::evidence(source, req)?;
+        // History IDs only mean something to exclude when they index the queried collection.
+        let same = Arc::ptr_eq(source, c);
+        let history_rows: Vec<u32> = if same && req.exclude_history.unwrap_or(true) {
+            evidence.iter().map(|e| e.row).collect()
+        } else {
+            Vec::new()
+        };
+        let (filter, shape, ef) =
+            list::constraints(c, &req.spec(), self.default_ef, &history_rows)?;
+        let probes = history::probes(c, source, &evidence, req.centroids)?;
+        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+    }
+
+    /// Taste requests in a batch carry their collection in the body.
+    pub fn taste_in_batch(&self, req: &TasteRequest) -> Result<Answer, QueryError> {
+        let Some(collection) = &req.collection else {
+            return Err(QueryError::new(
+                ErrorCode::InvalidRequest,
+                "a batch taste query needs \"collection\"",
+            ));
+        };
+        self.taste(collection, req)
+    }
+
+    fn answer(
+        &self,
+        c: &Arc<Collection>,
+        probes: Vec<Probe>,
+        filter: &HardFilter,
+        shape: &Shape,
+        ef: usize,
+        explain: Option<bool>,
+    ) -> Answer {
+        let sel = recommend(c, &probes, filter, shape, ef);
+        Answer {
+            collection: c.clone(),
+            picks: sel.picks,
+            quota: (sel.quota_requested, sel.quota_reserved),
+            explain: explain.unwrap_or(false),
+            probe_weights: probes.iter().map(|p| p.weight).collect(),
+        }
+    }
+}
+
+fn unknown_id(collection: &str, id: &str) -> QueryError {
+    QueryError::new(
+        ErrorCode::UnknownId,
+        format!("no item with id {id:?} in collection {collection:?}"),
+    )
+}
+
+fn vector_error(c: &Collection, e: VectorError) -> QueryError {
+    let code = match e {
+        VectorError::Dimension { .. } => ErrorCode::DimensionMismatch,
+        _ => ErrorCode::InvalidVector,
+    };
+    let message = match e {
+        VectorError::Dimension { got, want } => format!(
+            "vector has {got} dimensions but collection {:?} has {want}",
+            c.name
+        ),
+        VectorError::NotFinite { index } => {
+            format!("vector[{index}] is not a finite number (or overflows f32)")
+        }
+        VectorError::TooLong => {
+            format!("the vector's norm is above {MAX_QUERY_NORM:e}: scores would overflow")
+        }
+        VectorError::Zero if c.manifest.metric == Metric::Cosine => {
+            "a zero vector has no direction under cosine".into()
+        }
+        VectorError::Zero => "a zero vector scores every item 0 under dot".into(),
+    };
+    QueryError::new(code, message)
+}
