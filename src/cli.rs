@@ -129,8 +129,8 @@ pub struct ServeArgs {
     /// Beam width used when a request gives no `ef`.
     #[arg(long, default_value_t = 64)]
     pub default_ef: usize,
-    /// Skip checksum verification at start-up for a fast restart (headers and lengths are
-    /// still checked; pages are read on first use).
+    /// Skip checksum verification at start-up for a fast restart (headers, lengths and the
+    /// ID/creator string tables are still checked; other pages are read on first use).
     #[arg(long)]
     pub lazy: bool,
     /// Seconds /readyz reports 503 on SIGTERM before the listener closes.

@@ -428,29 +428,22 @@ fn lock_entry(m: &Mutex<(u32, u32)>) -> MutexGuard<'_, (u32, u32)> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The links as the shared walk reads them: each list is copied out under its node's lock
-/// (a consistent snapshot while other threads insert), then measured without holding it.
+/// The links as the shared walk reads them, under the node's lock: another thread may be
+/// rewriting the list. The walk only gathers unvisited neighbours under it; it measures them
+/// after the lock is released.
 impl LinkSource for Inserter<'_> {
     fn node_count(&self) -> usize {
         self.levels.len()
     }
 
     #[inline]
-    fn with_links<R>(
-        &self,
-        row: u32,
-        level: u32,
-        snapshot: &mut Vec<u32>,
-        f: impl FnOnce(&[u32]) -> R,
-    ) -> R {
+    fn for_each_link(&self, row: u32, level: u32, mut f: impl FnMut(u32)) {
         let block = self.block(row, level);
-        snapshot.clear();
-        {
-            let _g = lock(&self.locks[row as usize]);
-            let count = block[0].load(Relaxed) as usize;
-            snapshot.extend(block[1..1 + count].iter().map(|slot| slot.load(Relaxed)));
+        let _g = lock(&self.locks[row as usize]);
+        let count = block[0].load(Relaxed) as usize;
+        for slot in &block[1..1 + count] {
+            f(slot.load(Relaxed));
         }
-        f(snapshot)
     }
 
     #[inline]

@@ -1,7 +1,8 @@
 //! earshot-core: everything needed to read and search a built collection, and nothing that
 //! serves, builds or parses command lines.
 //!
-//! - [`format`]: the on-disk format (array files, manifest, strings); docs/format.md is its spec.
+//! - [`format`](mod@format): the on-disk format (array files, manifest, strings);
+//!   docs/format.md is its spec.
 //! - [`layout`]: where collections and their versions live under an index root.
 //! - [`collection`]: one collection mapped in place, checked on open.
 //! - [`search`]: the graph layout and the one HNSW beam search (queries and the builder).

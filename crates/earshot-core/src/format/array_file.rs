@@ -339,7 +339,10 @@ mod tests {
         assert_eq!(f.path(), p);
         let size = T::TYPE.size() * data.len();
         assert_eq!(f.mapped_bytes(), HEADER_LEN + size);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), f.mapped_bytes() as u64);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            f.mapped_bytes() as u64
+        );
     }
 
     #[test]

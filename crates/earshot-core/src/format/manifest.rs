@@ -157,7 +157,10 @@ mod tests {
         };
         plain.write(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(names::MANIFEST)).unwrap();
-        assert!(!text.contains("quantization") && text.ends_with("}\n"), "{text}");
+        assert!(
+            !text.contains("quantization") && text.ends_with("}\n"),
+            "{text}"
+        );
         assert_eq!(Manifest::read(dir.path()).unwrap(), plain);
     }
 

@@ -202,7 +202,10 @@ fn check_rows(offsets: &ArrayFile, bytes: &ArrayFile) -> Result<(), FormatError>
         )
     })?;
     // Offsets are at most `text.len()` here (ascending up to the last, which equals it).
-    if let Some(row) = offs.iter().position(|&o| !text.is_char_boundary(o as usize)) {
+    if let Some(row) = offs
+        .iter()
+        .position(|&o| !text.is_char_boundary(o as usize))
+    {
         return Err(FormatError::file(
             offsets.path(),
             format!("row {row} starts inside a UTF-8 character: the offsets are corrupt"),
@@ -278,8 +281,16 @@ mod tests {
     #[test]
     fn damaged_rows_are_refused_at_open() {
         // "Sigur Rós" is row 2: bytes 5..15, with 'ó' at bytes 12..14.
-        assert_refused(|d| d.bytes[12] = 0xFF, "ids_bytes.bin", "row 2 is not UTF-8");
-        assert_refused(|d| d.offsets.swap(1, 3), "ids_offsets.bin", "ends before it starts");
+        assert_refused(
+            |d| d.bytes[12] = 0xFF,
+            "ids_bytes.bin",
+            "row 2 is not UTF-8",
+        );
+        assert_refused(
+            |d| d.offsets.swap(1, 3),
+            "ids_offsets.bin",
+            "ends before it starts",
+        );
         assert_refused(
             |d| d.offsets[3] = 13,
             "ids_offsets.bin",

@@ -103,8 +103,9 @@ impl LinkLayout {
         if self.level0_degree > MAX_LEVEL0_DEGREE {
             return Err(format!(
                 "hnsw.level0_degree is {}, above {MAX_LEVEL0_DEGREE}, the most level-0 links per \
-                 node a search follows (graphs built with --m 128 or less stay within it)",
-                self.level0_degree
+                 node a search follows (graphs built with --m {} or less stay within it)",
+                self.level0_degree,
+                MAX_LEVEL0_DEGREE / 2
             ));
         }
         Ok(())
@@ -129,17 +130,10 @@ pub trait LinkSource {
     /// Number of nodes. Links at or past it are skipped (a damaged file can hold any value).
     fn node_count(&self) -> usize;
 
-    /// Calls `f` with `row`'s links on `level` (empty if it has no list there). A source that
-    /// is being written to copies the list into `snapshot` under the node's lock and hands
-    /// `f` the copy, so `f` sees a consistent list and runs without the lock; the mapped graph
-    /// hands out its own slice and leaves `snapshot` alone.
-    fn with_links<R>(
-        &self,
-        row: u32,
-        level: u32,
-        snapshot: &mut Vec<u32>,
-        f: impl FnOnce(&[u32]) -> R,
-    ) -> R;
+    /// Calls `f` with each of `row`'s links on `level`, in order (none if it has no list
+    /// there). A source that is being written to holds the node's lock meanwhile, so `f` must
+    /// be quick: the walk only marks and gathers neighbours in it.
+    fn for_each_link(&self, row: u32, level: u32, f: impl FnMut(u32));
 
     /// Starts loading `row`'s link block on `level` into cache.
     fn prefetch_links(&self, row: u32, level: u32);

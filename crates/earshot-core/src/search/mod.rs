@@ -5,6 +5,7 @@
 //!   ([`LinkSource`]);
 //! - `walk.rs`: the greedy descent through the upper levels and the beam search ([`Beam`]);
 //! - `measure.rs`: exact f32 or 8-bit distances from the query to a row ([`Measure`]);
+//! - `visited.rs`: the epoch-tagged set of rows a walk has seen;
 //! - this file: [`Graph`], a served collection's view, and the query entry points.
 //!
 //! Search state lives in a per-thread [`Scratch`] that is reused, so a query allocates
@@ -266,14 +267,10 @@ impl LinkSource for Graph<'_> {
     }
 
     #[inline(always)]
-    fn with_links<R>(
-        &self,
-        row: u32,
-        level: u32,
-        _snapshot: &mut Vec<u32>,
-        f: impl FnOnce(&[u32]) -> R,
-    ) -> R {
-        f(self.links(row, level))
+    fn for_each_link(&self, row: u32, level: u32, mut f: impl FnMut(u32)) {
+        for &nb in self.links(row, level) {
+            f(nb);
+        }
     }
 
     #[inline(always)]

@@ -212,7 +212,7 @@ fn a_filtered_walk_returns_only_accepted_rows_and_walks_past_the_rest() {
     );
     // Nothing allowed: an empty list, not a wrong one.
     assert!(search_filtered(&g, &[7.0, 0.0], 3, 3, |_| false).is_empty());
-    let even = |r: u32| r % 2 == 0;
+    let even = |r: u32| r.is_multiple_of(2);
     for q in queries() {
         for k in [1, 3] {
             let hits = search_filtered(&g, &q, k, N, even);

@@ -24,6 +24,30 @@ impl Visited {
     /// Marks `row` visited; returns false if it already was.
     #[inline(always)]
     pub fn insert(&mut self, row: u32) -> bool {
+        self.marker().insert(row)
+    }
+
+    /// This walk's marks with the table and epoch held in locals: a loop marking rows through
+    /// it does not reload them from `self` after every store (3 loads per link, callgrind).
+    #[inline(always)]
+    pub fn marker(&mut self) -> Marker<'_> {
+        Marker {
+            marks: &mut self.marks,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// See [`Visited::marker`].
+pub struct Marker<'a> {
+    marks: &'a mut [u32],
+    epoch: u32,
+}
+
+impl Marker<'_> {
+    /// Marks `row` visited; returns false if it already was.
+    #[inline(always)]
+    pub fn insert(&mut self, row: u32) -> bool {
         let slot = &mut self.marks[row as usize];
         if *slot == self.epoch {
             false
