@@ -62,7 +62,7 @@ pub fn write_collection(
             out.display()
         );
     }
-    remove_stale_temps(&parent, &name);
+    remove_dead_temps(&parent, Some(&name));
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
@@ -140,28 +140,6 @@ fn write_files(dir: &Path, a: &CollectionArrays, manifest: &mut Manifest) -> any
     manifest.files = files;
     manifest.write(dir)?;
     Ok(())
-}
-
-/// Removes `.NAME.tmp-PID` directories left by builds whose process is gone.
-fn remove_stale_temps(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file_name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file_name.strip_prefix(&prefix) else {
-            continue;
-        };
-        let alive = pid
-            .parse::<u32>()
-            .map(|p| Path::new(&format!("/proc/{p}")).exists())
-            .unwrap_or(false);
-        if !alive {
-            tracing::info!("removing stale temporary build {}", e.path().display());
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
 }
 
 /// Atomically exchanges two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
@@ -265,7 +243,7 @@ pub fn plan_output(out: &Path, versioned: bool, force: bool) -> anyhow::Result<O
     };
     let home = versions_home(out)?;
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
-    remove_dead_temps(&home);
+    remove_dead_temps(&home, None);
     let base = version_name(std::time::SystemTime::now());
     let mut version = base.clone();
     let mut i = 2;

@@ -225,17 +225,21 @@ pub fn prune(link: &Path, keep: usize) -> anyhow::Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Removes `.ANY.tmp-PID` directories in `dir` whose process is gone.
-pub fn remove_dead_temps(dir: &Path) {
+/// Removes the temporary directories `.X.tmp-PID` in `dir` (only `.NAME.tmp-PID` when `name`
+/// is given) whose writing process is gone. A PID that does not parse is left alone: nothing
+/// proves its writer dead.
+pub fn remove_dead_temps(dir: &Path, name: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let file_name = e.file_name().to_string_lossy().into_owned();
-        if !file_name.starts_with('.') {
-            continue;
-        }
-        let Some((_, pid)) = file_name.rsplit_once(".tmp-") else {
+        let pid = match name {
+            Some(name) => file_name.strip_prefix(&format!(".{name}.tmp-")),
+            None if file_name.starts_with('.') => file_name.rsplit_once(".tmp-").map(|(_, p)| p),
+            None => None,
+        };
+        let Some(pid) = pid else {
             continue;
         };
         let alive = pid
