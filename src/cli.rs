@@ -117,6 +117,11 @@ pub struct BuildArgs {
     /// candidates are re-ranked with the exact f32 vectors.
     #[arg(long, value_parser = ["int8"])]
     pub quantize: Option<String>,
+    /// Build only shard I of N: the rows whose ID hashes to I (xxh3-64 of the ID mod N;
+    /// docs/format.md "Shards"). Creator popularity stays the whole catalogue's. In a
+    /// Kubernetes Indexed Job: --shard $(JOB_COMPLETION_INDEX)/N.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<earshot_core::shard::ShardSpec>,
 }
 
 #[derive(Args)]

@@ -98,12 +98,17 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         source,
         quantize: a.quantize.is_some(),
     };
-    let m = build::build_collection(data, out.build_dir(), &settings)?;
+    // A shard keeps the rows it owns; a derived creators collection is sharded by creator.
+    let build_one = |data, dir: &std::path::Path, settings: &build::Settings| match a.shard {
+        Some(shard) => build::build_shard(data, dir, settings, shard),
+        None => build::build_collection(data, dir, settings),
+    };
+    let m = build_one(data, out.build_dir(), &settings)?;
     report(out.build_dir(), &m);
     if let (Some(c_out), Some(creators)) = (&creators_out, derived) {
         settings.source = format!("creators derived from {}", a.out.display());
         settings.force = c_out.replaces(a.force);
-        let m = build::build_collection(creators, c_out.build_dir(), &settings)?;
+        let m = build_one(creators, c_out.build_dir(), &settings)?;
         report(c_out.build_dir(), &m);
     }
     // New versions go live together, once every build has succeeded.
@@ -198,6 +203,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             .then(|| std::time::Duration::from_secs_f64(a.watch_interval)),
         allow_schema_change: a.allow_schema_change,
         api_keys: a.api_keys,
+        ..Default::default()
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.workers {

@@ -472,3 +472,63 @@ fn csv_with_bom_crlf_and_quoting_builds() {
     }
     assert_eq!(c.manifest.creators, 2);
 }
+
+/// `--shard I/N`: the N shards partition the rows by the documented hash, each is an ordinary
+/// collection recording its shard, and creator popularity is the whole catalogue's.
+#[test]
+fn shards_partition_the_catalogue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cat, npy, csv) = small_inputs(dir.path(), 300, 8, 7);
+    let whole = dir.path().join("idx/whole");
+    earshot(build_args(&npy, Some(&csv), "cosine", &whole)).assert_ok();
+    let whole = Collection::open(&whole, Verify::Full).unwrap();
+    let creator_pop = |c: &Collection, name: &str| {
+        let ci = c.creators.find(name).unwrap();
+        c.creator_popularity(ci)
+    };
+    let mut seen = vec![0u32; cat.len()];
+    for i in 0..3u32 {
+        let out = dir.path().join(format!("idx/shard{i}"));
+        let mut args = build_args(&npy, Some(&csv), "cosine", &out);
+        args.extend(["--shard".into(), format!("{i}/3").into()]);
+        earshot(args).assert_ok();
+        let c = Collection::open(&out, Verify::Full).unwrap();
+        let info = c
+            .manifest
+            .shard
+            .clone()
+            .expect("manifest records the shard");
+        assert_eq!(
+            (info.index, info.count, info.hash.as_str()),
+            (i, 3, "xxh3-64")
+        );
+        assert!(c.len() > 50 && c.len() < 150, "shard {i}: {} rows", c.len());
+        for row in 0..c.len() as u32 {
+            let id = c.id(row);
+            assert_eq!(earshot_core::shard::shard_of(id, 3), i, "{id}");
+            let r = cat.row_of(id).unwrap();
+            seen[r] += 1;
+            // The same vector as the unsharded build, and the catalogue-wide creator popularity.
+            let w = whole.row_of(id).unwrap();
+            assert_eq!(c.vector(row), whole.vector(w));
+            if let Some(ci) = c.creator_index(row) {
+                let name = c.creators.get(ci);
+                assert_eq!(creator_pop(&c, name), creator_pop(&whole, name), "{name}");
+            }
+        }
+    }
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "every row in exactly one shard"
+    );
+    let mut args = build_args(&npy, Some(&csv), "cosine", &dir.path().join("idx/bad"));
+    args.extend(["--shard".into(), "3/3".into()]);
+    // A usage error (clap's exit status 2), refused before anything is read.
+    let run = earshot(args);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid shard \"3/3\": expected I/N"),
+        "{}",
+        run.stderr
+    );
+}

@@ -15,6 +15,7 @@ use std::time::Instant;
 use earshot_core::distance;
 use earshot_core::format::{manifest::HnswParams, strings::StringTableData, Manifest, NONE_U32};
 use earshot_core::metric::Metric;
+use earshot_core::shard::ShardSpec;
 
 pub use graph::{BuildWalk, GraphBuilder, GraphParams};
 pub use input::{npy, Dataset, InputSpec};
@@ -34,9 +35,37 @@ pub struct Settings {
 
 /// Builds `data` into the collection directory `out` and returns its manifest.
 pub fn build_collection(
+    data: Dataset,
+    out: &Path,
+    settings: &Settings,
+) -> anyhow::Result<Manifest> {
+    build(data, out, settings, None)
+}
+
+/// Builds shard `shard` of `data` into `out`: only the rows whose ID
+/// [`earshot_core::shard::shard_of`] assigns to it. Creator popularity stays that of the whole
+/// catalogue, so "emerging" means the same on every shard as on one unsharded collection.
+pub fn build_shard(
+    data: Dataset,
+    out: &Path,
+    settings: &Settings,
+    shard: ShardSpec,
+) -> anyhow::Result<Manifest> {
+    let popularity = creator_popularity_by_name(&data);
+    let n = data.len();
+    let data = keep_rows(data, |id| shard.owns(id));
+    anyhow::ensure!(
+        !data.is_empty(),
+        "shard {shard} holds none of the {n} input rows: use fewer shards for a catalogue this small"
+    );
+    build(data, out, settings, Some((shard, popularity)))
+}
+
+fn build(
     mut data: Dataset,
     out: &Path,
     settings: &Settings,
+    shard: Option<(ShardSpec, HashMap<String, f32>)>,
 ) -> anyhow::Result<Manifest> {
     let (metric, params, force, source) = (
         settings.metric,
@@ -72,23 +101,22 @@ pub fn build_collection(
         Some(p) => p.iter().map(|x| x.unwrap_or(f32::NAN)).collect(),
         None => vec![f32::NAN; n],
     };
-    // A creator's popularity: the sum of its items' known popularity (NaN if none known).
-    let creator_popularity: Vec<f32> = (0..meta.creator_names.len())
-        .map(|c| {
-            let rows =
-                &meta.items[meta.item_offsets[c] as usize..meta.item_offsets[c + 1] as usize];
-            let known: Vec<f32> = rows
-                .iter()
-                .map(|&r| popularity[r as usize])
-                .filter(|p| !p.is_nan())
-                .collect();
-            if known.is_empty() {
-                f32::NAN
-            } else {
-                known.iter().sum()
-            }
-        })
-        .collect();
+    // A creator's popularity: the sum of its items' known popularity (NaN if none known),
+    // over the whole catalogue when this is a shard.
+    let creator_popularity: Vec<f32> = match &shard {
+        Some((_, global)) => meta
+            .creator_names
+            .iter()
+            .map(|name| global.get(name).copied().unwrap_or(f32::NAN))
+            .collect(),
+        None => (0..meta.creator_names.len())
+            .map(|c| {
+                let rows =
+                    &meta.items[meta.item_offsets[c] as usize..meta.item_offsets[c + 1] as usize];
+                known_sum(rows.iter().map(|&r| popularity[r as usize]))
+            })
+            .collect(),
+    };
     let quant = settings.quantize.then(|| {
         let (p, codes) = earshot_core::quant::quantize(&data.vectors, dim);
         let sqnorms: Vec<f32> = data
@@ -144,11 +172,56 @@ pub fn build_collection(
         ),
         source: source.to_string(),
         quantization: settings.quantize.then(|| "int8".to_string()),
+        shard: shard.as_ref().map(|(spec, _)| spec.info()),
         files: Default::default(),
     };
     manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     writer::write_collection(out, &arrays, &mut manifest, force)?;
     Ok(manifest)
+}
+
+/// The sum of the known (non-NaN) values, NaN when none is known.
+fn known_sum(values: impl Iterator<Item = f32>) -> f32 {
+    values
+        .filter(|p| !p.is_nan())
+        .fold(None, |acc: Option<f32>, p| Some(acc.unwrap_or(0.0) + p))
+        .unwrap_or(f32::NAN)
+}
+
+/// Every creator's popularity over all of `data` (see [`build_shard`]).
+fn creator_popularity_by_name(data: &Dataset) -> HashMap<String, f32> {
+    let (Some(creators), Some(popularity)) = (&data.creators, &data.popularity) else {
+        return HashMap::new();
+    };
+    let mut sums: HashMap<&str, Vec<f32>> = HashMap::new();
+    for (c, p) in creators.iter().zip(popularity) {
+        if let Some(c) = c.as_deref().filter(|c| !c.is_empty()) {
+            sums.entry(c).or_default().push(p.unwrap_or(f32::NAN));
+        }
+    }
+    sums.into_iter()
+        .map(|(c, ps)| (c.to_string(), known_sum(ps.into_iter())))
+        .collect()
+}
+
+/// `data` with only the rows whose ID `keep` accepts, in their original order.
+fn keep_rows(data: Dataset, keep: impl Fn(&str) -> bool) -> Dataset {
+    let dim = data.dim;
+    let rows: Vec<usize> = (0..data.len()).filter(|&r| keep(&data.ids[r])).collect();
+    let pick = |v: &Vec<Option<String>>| rows.iter().map(|&r| v[r].clone()).collect();
+    Dataset {
+        dim,
+        vectors: rows
+            .iter()
+            .flat_map(|&r| data.row(r).iter().copied())
+            .collect(),
+        ids: rows.iter().map(|&r| data.ids[r].clone()).collect(),
+        creators: data.creators.as_ref().map(pick),
+        popularity: data
+            .popularity
+            .as_ref()
+            .map(|p| rows.iter().map(|&r| p[r]).collect()),
+    }
 }
 
 /// Creator columns in the stored form: an index per item plus each creator's items.

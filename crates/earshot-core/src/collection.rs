@@ -58,6 +58,11 @@ impl Collection {
         layout
             .check_degree_bound()
             .map_err(|problem| FormatError::file(dir.join(names::MANIFEST), problem))?;
+        if let Some(shard) = &manifest.shard {
+            shard
+                .spec()
+                .map_err(|problem| FormatError::file(dir.join(names::MANIFEST), problem))?;
+        }
         let open_u32 = |file: &str, expect: usize| -> Result<ArrayFile, FormatError> {
             let f = ArrayFile::open::<u32>(&dir.join(file), verify)?;
             expect_len(&f, expect)?;

@@ -5,6 +5,7 @@
 //!   docs/format.md is its spec.
 //! - [`layout`]: where collections and their versions live under an index root.
 //! - [`collection`]: one collection mapped in place, checked on open.
+//! - [`shard`]: the stable hash that assigns an item to a shard.
 //! - [`search`]: the graph layout and the one HNSW beam search (queries and the builder).
 //! - [`distance`], [`quant`], [`metric`]: f32 distances, 8-bit codes, metrics; the SIMD
 //!   kernels under both are picked once per process in the private `simd` module.
@@ -18,4 +19,5 @@ pub mod layout;
 pub mod metric;
 pub mod quant;
 pub mod search;
+pub mod shard;
 mod simd;

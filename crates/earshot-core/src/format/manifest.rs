@@ -38,6 +38,9 @@ pub struct Manifest {
     /// `"int8"` when the collection carries 8-bit vectors for the graph walk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<String>,
+    /// Set when the collection is one shard of a larger one (`build --shard I/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::ShardInfo>,
     /// Every array file: its element count, size in bytes and xxh3-64 checksum.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -134,6 +137,7 @@ mod tests {
             builder: "earshot 0.1.0".into(),
             source: "tracks.npy".into(),
             quantization: Some("int8".into()),
+            shard: None,
             files: BTreeMap::from([(
                 "vectors.bin".into(),
                 FileEntry {
@@ -153,6 +157,7 @@ mod tests {
         // Without quantisation the field is left out, and reads back as None.
         let plain = Manifest {
             quantization: None,
+            shard: None,
             ..sample()
         };
         plain.write(dir.path()).unwrap();

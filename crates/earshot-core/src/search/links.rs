@@ -210,6 +210,7 @@ mod tests {
             builder: String::new(),
             source: String::new(),
             quantization: None,
+            shard: None,
             files: Default::default(),
         };
         manifest.write(dir.path()).unwrap();
