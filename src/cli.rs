@@ -27,6 +27,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Serve every collection under an index root over HTTP.
     Serve(ServeArgs),
+    /// Route queries over sharded, replicated `serve` processes: one endpoint with the same
+    /// API (fan-out, merge, version pinning, hedging; README "Sharding and the router").
+    Route(RouteArgs),
     /// Measure recall@k and queries/s of a built collection against ground truth.
     Bench(BenchArgs),
     /// Measure HTTP latency percentiles of a running server under open-loop load.
@@ -34,19 +37,34 @@ pub enum Command {
     /// List the versions of a versioned collection (`*` marks the active one).
     Versions {
         /// The collection link (e.g. indexes/tracks).
-        dir: PathBuf,
+        #[arg(required_unless_present = "store", conflicts_with = "store")]
+        dir: Option<PathBuf>,
+        /// List the versions of a collection in object storage instead: URL/NAME, e.g.
+        /// s3://bucket/prefix/tracks or file:///srv/store/tracks (`+` marks complete ones).
+        #[arg(long, value_name = "URL/NAME")]
+        store: Option<String>,
     },
     /// Point a versioned collection at one of its versions (roll back or forward). Servers
     /// switch on SIGHUP, POST /admin/reload or their next --watch-interval poll.
     Activate {
-        /// The collection link (e.g. indexes/tracks).
-        dir: PathBuf,
+        /// The collection link (e.g. indexes/tracks); with --store, give only the version.
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
         /// A version listed by `earshot versions`, or `previous` (the one before the active one).
-        version: String,
+        #[arg(value_name = "VERSION")]
+        version: Option<String>,
         /// Activate it even if it fails verification (servers will still refuse it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         force: bool,
+        /// Move a collection's CURRENT in object storage instead (every replica follows on its
+        /// next poll): URL/NAME, e.g. s3://bucket/prefix/tracks. Only a complete version is
+        /// accepted; the move is a compare-and-swap, as for publish.
+        #[arg(long, value_name = "URL/NAME")]
+        store: Option<String>,
     },
+    /// Upload a built collection to object storage as a new version (verified first, COMPLETE
+    /// written last), then point NAME/CURRENT at it by a conditional write. Prints one JSON line.
+    Publish(PublishArgs),
     /// Check every file of a built collection (headers, lengths, checksums, graph).
     Verify {
         /// Collection directory (e.g. indexes/tracks).
@@ -57,6 +75,23 @@ pub enum Command {
     /// Generate a synthetic catalogue into the index root if absent, build it, and serve it
     /// (what `cargo run --release` does with no arguments).
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The collection directory (or versioned link) to publish.
+    pub dir: PathBuf,
+    /// The store: s3://bucket/prefix (credentials, region and endpoint from the AWS_*
+    /// environment variables; AWS_ALLOW_HTTP=true for plain http) or file:///path.
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+    /// The version's name (default: the active version of a versioned link, else the build
+    /// time). Required for a shard: every shard of one build is published under one version.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The collection's name in the store (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Args)]
@@ -125,6 +160,55 @@ pub struct BuildArgs {
 }
 
 #[derive(Args)]
+pub struct RouteArgs {
+    /// Topology file (TOML): per collection, its shards in order and each shard's replicas
+    /// (`http://HOST:PORT`, or `dns://NAME:PORT` re-resolved, every address a replica).
+    #[arg(long)]
+    pub topology: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    pub addr: SocketAddr,
+    /// Longest a request may take over every shard it asks (each shard request's deadline).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_ms: u64,
+    /// Hedge a shard request to a second replica once it has taken longer than this
+    /// quantile of the shard's recent latency (0: never hedge).
+    #[arg(long, default_value_t = 0.95)]
+    pub hedge: f64,
+    /// Hedged requests are at most this share of shard requests (0.05: 5 % extra load).
+    #[arg(long, default_value_t = 0.05)]
+    pub hedge_budget: f64,
+    /// Never hedge sooner than this many milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub hedge_min_ms: f64,
+    /// Probability that a shard's share of the merged top k is complete: each shard is asked
+    /// for k′ = ⌈k/n + t·√(k/n·(1−1/n))⌉ hits, t its normal quantile (1: ask every shard for k).
+    #[arg(long, default_value_t = 0.999)]
+    pub topk_probability: f64,
+    /// Seconds between `/readyz` checks of every replica (and collection info refreshes).
+    #[arg(long, default_value_t = 2.0)]
+    pub health_interval: f64,
+    /// Seconds between re-resolutions of `dns://` names.
+    #[arg(long, default_value_t = 5.0)]
+    pub resolve_interval: f64,
+    /// Consecutive failures that take a replica out of rotation (a refused connection: one).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+    /// First ejection's length in milliseconds; doubles with each further one (up to 30 s).
+    #[arg(long, default_value_t = 1000)]
+    pub eject_ms: u64,
+    /// API keys file for clients, as `serve --api-keys` (the shard servers' key, if they
+    /// need one, comes from EARSHOT_SHARD_KEY).
+    #[arg(long)]
+    pub api_keys: Option<PathBuf>,
+    /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
+    #[arg(long, default_value_t = 0.0)]
+    pub drain_seconds: f64,
+    /// Async worker threads (default: one per core available to the process).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct ServeArgs {
     /// Directory whose subdirectories are collections.
     #[arg(long, default_value = "indexes")]
@@ -168,6 +252,23 @@ pub struct ServeArgs {
     /// EARSHOT_QUERY_KEYS / EARSHOT_ADMIN_KEYS (comma-separated).
     #[arg(long)]
     pub api_keys: Option<PathBuf>,
+    /// Keep a replaced version loaded this many seconds after a swap, for requests a router
+    /// pinned to it (`x-earshot-version`) during a roll-out (0: unload at once).
+    #[arg(long, default_value_t = 120.0)]
+    pub retain_previous: f64,
+    /// Serve the CURRENT versions of an object store (`s3://bucket/prefix`, credentials and
+    /// endpoint from the AWS_* variables, or `file:///path`): --index-root becomes a cache,
+    /// filled at start and on every poll (--watch-interval, default 10 s here); /readyz
+    /// answers 200 once every collection of the store is loaded.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store: serve shard I of N of every sharded collection (unsharded ones whole).
+    #[arg(long, value_name = "I/N", requires = "store")]
+    pub shard: Option<earshot_core::shard::ShardSpec>,
+    /// With --store: versions kept per collection in the cache (the served one included), so
+    /// a roll-back to a recent version needs no download.
+    #[arg(long, default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -2,11 +2,12 @@
 
 mod cli;
 mod demo;
+mod store_mode;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{BuildArgs, Cli, Command, ServeArgs};
+use cli::{BuildArgs, Cli, Command, RouteArgs, ServeArgs};
 use earshot_build::{self as build, writer, GraphParams, InputSpec};
 use earshot_core::collection::Collection;
 use earshot_core::format::{Manifest, Verify};
@@ -33,15 +34,31 @@ fn main() -> ExitCode {
         Some(Command::Demo(a)) => demo::run(a),
         Some(Command::Build(a)) => run_build(a),
         Some(Command::Serve(a)) => run_serve(a),
+        Some(Command::Route(a)) => run_route(a),
         Some(Command::Bench(a)) => earshot_bench::bench::run(&a.into_options()),
         Some(Command::BenchHttp(a)) => earshot_bench::loadgen::run(&a.into_options()),
         Some(Command::Verify { dir }) => run_verify(&dir),
-        Some(Command::Versions { dir }) => run_versions(&dir),
+        Some(Command::Versions { dir, store }) => match (dir, store) {
+            (_, Some(store)) => run_store_versions(&store),
+            (Some(dir), None) => run_versions(&dir),
+            (None, None) => Err(anyhow::anyhow!("give a collection link or --store URL/NAME")),
+        },
         Some(Command::Activate {
             dir,
             version,
             force,
-        }) => run_activate(&dir, &version, force),
+            store,
+        }) => match (store, dir, version) {
+            (Some(store), Some(v), None) => run_store_activate(&store, &v.to_string_lossy()),
+            (Some(_), _, _) => Err(anyhow::anyhow!(
+                "with --store URL/NAME give only the version: earshot activate --store URL/NAME VERSION"
+            )),
+            (None, Some(dir), Some(v)) => run_activate(&dir, &v, force),
+            (None, _, _) => Err(anyhow::anyhow!(
+                "give the collection link and the version: earshot activate DIR VERSION"
+            )),
+        },
+        Some(Command::Publish(a)) => run_publish(a),
         Some(Command::Generate(a)) => demo::generate_files(&a),
     };
     match result {
@@ -133,6 +150,48 @@ fn run_versions(link: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A runtime for the object-storage commands (object_store is async).
+fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run_publish(a: cli::PublishArgs) -> anyhow::Result<()> {
+    let store = earshot_store::Store::open(&a.store)?;
+    let opts = earshot_store::PublishOptions {
+        name: a.name,
+        version: a.version,
+        ..Default::default()
+    };
+    let report = store_runtime()?.block_on(store.publish(&a.dir, &opts))?;
+    println!("{}", report.to_json_line());
+    Ok(())
+}
+
+fn run_store_versions(url: &str) -> anyhow::Result<()> {
+    let (store_url, name) = earshot_store::split_collection_url(url)?;
+    let store = earshot_store::Store::open(&store_url)?;
+    let versions = store_runtime()?.block_on(store.versions(&name))?;
+    anyhow::ensure!(!versions.is_empty(), "{url} has no versions");
+    for v in versions {
+        println!("{}", v.describe());
+    }
+    Ok(())
+}
+
+fn run_store_activate(url: &str, version: &str) -> anyhow::Result<()> {
+    let (store_url, name) = earshot_store::split_collection_url(url)?;
+    let store = earshot_store::Store::open(&store_url)?;
+    let current = store_runtime()?.block_on(store.activate(&name, version))?;
+    println!(
+        "{url}/CURRENT now points to {}; replicas switch on their next --watch-interval poll",
+        current.version
+    );
+    Ok(())
+}
+
 fn run_activate(link: &std::path::Path, version: &str, force: bool) -> anyhow::Result<()> {
     let v = layout::find_version(link, version)?;
     // The same checks a server makes before it swaps a version in.
@@ -171,27 +230,105 @@ fn report(out: &std::path::Path, m: &Manifest) {
     );
 }
 
+fn run_route(a: RouteArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
+    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            v.is_finite() && v >= 0.0,
+            "--{name} must be a finite, non-negative number of seconds"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.hedge),
+        "--hedge is a latency quantile: 0 (never hedge) or within 0…1, e.g. 0.95"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.hedge_budget),
+        "--hedge-budget is a share of requests within 0…1, e.g. 0.05"
+    );
+    anyhow::ensure!(
+        a.topk_probability > 0.0 && a.topk_probability <= 1.0,
+        "--topk-probability must be within (0, 1], e.g. 0.999"
+    );
+    let upstream = earshot_router::UpstreamOptions {
+        hedge_quantile: (a.hedge > 0.0).then_some(a.hedge),
+        hedge_ratio: a.hedge_budget,
+        hedge_min_delay: secs("hedge-min-ms", a.hedge_min_ms / 1000.0)?,
+        eject_after: a.eject_after,
+        eject_base: Duration::from_millis(a.eject_ms),
+        shard_key: std::env::var("EARSHOT_SHARD_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        ..Default::default()
+    };
+    let health_interval = secs("health-interval", a.health_interval)?;
+    let resolve_interval = secs("resolve-interval", a.resolve_interval)?;
+    anyhow::ensure!(
+        !health_interval.is_zero() && !resolve_interval.is_zero(),
+        "--health-interval and --resolve-interval must be above 0"
+    );
+    let opts = earshot_router::RouteOptions {
+        topology: a.topology,
+        addr: a.addr,
+        cluster: earshot_router::ClusterOptions {
+            upstream,
+            topk_probability: a.topk_probability,
+            request_timeout: Duration::from_millis(a.timeout_ms),
+            health_interval,
+            resolve_interval,
+        },
+        api_keys: a.api_keys,
+        drain: secs("drain-seconds", a.drain_seconds)?,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.workers {
+        rt.worker_threads(n as usize);
+    }
+    let rt = rt.enable_all().build()?;
+    let result = rt.block_on(earshot_router::route(opts));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    use std::time::Duration;
     anyhow::ensure!(
         (1..=earshot_server::limits::MAX_EF).contains(&a.default_ef),
         "--default-ef must be between 1 and {}",
         earshot_server::limits::MAX_EF
     );
-    anyhow::ensure!(
-        a.drain_seconds.is_finite() && a.watch_interval.is_finite() && a.watch_interval >= 0.0,
-        "--drain-seconds and --watch-interval must be finite, non-negative numbers of seconds"
-    );
+    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            v.is_finite() && v >= 0.0,
+            "--{name} must be a finite, non-negative number of seconds"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    let watch = secs("watch-interval", a.watch_interval)?;
+    let drain = secs("drain-seconds", a.drain_seconds)?;
+    let retain_previous = secs("retain-previous", a.retain_previous)?;
+    // Store mode: the store is opened (and its URL checked) before anything listens.
+    let store = match &a.store {
+        Some(url) => Some(earshot_store::Syncer {
+            store: earshot_store::Store::open(url)?,
+            cache_root: a.index_root.clone(),
+            shard: a.shard,
+            keep: a.keep as usize,
+        }),
+        None => None,
+    };
     let opts = earshot_server::ServeOptions {
         index_root: a.index_root,
         addr: a.addr,
         default_ef: a.default_ef,
         lazy: a.lazy,
-        drain: std::time::Duration::from_secs_f64(a.drain_seconds.max(0.0)),
+        drain,
     };
     let mut limits = earshot_server::overload::LimitOptions {
         max_queue: a.max_queue,
-        queue_timeout: std::time::Duration::from_millis(a.queue_timeout_ms),
-        request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
+        queue_timeout: Duration::from_millis(a.queue_timeout_ms),
+        request_timeout: Duration::from_millis(a.request_timeout_ms),
         ..Default::default()
     };
     if let Some(n) = a.max_concurrent {
@@ -199,10 +336,12 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let ops = earshot_server::OpsOptions {
         limits,
-        watch_interval: (a.watch_interval > 0.0)
-            .then(|| std::time::Duration::from_secs_f64(a.watch_interval)),
+        // In store mode the poll is the store's; the index root changes only through it.
+        watch_interval: (store.is_none() && !watch.is_zero()).then_some(watch),
         allow_schema_change: a.allow_schema_change,
         api_keys: a.api_keys,
+        retain_previous,
+        allow_empty: store.is_some(),
         ..Default::default()
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -210,9 +349,18 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         rt.worker_threads(n as usize);
     }
     let rt = rt.enable_all().build()?;
-    let result = rt.block_on(earshot_server::serve_with(opts, ops));
+    let poll = if watch.is_zero() {
+        store_mode::DEFAULT_POLL
+    } else {
+        watch
+    };
+    let result = rt.block_on(earshot_server::serve_with_state(opts, ops, |state| {
+        if let Some(syncer) = store {
+            store_mode::spawn(state, syncer, poll);
+        }
+    }));
     // Queries still computing for requests that timed out get a moment, not forever.
-    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    rt.shutdown_timeout(Duration::from_secs(10));
     result
 }
 

@@ -359,8 +359,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    earshot_env(args, &[])
+}
+
+/// Runs `earshot ARGS…` to completion with extra environment variables (e.g. AWS_*).
+pub fn earshot_env<I, S>(args: I, env: &[(String, String)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let out = Command::new(BIN)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .expect("cannot run the earshot binary");
@@ -477,12 +487,45 @@ impl Server {
 
     /// Starts a server on `root`; `Err` if the process exits before it listens.
     pub fn try_start(root: &Path, extra: &[&str]) -> Result<Server, Exited> {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--index-root".into(), root.into()];
+        args.extend(
+            ["--addr", "127.0.0.1:0"]
+                .iter()
+                .chain(extra)
+                .map(OsString::from),
+        );
+        Self::try_spawn(&args)
+    }
+
+    /// `earshot route --topology FILE` on an ephemeral port; panics if it fails to start.
+    pub fn start_route(topology: &Path, extra: &[&str]) -> Server {
+        let mut args: Vec<OsString> = vec!["route".into(), "--topology".into(), topology.into()];
+        args.extend(
+            ["--addr", "127.0.0.1:0"]
+                .iter()
+                .chain(extra)
+                .map(OsString::from),
+        );
+        match Self::try_spawn(&args) {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "earshot route exited ({}) instead of starting:\n{}",
+                e.status, e.stderr
+            ),
+        }
+    }
+
+    /// Runs `earshot ARGS…` (a command that prints `listening on http://ADDR`) and waits for
+    /// that line; `Err` if the process exits first.
+    pub fn try_spawn(args: &[OsString]) -> Result<Server, Exited> {
+        Self::try_spawn_env(args, &[])
+    }
+
+    /// [`Server::try_spawn`] with extra environment variables (e.g. a store's AWS_*).
+    pub fn try_spawn_env(args: &[OsString], env: &[(String, String)]) -> Result<Server, Exited> {
         let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--index-root")
-            .arg(root)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -623,9 +666,19 @@ pub struct Resp {
     pub request_id: Option<String>,
     pub content_type: Option<String>,
     pub body: String,
+    /// Every response header, names lower-case, in the order received.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Resp {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.body))
@@ -715,6 +768,14 @@ pub fn try_http(
     };
     let request_id = header("x-request-id");
     let content_type = header("content-type");
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), v)
+        })
+        .collect();
     let body = resp
         .into_body()
         .with_config()
@@ -725,6 +786,7 @@ pub fn try_http(
         request_id,
         content_type,
         body,
+        headers,
     })
 }
 
@@ -827,11 +889,13 @@ pub fn post_streaming(addr: &str, path: &str, content_type: &str, body: Vec<u8>)
     let mut request_id = None;
     let mut content_type = None;
     let mut length = None;
+    let mut headers = Vec::new();
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
         };
         let v = v.trim().to_string();
+        headers.push((k.trim().to_ascii_lowercase(), v.clone()));
         match k.trim().to_ascii_lowercase().as_str() {
             "x-request-id" => request_id = Some(v),
             "content-type" => content_type = Some(v),
@@ -848,5 +912,6 @@ pub fn post_streaming(addr: &str, path: &str, content_type: &str, body: Vec<u8>)
         request_id,
         content_type,
         body,
+        headers,
     }
 }

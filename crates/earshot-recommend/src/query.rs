@@ -23,16 +23,20 @@ pub enum VectorError {
 
 /// The vector as a query of `c`: checked, and normalized under cosine.
 pub fn prepare(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, VectorError> {
-    if vector.len() != c.dim() {
+    prepare_in(c.manifest.metric, c.dim(), vector)
+}
+
+/// [`prepare`] for a space known by its metric and dimension (a router's sharded collection).
+pub fn prepare_in(metric: Metric, dim: usize, vector: &[f32]) -> Result<Vec<f32>, VectorError> {
+    if vector.len() != dim {
         return Err(VectorError::Dimension {
             got: vector.len(),
-            want: c.dim(),
+            want: dim,
         });
     }
     if let Some(index) = vector.iter().position(|x| !x.is_finite()) {
         return Err(VectorError::NotFinite { index });
     }
-    let metric = c.manifest.metric;
     if metric != Metric::Cosine && distance::norm_f64(vector) > MAX_QUERY_NORM {
         return Err(VectorError::TooLong);
     }

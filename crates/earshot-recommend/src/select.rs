@@ -1,6 +1,10 @@
 //! Gathering candidates for one or more taste probes and picking a list that obeys every
 //! constraint.
 //!
+//! The picking itself ([`pick`]) only needs each candidate's creator and that creator's
+//! popularity ([`Candidates`]): it runs on a collection's rows here, and on the pool a router
+//! merges from several shards (where a "row" is a position in the merged pool).
+//!
 //! Candidates come from a filtered graph walk (the hard filter runs inside the walk, which
 //! keeps going until it holds enough admissible items), or from an exact scan when the filter
 //! admits only a few items. Shape constraints are enforced while picking; if the picked list
@@ -10,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::centroids::share_slots;
-use super::constraints::{HardFilter, Shape, QUOTA_WINDOW};
+use super::constraints::{Emerging, HardFilter, Shape, QUOTA_WINDOW};
 use earshot_core::collection::Collection;
 use earshot_core::search::{with_scratch, Hit};
 
@@ -47,6 +51,51 @@ pub struct Selection {
     /// (the `QUOTA_WINDOW × k` nearest admissible items of each probe).
     pub quota_reserved: usize,
 }
+
+/// What picking needs to know about candidate rows: who made each one, and how popular that
+/// creator is. Implemented by [`Collection`] (rows of the collection) and by a router's pool
+/// merged from several shards (positions in the pool).
+pub trait Candidates {
+    /// A key of `row`'s creator (equal keys = the same creator), or None when unknown.
+    fn creator_key(&self, row: u32) -> Option<u32>;
+    /// The popularity of `row`'s creator, or None when unknown.
+    fn creator_popularity_of(&self, row: u32) -> Option<f32>;
+}
+
+impl Candidates for Collection {
+    #[inline]
+    fn creator_key(&self, row: u32) -> Option<u32> {
+        self.creator_index(row)
+    }
+
+    #[inline]
+    fn creator_popularity_of(&self, row: u32) -> Option<f32> {
+        self.creator_index(row)
+            .and_then(|ci| self.creator_popularity(ci))
+    }
+}
+
+/// Whether `row`'s creator is emerging under `e` ([`Emerging::eligible`] over any
+/// [`Candidates`]; unknown popularity → not emerging).
+#[inline]
+fn eligible<C: Candidates + ?Sized>(e: &Emerging, c: &C, row: u32) -> bool {
+    c.creator_popularity_of(row)
+        .is_some_and(|p| p <= e.max_popularity)
+}
+
+/// How many candidates each probe's pool holds at first: `k` for a plain list, else the
+/// quota window (`QUOTA_WINDOW × k`) or `ef`, whichever is larger.
+pub fn initial_pool_size(shape: &Shape, ef: usize) -> usize {
+    let shaped = shape.max_per_creator.is_some() || shape.emerging.is_some();
+    if shaped {
+        (QUOTA_WINDOW * shape.k).max(ef)
+    } else {
+        shape.k
+    }
+}
+
+/// Each widening round multiplies the pool size by this.
+pub const WIDEN: usize = 4;
 
 /// Graph walks wider than this are replaced by an exact scan.
 const MAX_WALK: usize = 4096;
@@ -100,28 +149,29 @@ pub fn recommend(
     ef: usize,
 ) -> Selection {
     let k = shape.k;
-    let shaped = shape.max_per_creator.is_some() || shape.emerging.is_some();
-    let mut size = if shaped {
-        (QUOTA_WINDOW * k).max(ef)
-    } else {
-        k
-    };
+    let mut size = initial_pool_size(shape, ef);
+    let weights: Vec<f32> = probes.iter().map(|p| p.weight).collect();
     loop {
-        let pools: Vec<(Vec<Hit>, bool)> = probes
+        let mut complete = true;
+        let pools: Vec<Vec<Hit>> = probes
             .iter()
-            .map(|p| pool(c, &p.query, filter, size, ef))
+            .map(|p| {
+                let (hits, done) = pool(c, &p.query, filter, size, ef);
+                complete &= done;
+                hits
+            })
             .collect();
-        let selection = pick(c, probes, &pools, shape);
-        let exhausted = pools.iter().all(|(_, complete)| *complete) || size >= c.len();
+        let selection = pick(c, &weights, &pools, shape);
+        let exhausted = complete || size >= c.len();
         if selection.picks.len() >= k || exhausted {
             return selection;
         }
-        size = (size * 4).min(c.len());
+        size = (size * WIDEN).min(c.len());
     }
 }
 
-struct Picker<'a> {
-    c: &'a Collection,
+struct Picker<'a, C: ?Sized> {
+    c: &'a C,
     shape: &'a Shape,
     chosen: Vec<Pick>,
     seen: HashSet<u32>,
@@ -130,7 +180,7 @@ struct Picker<'a> {
     non_quota_taken: usize,
 }
 
-impl Picker<'_> {
+impl<C: Candidates + ?Sized> Picker<'_, C> {
     /// Takes `h` if every constraint allows it; otherwise says which one refused.
     fn try_take(
         &mut self,
@@ -143,7 +193,7 @@ impl Picker<'_> {
         if self.seen.contains(&h.row) {
             return false; // already picked for another probe
         }
-        let creator = self.c.creator_index(h.row);
+        let creator = self.c.creator_key(h.row);
         if let (Some(cap), Some(cr)) = (self.shape.max_per_creator, creator) {
             if self.per_creator.get(&cr).copied().unwrap_or(0) >= cap {
                 push_once(moved_by, "max_per_creator");
@@ -153,7 +203,7 @@ impl Picker<'_> {
         let emerging = self
             .shape
             .emerging
-            .is_some_and(|e| rank < QUOTA_WINDOW * self.shape.k && e.eligible(self.c, h.row));
+            .is_some_and(|e| rank < QUOTA_WINDOW * self.shape.k && eligible(&e, self.c, h.row));
         if !emerging && self.non_quota_taken >= self.non_quota_limit {
             push_once(moved_by, "emerging_quota");
             return false;
@@ -184,15 +234,23 @@ fn push_once(v: &mut Vec<&'static str>, s: &'static str) {
     }
 }
 
-fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Shape) -> Selection {
+/// Picks up to `shape.k` items from the candidate pools (one per probe, nearest first, with
+/// the probes' slot-share `weights`) under the shape constraints. The same code picks from a
+/// collection's pools ([`recommend`]) and from pools merged across shards.
+pub fn pick<C: Candidates + ?Sized>(
+    c: &C,
+    weights: &[f32],
+    pools: &[Vec<Hit>],
+    shape: &Shape,
+) -> Selection {
     let k = shape.k;
     // Emerging slots are reserved only as far as emerging items are within reach — and,
     // under a per-creator cap, as far as the cap lets their creators contribute.
     let quota = shape.emerging.map_or(0, |e| {
         let reachable: HashSet<u32> = pools
             .iter()
-            .flat_map(|(p, _)| p.iter().take(QUOTA_WINDOW * k))
-            .filter(|h| e.eligible(c, h.row))
+            .flat_map(|p| p.iter().take(QUOTA_WINDOW * k))
+            .filter(|h| eligible(&e, c, h.row))
             .map(|h| h.row)
             .collect();
         let usable = match shape.max_per_creator {
@@ -200,7 +258,7 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
             Some(cap) => {
                 let mut per: HashMap<u32, usize> = HashMap::new();
                 for &r in &reachable {
-                    *per.entry(c.creator_index(r).unwrap_or(u32::MAX - r))
+                    *per.entry(c.creator_key(r).unwrap_or(u32::MAX - r))
                         .or_default() += 1;
                 }
                 per.values().map(|&n| n.min(cap)).sum()
@@ -218,9 +276,8 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
         non_quota_taken: 0,
     };
     // Pass 1: each probe fills its share of the slots from its own candidates.
-    let weights: Vec<f32> = probes.iter().map(|p| p.weight).collect();
-    let slots = share_slots(k, &weights);
-    for (j, (hits, _)) in pools.iter().enumerate() {
+    let slots = share_slots(k, weights);
+    for (j, hits) in pools.iter().enumerate() {
         let mut taken = 0;
         let mut moved = Vec::new();
         for (rank, &h) in hits.iter().enumerate() {
@@ -244,7 +301,7 @@ fn pick(c: &Collection, probes: &[Probe], pools: &[(Vec<Hit>, bool)], shape: &Sh
         let mut all: Vec<(Hit, usize, usize)> = pools
             .iter()
             .enumerate()
-            .flat_map(|(j, (hits, _))| hits.iter().enumerate().map(move |(r, &h)| (h, j, r)))
+            .flat_map(|(j, hits)| hits.iter().enumerate().map(move |(r, &h)| (h, j, r)))
             .collect();
         all.sort_by_key(|a| a.0);
         let mut moved = Vec::new();
@@ -424,6 +481,68 @@ mod tests {
             taken,
             [(0, 0, true), (50, 1, true), (1, 0, true), (2, 0, false)]
         );
+    }
+
+    /// A pool merged elsewhere (e.g. by a router): creators and their popularity by position.
+    struct Merged {
+        creators: Vec<Option<u32>>,
+        popularity: Vec<Option<f32>>,
+    }
+
+    impl Candidates for Merged {
+        fn creator_key(&self, row: u32) -> Option<u32> {
+            self.creators[row as usize]
+        }
+        fn creator_popularity_of(&self, row: u32) -> Option<f32> {
+            self.popularity[row as usize]
+        }
+    }
+
+    #[test]
+    fn pick_over_a_merged_pool_matches_the_collection() {
+        // The fixture of `emerging_quota_reserves_slots_within_reach` plus a creator cap,
+        // picked once from the collection and once from a pool that only knows creators.
+        let mut items: Vec<_> = (0..16)
+            .map(|x| at(x as f32, ["big", "big2"][x % 2], 100.0))
+            .collect();
+        items.push(at(16.0, "new1", 1.0));
+        items.push(at(17.0, "new2", 1.0));
+        let (_dir, c) = collection(Metric::L2, items);
+        let shape = Shape {
+            k: 5,
+            max_per_creator: Some(2),
+            emerging: Some(Emerging {
+                max_popularity: 10.0,
+                min_share: 0.4,
+            }),
+        };
+        let want = recommend(&c, &[probe(0.0, 1.0)], &HardFilter::default(), &shape, 16);
+        let hits: Vec<Hit> = (0..18)
+            .map(|r| Hit {
+                row: r,
+                dist: (r * r) as f32,
+            })
+            .collect();
+        let merged = Merged {
+            creators: (0..18).map(|r| c.creator_index(r)).collect(),
+            popularity: (0..18)
+                .map(|r| c.creator_index(r).and_then(|ci| c.creator_popularity(ci)))
+                .collect(),
+        };
+        let got = pick(&merged, &[1.0], &[hits], &shape);
+        assert_eq!(rows(&got), rows(&want));
+        assert_eq!(rows(&got), [0, 1, 2, 16, 17]);
+        assert_eq!(
+            (got.quota_requested, got.quota_reserved),
+            (want.quota_requested, want.quota_reserved)
+        );
+        let flags = |s: &Selection| -> Vec<(bool, Vec<&str>)> {
+            s.picks
+                .iter()
+                .map(|p| (p.emerging, p.moved_by.clone()))
+                .collect()
+        };
+        assert_eq!(flags(&got), flags(&want));
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! items are merged, the positive ones clustered into taste centroids, and each centroid is
 //! pulled away from the negative evidence and becomes one query of the recommended-from
 //! collection.
+//!
+//! The history's vectors come from any [`HistoryVectors`]: a served collection's rows, or
+//! vectors a router fetched from the shards that own the history's items.
 
 use std::collections::BTreeMap;
 
 use earshot_core::collection::Collection;
+use earshot_core::metric::Metric;
 
 use crate::centroids::{self, Cluster};
 use crate::history::{self, Evidence};
@@ -23,6 +27,19 @@ pub enum TasteError {
     Degenerate,
 }
 
+/// Where the vectors of a history's rows come from.
+pub trait HistoryVectors {
+    /// The vector of `row` (the row an [`Evidence`] names).
+    fn history_vector(&self, row: u32) -> &[f32];
+}
+
+impl HistoryVectors for Collection {
+    #[inline]
+    fn history_vector(&self, row: u32) -> &[f32] {
+        self.vector(row)
+    }
+}
+
 /// The evidence of one history, merged per item and split by sign.
 pub struct Taste<'a> {
     /// (vector, weight > 0), one per distinct item, by row.
@@ -35,7 +52,10 @@ impl<'a> Taste<'a> {
     /// Merges `evidence` (rows of `source`): one point per distinct row with its evidence
     /// summed in f64, then scaled so the largest magnitude is 1 (weights are relative, and
     /// sums near f32::MAX must not overflow).
-    pub fn new(source: &'a Collection, evidence: &[Evidence]) -> Result<Self, TasteError> {
+    pub fn new<S: HistoryVectors + ?Sized>(
+        source: &'a S,
+        evidence: &[Evidence],
+    ) -> Result<Self, TasteError> {
         let mut sums: BTreeMap<u32, f64> = BTreeMap::new();
         for e in evidence {
             *sums.entry(e.row).or_default() += e.weight;
@@ -50,9 +70,9 @@ impl<'a> Taste<'a> {
                 0.0
             };
             if w > 0.0 {
-                positives.push((source.vector(row), w));
+                positives.push((source.history_vector(row), w));
             } else if w < 0.0 {
-                negatives.push((source.vector(row), w));
+                negatives.push((source.history_vector(row), w));
             }
         }
         if positives.is_empty() {
@@ -72,13 +92,23 @@ impl<'a> Taste<'a> {
     /// One probe per taste centroid, as queries of `c` (which must share the source
     /// collection's dimension). Zero centroids give no probes.
     pub fn probes(&self, c: &Collection, centroids: usize) -> Result<Vec<Probe>, TasteError> {
+        self.probes_in(c.manifest.metric, c.dim(), centroids)
+    }
+
+    /// [`Taste::probes`] for a collection known only by its metric and dimension (a router's
+    /// view of a sharded collection).
+    pub fn probes_in(
+        &self,
+        metric: Metric,
+        dim: usize,
+        centroids: usize,
+    ) -> Result<Vec<Probe>, TasteError> {
         if centroids > self.positives.len() {
             return Err(TasteError::TooManyCentroids {
                 asked: centroids,
                 available: self.positives.len(),
             });
         }
-        let dim = c.dim();
         let clusters = if centroids == 1 {
             let total: f32 = self.positives.iter().map(|(_, w)| w).sum();
             let centre = history::weighted_mean(self.positives.iter().copied(), dim)
@@ -95,7 +125,8 @@ impl<'a> Taste<'a> {
             .map(|cl| {
                 let mut t = cl.centre;
                 history::pull_away(&mut t, cl.weight, &self.negatives);
-                let query = query::prepare(c, &t).map_err(|_| TasteError::Degenerate)?;
+                let query =
+                    query::prepare_in(metric, dim, &t).map_err(|_| TasteError::Degenerate)?;
                 Ok(Probe {
                     query,
                     weight: cl.weight,

@@ -45,6 +45,7 @@ error_codes! {
     InvalidK = 400, "invalid_k", "`k` out of the bounds above";
     InvalidEf = 400, "invalid_ef", "`ef` out of the bounds above";
     InvalidBatch = 400, "invalid_batch", "a batch of 0 or more than 256 queries";
+    InvalidIds = 400, "invalid_ids", "an items lookup of 0 or more than 1,000 IDs";
     InvalidCentroids = 400, "invalid_centroids", "`centroids` out of the bounds above";
     InvalidMaxPerCreator = 400, "invalid_max_per_creator", "`max_per_creator` is 0";
     ExcludeTooLarge = 400, "exclude_too_large", "`exclude` holds more than 10,000 IDs";
@@ -55,8 +56,8 @@ error_codes! {
     InvalidPath = 400, "invalid_path", "unparsable path";
     InvalidCollection = 400, "invalid_collection",
         "a collection name (path or body) with `/`, `\\`, `..`, NUL or a control character, or a leading `.`";
-    PathInBody = 400, "invalid_request",
-        "`collection` or `id` in a `POST /v1/{collection}/{id}/similar` body, or a taste body naming another collection than its path";
+    ConflictingFields = 400, "invalid_request",
+        "`collection` or `id` in a `POST /v1/{collection}/{id}/similar` body, a taste body naming another collection than its path, or `max_per_creator` / `emerging` with `\"pool\": true`";
     Unauthorized = 401, "unauthorized",
         "API keys are configured and the request has none or a wrong one (with `WWW-Authenticate: Bearer`)";
     Forbidden = 403, "forbidden",
@@ -65,6 +66,8 @@ error_codes! {
     UnknownId = 404, "unknown_id", "no such item";
     NotFound = 404, "not_found", "unknown route";
     MethodNotAllowed = 405, "method_not_allowed", "the route does not take that method";
+    VersionUnavailable = 409, "version_unavailable",
+        "`x-earshot-version` names a version of the collection this server does not have loaded (the message lists those it has)";
     PayloadTooLarge = 413, "payload_too_large", "body over 4 MiB";
     HistoryTooLarge = 413, "history_too_large", "history over 10,000 items";
     UnsupportedMediaType = 415, "unsupported_media_type",
@@ -97,7 +100,10 @@ error_codes! {
         "every execution slot busy and the queue full, or no slot within `--queue-timeout-ms` (with `Retry-After: 1`)";
     Timeout = 503, "timeout",
         "the request did not finish within `--request-timeout-ms` (with `Retry-After: 1`)";
-    NotReady = 503, "not_ready", "`/readyz` while starting up or shutting down";
+    ShardUnavailable = 503, "shard_unavailable",
+        "`earshot route` only: no live replica of a shard the query needs (unless `allow_partial`)";
+    NotReady = 503, "not_ready",
+        "`/readyz` while starting up, shutting down, or waiting for an expected collection";
 }
 
 impl ErrorCode {

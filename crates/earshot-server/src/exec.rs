@@ -23,7 +23,7 @@ use crate::limits::DEFAULT_K;
 use crate::overload::Permit;
 
 /// Largest `ef × probes × dimension` answered inline: ef 128 at 384-d (~0.25 ms here).
-const INLINE_BUDGET: usize = 128 * 384;
+pub const INLINE_BUDGET: usize = 128 * 384;
 /// Longest taste history or `exclude` list answered inline (both are checked per item).
 const INLINE_MAX_ITEMS: usize = 256;
 

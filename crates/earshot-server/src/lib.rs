@@ -46,7 +46,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use earshot_core::format::Verify;
-use registry::{Registry, Trigger};
+use registry::{Registry, RegistryOptions, Trigger};
 use state::AppState;
 
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ pub struct ServeOptions {
 }
 
 /// Production settings: limits, reloads, keys (see README "Operations").
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OpsOptions {
     pub limits: overload::LimitOptions,
     /// Poll the index root for new versions this often (`None`: only SIGHUP / admin reload).
@@ -70,6 +70,33 @@ pub struct OpsOptions {
     pub allow_schema_change: bool,
     /// `--api-keys FILE` (keys also come from `EARSHOT_QUERY_KEYS` / `EARSHOT_ADMIN_KEYS`).
     pub api_keys: Option<PathBuf>,
+    /// `--retain-previous`: keep a replaced version loaded this long after a swap, for
+    /// requests pinned to it with `x-earshot-version` (default 120 s; zero: unload at once).
+    pub retain_previous: Duration,
+    /// Store mode: start with an empty (or missing: created) index root that fills while
+    /// serving; an entry that cannot be served is logged instead of stopping start-up;
+    /// `/readyz` waits for at least one collection and every [`OpsOptions::expect`]ed one;
+    /// the store metrics ([`metrics::StoreMetrics`]) appear in `/metrics`.
+    pub allow_empty: bool,
+    /// Collections `/readyz` waits for (more can be added later: [`AppState::expect`]).
+    pub expect: Vec<String>,
+}
+
+/// How long a replaced version stays loaded by default (`--retain-previous`).
+pub const DEFAULT_RETAIN_PREVIOUS: Duration = Duration::from_secs(120);
+
+impl Default for OpsOptions {
+    fn default() -> Self {
+        Self {
+            limits: Default::default(),
+            watch_interval: None,
+            allow_schema_change: false,
+            api_keys: None,
+            retain_previous: DEFAULT_RETAIN_PREVIOUS,
+            allow_empty: false,
+            expect: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -92,6 +119,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{collection}/{id}/similar",
             get(routes::similar).post(routes::similar_post),
         )
+        // Static segments win over `{id}`: `GET /v1/C/items` is not an item lookup (an item
+        // whose ID is `items` is fetched with a percent-encoded segment, or by POST).
+        .route("/v1/{collection}/items", post(routes::items))
+        .route("/v1/{collection}/{id}", get(routes::item))
         .route("/v1/taste/{collection}", post(routes::taste))
         .route("/v1/search", post(routes::search))
         .route("/v1/batch", post(routes::batch))
@@ -133,6 +164,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 }
 
 pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<()> {
+    serve_with_state(opts, ops, |_| {}).await
+}
+
+/// [`serve_with`], calling `started` with the server's state once the index root is loaded
+/// and before the listener opens: store mode starts its sync loop there (downloads into the
+/// index root, then `state.reload(Trigger::Store)`, `state.expect(names)`, `state.store`).
+pub async fn serve_with_state(
+    opts: ServeOptions,
+    ops: OpsOptions,
+    started_hook: impl FnOnce(Arc<AppState>),
+) -> anyhow::Result<()> {
     let started = Instant::now();
     // From here on SIGHUP means "reload" (one arriving while loading is acted on once ready)
     // instead of terminating the process.
@@ -151,11 +193,19 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
     let mut metrics = metrics::Metrics::new();
     let swap_metrics = registry::SwapMetrics::new(&mut metrics);
     let limiter = overload::Limiter::new(ops.limits.clone(), &mut metrics);
+    let store = metrics::StoreMetrics::default();
+    if ops.allow_empty {
+        store.register(&mut metrics.registry);
+    }
     let registry = Arc::new(Registry::open(
         &opts.index_root,
-        verify,
-        opts.default_ef,
-        ops.allow_schema_change,
+        &RegistryOptions {
+            verify,
+            default_ef: opts.default_ef,
+            allow_schema_change: ops.allow_schema_change,
+            retain_previous: ops.retain_previous,
+            allow_empty: ops.allow_empty,
+        },
         swap_metrics,
     )?);
     let (query_keys, admin_keys) = keys.counts();
@@ -165,7 +215,12 @@ pub async fn serve_with(opts: ServeOptions, ops: OpsOptions) -> anyhow::Result<(
         limiter: Arc::new(limiter),
         keys: Arc::new(keys),
         ready: AtomicBool::new(false),
+        expected: Default::default(),
+        wait_for_collections: ops.allow_empty,
+        store,
     });
+    state.expect(ops.expect.iter().cloned());
+    started_hook(state.clone());
     #[cfg(unix)]
     {
         let r = registry.clone();

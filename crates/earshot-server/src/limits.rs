@@ -3,6 +3,8 @@
 pub const MAX_K: usize = 1_000;
 pub const MAX_EF: usize = 4_096;
 pub const MAX_BATCH: usize = 256;
+/// Most IDs of one `POST /v1/{collection}/items`.
+pub const MAX_ITEMS: usize = 1_000;
 pub const MAX_HISTORY: usize = 10_000;
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_K: usize = 10;

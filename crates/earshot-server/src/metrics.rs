@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`, text format).
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -140,4 +140,50 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
         templates.push(t);
         t
     })
+}
+
+/// The object-store sync's metrics (`earshot serve --store`): bumped by the sync loop,
+/// registered into `/metrics` by [`StoreMetrics::register`] in store mode only.
+#[derive(Clone, Default)]
+pub struct StoreMetrics {
+    /// Sync rounds that completed (every collection checked, new versions downloaded).
+    pub sync_ok: Counter,
+    /// Sync rounds that failed (store unreachable, a download or verification failed).
+    pub sync_errors: Counter,
+    /// Collection versions downloaded.
+    pub downloads: Counter,
+    /// Bytes downloaded.
+    pub download_bytes: Counter,
+    /// Unix time (seconds) of the last sync round that completed.
+    pub last_sync_success_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl StoreMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "store_syncs_ok",
+            "Object-store sync rounds that completed",
+            self.sync_ok.clone(),
+        );
+        r.register(
+            "store_sync_errors",
+            "Object-store sync rounds that failed (serving goes on with what is loaded)",
+            self.sync_errors.clone(),
+        );
+        r.register(
+            "store_downloads",
+            "Collection versions downloaded from the object store",
+            self.downloads.clone(),
+        );
+        r.register(
+            "store_download_bytes",
+            "Bytes downloaded from the object store",
+            self.download_bytes.clone(),
+        );
+        r.register(
+            "store_last_sync_success_timestamp_seconds",
+            "Unix time of the last object-store sync round that completed",
+            self.last_sync_success_timestamp.clone(),
+        );
+    }
 }

@@ -37,6 +37,8 @@ use crate::{admin, routes};
     paths(
         routes::similar,
         routes::similar_post,
+        routes::item,
+        routes::items,
         routes::taste,
         routes::search,
         routes::batch,
@@ -59,7 +61,7 @@ use crate::{admin, routes};
         ErrorBody,
     )),
     // In this order: `Layers` adds headers to the error responses `OperationErrors` adds.
-    modifiers(&OperationErrors, &Layers, &CollectionNames),
+    modifiers(&OperationErrors, &Pinning, &Layers, &CollectionNames),
     tags(
         (name = "query", description = "The query API (`/v1/*`): API key when keys are configured, bounded concurrency"),
         (name = "operations", description = "Probes, metrics, this document and admin endpoints"),
@@ -125,7 +127,7 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
             (MalformedJson, ""),
             (InvalidPath, ""),
             (InvalidCollection, ""),
-            (PathInBody, " (`collection` or `id` in the body)"),
+            (ConflictingFields, " (`collection` or `id` in the body)"),
             (UnknownCollection, ""),
             (UnknownId, ""),
             (UnsupportedMediaType, ""),
@@ -137,6 +139,27 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
         ],
     ),
     (
+        "item",
+        &[
+            (InvalidPath, ""),
+            (InvalidCollection, ""),
+            (UnknownCollection, ""),
+            (UnknownId, ""),
+        ],
+    ),
+    (
+        "items",
+        &[
+            (InvalidIds, " (0 or more than 1,000 IDs)"),
+            (MalformedJson, ""),
+            (InvalidPath, ""),
+            (InvalidCollection, ""),
+            (UnknownCollection, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, " (wrong shape)"),
+        ],
+    ),
+    (
         "search",
         &[
             (InvalidK, ""),
@@ -145,6 +168,10 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
             (ExcludeTooLarge, ""),
             (FilterTooLarge, ""),
             (MalformedJson, ""),
+            (
+                ConflictingFields,
+                " (max_per_creator or emerging with pool mode)",
+            ),
             (InvalidCollection, ""),
             (UnknownCollection, ""),
             (UnsupportedMediaType, ""),
@@ -169,7 +196,7 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
             (MalformedJson, ""),
             (InvalidPath, ""),
             (InvalidCollection, ""),
-            (PathInBody, " (body names another collection)"),
+            (ConflictingFields, " (body names another collection)"),
             (UnknownCollection, ""),
             (UnknownId, ""),
             (PayloadTooLarge, ""),
@@ -200,7 +227,14 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
             (InvalidRequest, " (a query of the wrong shape)"),
         ],
     ),
-    ("readyz", &[(NotReady, ": shutting down")]),
+    (
+        "readyz",
+        &[(
+            NotReady,
+            ": starting up, shutting down, or (store mode) waiting for a collection (the \
+             body's extra field missing lists them)",
+        )],
+    ),
 ];
 
 /// "`code`note, `code`note": the description of a response that answers with these codes.
@@ -249,6 +283,82 @@ impl Modify for OperationErrors {
 }
 
 // ---------------------------------------------------------------------------------------
+// Version pinning (`x-earshot-version`, see `crate::extract::Pin`).
+
+/// The operations about one collection: they take a version pin and name the version that
+/// answered.
+pub const PINNED_OPERATIONS: &[&str] = &[
+    "similar",
+    "similar_post",
+    "item",
+    "items",
+    "search",
+    "taste",
+];
+
+/// Adds the `x-earshot-version` request and response headers and the 409 of a pin that
+/// cannot be honoured to [`PINNED_OPERATIONS`].
+struct Pinning;
+
+impl Modify for Pinning {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::Required;
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.headers.insert(
+            "Version".into(),
+            RefOr::T(string_header(
+                "The version of the collection that answered (as `GET /v1/collections` names \
+                 it); on errors about an existing collection too",
+            )),
+        );
+        let unavailable = [(
+            VersionUnavailable,
+            ": `x-earshot-version` names a version this server does not have loaded (the \
+             message lists those it has)",
+        )];
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let pinned = op
+                    .operation_id
+                    .as_deref()
+                    .is_some_and(|id| PINNED_OPERATIONS.contains(&id));
+                if !pinned {
+                    continue;
+                }
+                let param = ParameterBuilder::new()
+                    .name("x-earshot-version")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .description(Some(
+                        "Answer from this version of the collection: the current one, or one \
+                         replaced less than `--retain-previous` seconds ago (`earshot route` \
+                         pins every shard of a request to one version)",
+                    ))
+                    .build();
+                op.parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(RefOr::T(param));
+                // Answers and errors from a version name it (not the layers' 5xx).
+                for (status, r) in op.responses.responses.iter_mut() {
+                    if let (RefOr::T(r), false) = (r, status.starts_with('5')) {
+                        r.headers.insert(
+                            "x-earshot-version".into(),
+                            RefOr::Ref(Ref::new("#/components/headers/Version")),
+                        );
+                    }
+                }
+                op.responses.responses.insert(
+                    VersionUnavailable.status().to_string(),
+                    RefOr::T(error_response(describe(&unavailable, "; ")).build()),
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // What the middleware adds to every operation (see `crate::router`).
 
 /// API keys (`auth.rs`), the limiter (`overload.rs`), request IDs and the error bodies of the
@@ -285,6 +395,10 @@ const SHARED: [(&str, &[Documented]); 5] = [
                  `--queue-timeout-ms`",
             ),
             (Timeout, ": not finished within `--request-timeout-ms`"),
+            (
+                ShardUnavailable,
+                ": `earshot route` only, no live replica of a shard the query needs",
+            ),
         ],
     ),
     (

@@ -1,25 +1,24 @@
 //! Thin HTTP handlers: parse, call the engine, render. The errors each operation documents
 //! are listed in `openapi.rs` (`OPERATION_ERRORS`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
 use crate::api::{
     BatchEntry, BatchQuery, BatchRequest, BatchResponse, CollectionInfo, CollectionsResponse,
-    ErrorDetail, Results, SearchRequest, SimilarBody, SimilarParams, SimilarRequest, Status,
-    TasteRequest,
+    ErrorDetail, Item, ItemsRequest, ItemsResponse, NotReadyBody, Results, SearchRequest,
+    ShardInfo, SimilarBody, SimilarParams, SimilarRequest, Status, TasteRequest,
 };
-use crate::engine::{Answer, QueryError};
+use crate::engine::{Answer, Engine, QueryError};
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
 use crate::exec::{self, Work};
-use crate::extract::AppJson;
+use crate::extract::{AppJson, Pin, VERSION_HEADER};
 use crate::limits::MAX_BATCH;
 use crate::overload::Permit;
 use crate::registry::Live;
@@ -62,6 +61,23 @@ fn json_response<T: Serialize>(value: &T, capacity: usize) -> Response {
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// Answers a request about `collection` from the engine its pin selects (the current
+/// version without one) and names the version that answered in `x-earshot-version`, on
+/// errors too. A pin this server cannot honour is `version_unavailable`.
+fn pinned(
+    live: &Live,
+    collection: &str,
+    pin: &Pin,
+    f: impl FnOnce(&Engine) -> Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let (engine, served) = live.pinned(collection, pin.version()?)?;
+    let mut resp = f(engine).unwrap_or_else(IntoResponse::into_response);
+    if let Some(s) = served {
+        resp.headers_mut().insert(VERSION_HEADER, s.header.clone());
+    }
+    Ok(resp)
+}
+
 /// Nearest items to an item, the item itself excluded.
 #[utoipa::path(
     get,
@@ -79,6 +95,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub async fn similar(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
+    pin: Pin,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     query: Result<Query<SimilarParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -88,7 +105,9 @@ pub async fn similar(
     let live = state.live();
     let small = similar_work(&collection, &req).is_small(&live.engine);
     exec::run(permit, small, move || {
-        Ok(render(&live.engine.similar(&collection, &id, &req)?))
+        pinned(&live, &collection, &pin, |e| {
+            Ok(render(&e.similar(&collection, &id, &req)?))
+        })
     })
     .await
 }
@@ -110,20 +129,23 @@ pub async fn similar(
 pub async fn similar_post(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
+    pin: Pin,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     AppJson(req): AppJson<SimilarRequest>,
 ) -> Result<Response, ApiError> {
     let Path((collection, id)) = path?;
     if req.collection.is_some() || req.id.is_some() {
         return Err(ApiError::new(
-            ErrorCode::PathInBody,
+            ErrorCode::ConflictingFields,
             "the path names the collection and id; leave them out of the body",
         ));
     }
     let live = state.live();
     let small = similar_work(&collection, &req).is_small(&live.engine);
     exec::run(permit, small, move || {
-        Ok(render(&live.engine.similar(&collection, &id, &req)?))
+        pinned(&live, &collection, &pin, |e| {
+            Ok(render(&e.similar(&collection, &id, &req)?))
+        })
     })
     .await
 }
@@ -150,6 +172,7 @@ fn similar_work<'a>(collection: &'a str, req: &'a SimilarRequest) -> Work<'a> {
 pub async fn search(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
+    pin: Pin,
     AppJson(req): AppJson<SearchRequest>,
 ) -> Result<Response, ApiError> {
     let live = state.live();
@@ -161,7 +184,9 @@ pub async fn search(
     }
     .is_small(&live.engine);
     exec::run(permit, small, move || {
-        Ok(render(&live.engine.search(&req)?))
+        pinned(&live, &req.collection, &pin, |e| {
+            Ok(render(&e.search(&req)?))
+        })
     })
     .await
 }
@@ -182,6 +207,7 @@ pub async fn search(
 pub async fn taste(
     State(state): State<Arc<AppState>>,
     permit: Option<Extension<Permit>>,
+    pin: Pin,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     AppJson(req): AppJson<TasteRequest>,
 ) -> Result<Response, ApiError> {
@@ -195,7 +221,87 @@ pub async fn taste(
     }
     .is_small(&live.engine);
     exec::run(permit, small, move || {
-        Ok(render(&live.engine.taste(&collection, &req)?))
+        pinned(&live, &collection, &pin, |e| {
+            Ok(render(&e.taste(&collection, &req)?))
+        })
+    })
+    .await
+}
+
+/// One item as stored: its metadata and its vector.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}",
+    tag = "query",
+    summary = "One item's metadata and stored vector",
+    description = "The item as the index holds it: creator, popularity, its creator's popularity and the stored f32 vector (unit length under `cosine`, which normalises vectors at build time). `earshot route` fetches query vectors with it. An item whose ID is `items` needs its path segment percent-encoded (`%69tems`), or `POST /v1/{collection}/items`.",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "tracks"),
+        ("id" = String, Path, description = "Item ID (percent-encode `/`)", example = "demo:track:0000001"),
+    ),
+    responses(
+        (status = 200, description = "The item", body = Item),
+    )
+)]
+pub async fn item(
+    State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
+    pin: Pin,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((collection, id)) = path?;
+    let live = state.live();
+    exec::run(permit, true, move || {
+        pinned(&live, &collection, &pin, |e| {
+            let item = e.item(&collection, &id)?;
+            Ok(json_response(
+                &item,
+                96 + item.id.len() + 16 * item.vector.len(),
+            ))
+        })
+    })
+    .await
+}
+
+/// Several items as stored, in one request.
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}/items",
+    tag = "query",
+    summary = "Several items' metadata and stored vectors",
+    description = "`GET /v1/{collection}/{id}` for 1 to 1,000 IDs at once; IDs the collection does not have are listed in `missing` instead of failing the request.",
+    params(
+        ("collection" = String, Path, description = "Collection name", example = "tracks"),
+    ),
+    request_body = ItemsRequest,
+    responses(
+        (status = 200, description = "The items found and the IDs missing", body = ItemsResponse),
+    )
+)]
+pub async fn items(
+    State(state): State<Arc<AppState>>,
+    permit: Option<Extension<Permit>>,
+    pin: Pin,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    AppJson(req): AppJson<ItemsRequest>,
+) -> Result<Response, ApiError> {
+    let Path(collection) = path?;
+    let live = state.live();
+    let dim = live.engine.collection(&collection).map_or(0, |c| c.dim());
+    // Copying vectors is cheap: inline up to the budget of one small query.
+    let small = req.ids.len().saturating_mul(dim.max(1)) <= exec::INLINE_BUDGET;
+    exec::run(permit, small, move || {
+        pinned(&live, &collection, &pin, |e| {
+            let found = e.items(&collection, &req.ids)?;
+            let capacity = 32
+                + found
+                    .items
+                    .iter()
+                    .map(|i| 96 + i.id.len() + 16 * i.vector.len())
+                    .sum::<usize>()
+                + found.missing.iter().map(|m| m.len() + 4).sum::<usize>();
+            Ok(json_response(&found, capacity))
+        })
     })
     .await
 }
@@ -293,6 +399,12 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
                 .versions
                 .get(&c.name)
                 .map(|v| humantime::format_rfc3339_seconds(v.loaded_at).to_string()),
+            retained: live.retained_versions(&c.name).collect(),
+            shard: c.manifest.shard.as_ref().map(|s| ShardInfo {
+                index: s.index,
+                count: s.count,
+                hash: &s.hash,
+            }),
         })
         .collect();
     Json(CollectionsResponse {
@@ -313,7 +425,8 @@ pub async fn healthz() -> Response {
     Json(Status { status: "ok" }).into_response()
 }
 
-/// Readiness: 200 when serving, 503 while starting or shutting down.
+/// Readiness: 200 when serving, 503 while starting, shutting down, or (store mode) waiting
+/// for a collection; the 503 body lists the collections still missing (`missing`).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -323,14 +436,18 @@ pub async fn healthz() -> Response {
     ),
 )]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(Status { status: "ready" }).into_response()
-    } else {
-        ApiError::new(
-            ErrorCode::NotReady,
-            "the server is starting up or shutting down",
-        )
-        .into_response()
+    match state.not_ready() {
+        None => Json(Status { status: "ready" }).into_response(),
+        Some((message, missing)) => {
+            let body = NotReadyBody {
+                error: ErrorDetail {
+                    code: ErrorCode::NotReady.as_str(),
+                    message: &message,
+                },
+                missing: &missing,
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

@@ -11,10 +11,11 @@ pub use batch::{
     BatchTasteQuery,
 };
 pub use request::{
-    EmergingSpec, FilterSpec, HistoryItem, ListSpec, SearchRequest, SimilarBody, SimilarParams,
-    SimilarRequest, TasteRequest,
+    EmergingSpec, FilterSpec, HistoryItem, ItemsRequest, ListSpec, SearchRequest, SimilarBody,
+    SimilarParams, SimilarRequest, TasteRequest,
 };
 pub use response::{
-    CollectionInfo, CollectionsResponse, ErrorBody, ErrorDetail, Explanation, ListExplanation,
-    ReloadOutcome, ReloadResponse, ResultItem, Results, Status,
+    CollectionInfo, CollectionsResponse, ErrorBody, ErrorDetail, Explanation, Item, ItemsResponse,
+    ListExplanation, NotReadyBody, ReloadOutcome, ReloadResponse, ResultItem, Results, ShardInfo,
+    Status,
 };

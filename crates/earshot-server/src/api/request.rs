@@ -164,6 +164,11 @@ pub struct SearchRequest {
     pub emerging: Option<EmergingSpec>,
     /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
+    /// Pool mode, intended for `earshot route` asking a shard for its part of a merged
+    /// answer: each result also carries `creator_popularity`, and `max_per_creator` /
+    /// `emerging` are refused (400 `invalid_request`: the router applies them on the merged
+    /// pool). `exclude`, `filter`, `k` and `ef` work as usual.
+    pub pool: Option<bool>,
 }
 
 /// `POST /v1/taste/{collection}` body, and the `taste` query of a batch.
@@ -208,6 +213,16 @@ pub struct TasteRequest {
     pub emerging: Option<EmergingSpec>,
     /// Add an explanation to each result and to the list.
     pub explain: Option<bool>,
+}
+
+/// `POST /v1/{collection}/items` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"ids": ["demo:track:0000001", "demo:track:0000002", "no-such-id"]}))]
+#[serde(deny_unknown_fields)]
+pub struct ItemsRequest {
+    /// The items wanted (1 to 1,000 IDs); unknown ones are listed in `missing`.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub ids: Vec<String>,
 }
 
 /// One listening event.

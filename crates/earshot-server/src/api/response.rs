@@ -47,10 +47,56 @@ pub struct ResultItem<'a> {
     /// The item's popularity; null when unknown.
     #[schema(required = true)]
     pub popularity: Option<f32>,
+    /// With `"pool": true` only (`POST /v1/search`): the popularity of the item's creator
+    /// (the sum over its items, for the whole catalogue even in a shard); null when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f32>)]
+    pub creator_popularity: Option<Option<f32>>,
     /// With `explain: true` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub explain: Option<Explanation>,
+}
+
+/// One item of a collection, as stored (`GET /v1/{collection}/{id}`).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "demo:track:0000001", "creator": "demo:artist:000001", "popularity": 12.5, "creator_popularity": 310.0, "vector": [0.12, -0.5, 0.33, 0.7, -0.07, 0.21, 0.2, -0.18]}))]
+pub struct Item<'a> {
+    /// The item's ID.
+    pub id: &'a str,
+    /// The item's creator; null when unknown.
+    #[schema(required = true)]
+    pub creator: Option<&'a str>,
+    /// The item's popularity; null when unknown.
+    #[schema(required = true)]
+    pub popularity: Option<f32>,
+    /// The popularity of the item's creator (the sum over its items); null when unknown.
+    #[schema(required = true)]
+    pub creator_popularity: Option<f32>,
+    /// The stored vector, as the index searches it: unit length under `cosine` (normalised
+    /// at build time), as given under `l2` and `dot`. f32 values, round-tripping exactly.
+    pub vector: &'a [f32],
+}
+
+/// `POST /v1/{collection}/items` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ItemsResponse<'a> {
+    /// The items found, in request order (a repeated ID appears as often as asked).
+    pub items: Vec<Item<'a>>,
+    /// The IDs not in the collection, in request order.
+    pub missing: Vec<&'a str>,
+}
+
+/// Which shard of a sharded collection this server holds (`earshot build --shard I/N`).
+#[derive(Serialize, ToSchema)]
+pub struct ShardInfo<'a> {
+    /// Which shard, from 0.
+    pub index: u32,
+    /// How many shards the collection is split into.
+    pub count: u32,
+    /// The hash that assigns IDs to shards (`xxh3-64`; docs/format.md "Shards").
+    #[schema(example = "xxh3-64")]
+    pub hash: &'a str,
 }
 
 /// What placed a result where it is.
@@ -118,6 +164,13 @@ pub struct CollectionInfo<'a> {
     /// When this server swapped it in (RFC 3339).
     #[schema(required = true)]
     pub loaded_at: Option<String>,
+    /// Earlier versions still loaded for requests pinned to them with `x-earshot-version`
+    /// (kept for `--retain-previous` seconds after a swap), oldest first.
+    pub retained: Vec<&'a str>,
+    /// Present when the collection is one shard of a larger one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub shard: Option<ShardInfo<'a>>,
 }
 
 /// `GET /v1/collections` answer.
@@ -135,6 +188,15 @@ pub struct Status {
     /// `ok` (`/healthz`) or `ready` (`/readyz`).
     #[schema(example = "ok")]
     pub status: &'static str,
+}
+
+/// `/readyz` while waiting for collections: the error body plus the collections not loaded
+/// yet.
+#[derive(Serialize, ToSchema)]
+pub struct NotReadyBody<'a> {
+    pub error: ErrorDetail<'a>,
+    /// Expected collections (store mode) without a loaded version yet.
+    pub missing: &'a [String],
 }
 
 /// `schema_with` of `CollectionInfo.metric`: the names serde gives [`earshot_core::metric::Metric`].

@@ -16,6 +16,8 @@ pub struct Answer {
     pub explain: bool,
     /// Slot-share weight of each probe (for explanations).
     pub probe_weights: Vec<f32>,
+    /// Pool mode (`"pool": true`): results carry their creator's popularity.
+    pub pool: bool,
 }
 
 impl Answer {
@@ -43,6 +45,10 @@ impl Answer {
                 score: finite(dist.score(p.dist)),
                 creator: c.creator(p.row),
                 popularity: c.popularity(p.row),
+                creator_popularity: self.pool.then(|| {
+                    c.creator_index(p.row)
+                        .and_then(|cr| c.creator_popularity(cr))
+                }),
                 explain: self.explain.then(|| Explanation {
                     similarity: finite(dist.score(p.dist)),
                     centroid: p.probe,

@@ -18,8 +18,9 @@ use earshot_recommend::constraints::{HardFilter, Shape};
 use earshot_recommend::query::{self, VectorError, MAX_QUERY_NORM};
 use earshot_recommend::select::{recommend, Probe};
 
-use crate::api::{SearchRequest, SimilarRequest, TasteRequest};
+use crate::api::{Item, ItemsResponse, SearchRequest, SimilarRequest, TasteRequest};
 use crate::error_code::ErrorCode;
+use crate::limits::MAX_ITEMS;
 
 pub use answer::Answer;
 pub use error::QueryError;
@@ -87,17 +88,61 @@ impl Engine {
 
     pub fn search(&self, req: &SearchRequest) -> Result<Answer, QueryError> {
         let c = self.collection(&req.collection)?;
+        let pool = req.pool.unwrap_or(false);
+        if pool && (req.max_per_creator.is_some() || req.emerging.is_some()) {
+            return Err(QueryError::new(
+                ErrorCode::ConflictingFields,
+                "the router applies max_per_creator and emerging on the merged pool",
+            ));
+        }
         let (filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[])?;
         let query = query::prepare(c, &req.vector).map_err(|e| vector_error(c, e))?;
         let probes = vec![Probe { query, weight: 1.0 }];
-        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+        let mut answer = self.answer(c, probes, &filter, &shape, ef, req.explain);
+        answer.pool = pool;
+        Ok(answer)
+    }
+
+    /// One item as stored: metadata and vector.
+    pub fn item<'a>(&'a self, collection: &str, id: &str) -> Result<Item<'a>, QueryError> {
+        let c = self.collection(collection)?;
+        let row = c.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
+        Ok(item(c, row))
+    }
+
+    /// Several items as stored, and the IDs the collection does not have (1 to
+    /// [`MAX_ITEMS`] IDs).
+    pub fn items<'a>(
+        &'a self,
+        collection: &str,
+        ids: &'a [String],
+    ) -> Result<ItemsResponse<'a>, QueryError> {
+        if ids.is_empty() || ids.len() > MAX_ITEMS {
+            return Err(QueryError::new(
+                ErrorCode::InvalidIds,
+                format!(
+                    "an items lookup names 1 to {MAX_ITEMS} IDs (got {})",
+                    ids.len()
+                ),
+            ));
+        }
+        let c = self.collection(collection)?;
+        let mut items = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match c.row_of(id) {
+                Some(row) => items.push(item(c, row)),
+                None => missing.push(id.as_str()),
+            }
+        }
+        Ok(ItemsResponse { items, missing })
     }
 
     pub fn taste(&self, collection: &str, req: &TasteRequest) -> Result<Answer, QueryError> {
         if let Some(named) = &req.collection {
             if named != collection {
                 return Err(QueryError::new(
-                    ErrorCode::PathInBody,
+                    ErrorCode::ConflictingFields,
                     format!("body names collection {named:?} but the path names {collection:?}"),
                 ));
             }
@@ -160,7 +205,18 @@ impl Engine {
             quota: (sel.quota_requested, sel.quota_reserved),
             explain: explain.unwrap_or(false),
             probe_weights: probes.iter().map(|p| p.weight).collect(),
+            pool: false,
         }
+    }
+}
+
+fn item(c: &Collection, row: u32) -> Item<'_> {
+    Item {
+        id: c.id(row),
+        creator: c.creator(row),
+        popularity: c.popularity(row),
+        creator_popularity: c.creator_index(row).and_then(|cr| c.creator_popularity(cr)),
+        vector: c.vector(row),
     }
 }
 

@@ -9,6 +9,12 @@
 //! (dimension and metric), probed with a few queries and paged in, and only then swapped in.
 //! A version that fails any of that is refused with a log line and a metric, and the old one
 //! keeps serving. The old mappings are released when the last request holding them is done.
+//!
+//! A replaced version is kept loaded for `retain_previous` (`--retain-previous`) after the
+//! swap, so requests pinned to it (`x-earshot-version`) still answer from it while a fleet
+//! rolls over: [`Live::pinned`] picks the engine a request runs on. In store mode
+//! (`allow_empty`) the index root may start empty and collections arrive later, each on a
+//! reload.
 
 mod metrics;
 mod scan;
@@ -16,9 +22,10 @@ mod scan;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use serde::Serialize;
 
 use earshot_core::collection::{sanity_check, Collection};
@@ -26,17 +33,137 @@ use earshot_core::format::{names, Verify};
 use earshot_core::layout::compact_time;
 
 use crate::api::ReloadOutcome;
-use crate::engine::Engine;
+use crate::engine::{Engine, QueryError};
+use crate::error_code::ErrorCode;
 use crate::metrics::CollectionLabel;
 pub use metrics::{SwapMetrics, VersionLabel};
 pub use scan::Identity;
 use scan::{scan, Candidate};
 
-/// What requests read: the engine over one consistent set of collections, and which version
-/// of each is in service.
+/// What requests read: the engine over one consistent set of collections, which version
+/// of each is in service, and the replaced versions still kept for pinned requests.
 pub struct Live {
     pub engine: Engine,
     pub versions: BTreeMap<String, Served>,
+    /// Per collection, versions replaced less than `retain_previous` ago, oldest first.
+    pub retained: BTreeMap<String, Vec<Retained>>,
+}
+
+/// A replaced version kept loaded for requests pinned to it.
+pub struct Retained {
+    pub served: Served,
+    /// Answers from this version of the collection (and the current version of every other).
+    pub engine: Engine,
+    /// Pinned requests are answered from it until then; it is unloaded soon after.
+    pub until: Instant,
+}
+
+impl Live {
+    /// Builds a snapshot; each retained version gets an engine over the current collections
+    /// with it in place of its collection's current version.
+    fn new(
+        collections: BTreeMap<String, Arc<Collection>>,
+        versions: BTreeMap<String, Served>,
+        retained: BTreeMap<String, Vec<(Served, Arc<Collection>, Instant)>>,
+        default_ef: usize,
+    ) -> Self {
+        let retained = retained
+            .into_iter()
+            .map(|(name, list)| {
+                let list = list
+                    .into_iter()
+                    .map(|(served, col, until)| {
+                        let mut pinned = collections.clone();
+                        pinned.insert(name.clone(), col);
+                        Retained {
+                            served,
+                            engine: Engine {
+                                collections: pinned,
+                                default_ef,
+                            },
+                            until,
+                        }
+                    })
+                    .collect();
+                (name, list)
+            })
+            .collect();
+        Self {
+            engine: Engine {
+                collections,
+                default_ef,
+            },
+            versions,
+            retained,
+        }
+    }
+
+    /// The retained versions of every collection, to carry into the next snapshot.
+    fn retained_parts(&self) -> BTreeMap<String, Vec<(Served, Arc<Collection>, Instant)>> {
+        self.retained
+            .iter()
+            .map(|(name, list)| {
+                let list = list
+                    .iter()
+                    .filter_map(|r| {
+                        let col = r.engine.collections.get(name)?.clone();
+                        Some((r.served.clone(), col, r.until))
+                    })
+                    .collect();
+                (name.clone(), list)
+            })
+            .collect()
+    }
+
+    /// The engine that answers a request about `collection`, and the version it answers
+    /// from: the current one, or with `pin` (the request's `x-earshot-version`) that version
+    /// if it is current or still retained; any other pin is `version_unavailable`. A
+    /// collection this server does not serve gets the current engine (which answers
+    /// `unknown_collection`) and no version.
+    pub fn pinned(
+        &self,
+        collection: &str,
+        pin: Option<&str>,
+    ) -> Result<(&Engine, Option<&Served>), QueryError> {
+        let current = self.versions.get(collection);
+        let Some(pin) = pin else {
+            return Ok((&self.engine, current));
+        };
+        let Some(cur) = current else {
+            return Ok((&self.engine, None));
+        };
+        if cur.version == pin {
+            return Ok((&self.engine, current));
+        }
+        let retained = self.retained.get(collection).map_or(&[][..], Vec::as_slice);
+        if let Some(r) = retained.iter().rev().find(|r| r.served.version == pin) {
+            if r.until > Instant::now() {
+                return Ok((&r.engine, Some(&r.served)));
+            }
+        }
+        let mut loaded = format!("{} (current)", cur.version);
+        for r in retained.iter().rev().filter(|r| r.until > Instant::now()) {
+            loaded.push_str(", ");
+            loaded.push_str(&r.served.version);
+        }
+        Err(QueryError::new(
+            ErrorCode::VersionUnavailable,
+            format!(
+                "version {pin:?} of collection {collection:?} is not loaded here; loaded: {loaded}"
+            ),
+        ))
+    }
+
+    /// Versions of `collection` pinned requests can still use, oldest first.
+    pub fn retained_versions(&self, collection: &str) -> impl Iterator<Item = &str> {
+        let now = Instant::now();
+        self.retained
+            .get(collection)
+            .into_iter()
+            .flatten()
+            .filter(move |r| r.until > now)
+            .map(|r| r.served.version.as_str())
+    }
 }
 
 /// The version of one collection in service.
@@ -50,6 +177,9 @@ pub struct Served {
     pub identity: Identity,
     #[serde(serialize_with = "rfc3339")]
     pub loaded_at: SystemTime,
+    /// `version` as the `x-earshot-version` response header (made once, cloned per answer).
+    #[serde(skip)]
+    pub header: HeaderValue,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -68,11 +198,15 @@ fn load(c: &Candidate, verify: Verify, probe: bool) -> Result<(Collection, Serve
         .version
         .clone()
         .unwrap_or_else(|| compact_time(&col.manifest.built_at));
+    // Version names are checked like collection names (no control characters), which
+    // every header value accepts.
+    let header = HeaderValue::from_str(&version).unwrap_or(HeaderValue::from_static("invalid"));
     let served = Served {
         version,
         path: c.target.clone(),
         identity: c.identity,
         loaded_at: SystemTime::now(),
+        header,
     };
     Ok((col, served))
 }
@@ -84,6 +218,9 @@ pub enum Trigger {
     Admin,
     /// The `--watch-interval` poll: a version refused before is not retried.
     Watch,
+    /// Store mode, after new versions were downloaded into the index root; like `Watch`, a
+    /// version refused before is not retried.
+    Store,
 }
 
 /// Per-collection outcomes of one reload.
@@ -101,12 +238,40 @@ impl ReloadReport {
     }
 }
 
+/// How the registry opens and swaps collections.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Checksums at start-up (`--lazy` skips them; a swap always verifies fully).
+    pub verify: Verify,
+    pub default_ef: usize,
+    /// Accept a new version whose dimension or metric differs from the served one.
+    pub allow_schema_change: bool,
+    /// Keep a replaced version loaded this long for pinned requests (zero: unload at once).
+    pub retain_previous: Duration,
+    /// Start with an empty (or not yet existing) index root, and log instead of failing on
+    /// an entry that cannot be served: store mode fills the root while serving.
+    pub allow_empty: bool,
+}
+
+impl RegistryOptions {
+    pub fn new(verify: Verify, default_ef: usize) -> Self {
+        Self {
+            verify,
+            default_ef,
+            allow_schema_change: false,
+            retain_previous: Duration::ZERO,
+            allow_empty: false,
+        }
+    }
+}
+
 /// The served collections, swappable.
 pub struct Registry {
     root: PathBuf,
     live: ArcSwap<Live>,
     default_ef: usize,
     allow_schema_change: bool,
+    retain_previous: Duration,
     metrics: SwapMetrics,
     /// Held for the whole of a reload: reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
@@ -116,25 +281,49 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens every collection of `root`; any problem is an error naming the file.
-    pub fn open(
-        root: &Path,
-        verify: Verify,
-        default_ef: usize,
-        allow_schema_change: bool,
-        metrics: SwapMetrics,
-    ) -> anyhow::Result<Self> {
+    /// Opens every collection of `root`; any problem is an error naming the file (with
+    /// `allow_empty`, a logged refusal, and the root is created when missing).
+    pub fn open(root: &Path, opts: &RegistryOptions, metrics: SwapMetrics) -> anyhow::Result<Self> {
+        let verify = opts.verify;
+        if opts.allow_empty {
+            std::fs::create_dir_all(root)
+                .map_err(|e| anyhow::anyhow!("cannot create index root {}: {e}", root.display()))?;
+        }
         let (found, problems) = scan(root)?;
-        if let Some(p) = problems.first() {
-            anyhow::bail!("{}", p.reason);
+        let reported = Mutex::new(HashMap::new());
+        for p in &problems {
+            if !opts.allow_empty {
+                anyhow::bail!("{}", p.reason);
+            }
+            tracing::error!(collection = %p.name, "not served: {}", p.reason);
+            reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(p.name.clone(), p.reason.clone());
         }
         let mut collections = BTreeMap::new();
         let mut versions = BTreeMap::new();
         for c in &found {
             let started = Instant::now();
             // --lazy promises a fast start: no checksums, no probe queries.
-            let (col, served) =
-                load(c, verify, verify == Verify::Full).map_err(anyhow::Error::msg)?;
+            let (col, served) = match load(c, verify, verify == Verify::Full) {
+                Ok(x) => x,
+                Err(reason) if opts.allow_empty => {
+                    tracing::error!(collection = %c.name, "not served: {reason}");
+                    metrics
+                        .refusals
+                        .get_or_create(&CollectionLabel {
+                            collection: c.name.clone(),
+                        })
+                        .inc();
+                    reported
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(c.name.clone(), fingerprint(c.identity));
+                    continue;
+                }
+                Err(reason) => anyhow::bail!("{reason}"),
+            };
             tracing::info!(
                 collection = %col.name,
                 version = %served.version,
@@ -149,25 +338,25 @@ impl Registry {
             versions.insert(c.name.clone(), served);
         }
         anyhow::ensure!(
-            !collections.is_empty(),
+            !collections.is_empty() || opts.allow_empty,
             "no collections under {}: build one with `earshot build --out {}/tracks …`",
             root.display(),
             root.display()
         );
         Ok(Self {
             root: root.to_path_buf(),
-            live: ArcSwap::from_pointee(Live {
-                engine: Engine {
-                    collections,
-                    default_ef,
-                },
+            live: ArcSwap::from_pointee(Live::new(
+                collections,
                 versions,
-            }),
-            default_ef,
-            allow_schema_change,
+                BTreeMap::new(),
+                opts.default_ef,
+            )),
+            default_ef: opts.default_ef,
+            allow_schema_change: opts.allow_schema_change,
+            retain_previous: opts.retain_previous,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
-            reported: Mutex::new(HashMap::new()),
+            reported,
         })
     }
 
@@ -180,7 +369,8 @@ impl Registry {
     pub async fn reload(self: &Arc<Self>, trigger: Trigger) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || this.reload_blocking(trigger)).await {
+        let report = match tokio::task::spawn_blocking(move || this.reload_blocking(trigger)).await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("reload failed: {e}");
@@ -188,7 +378,49 @@ impl Registry {
                     collections: BTreeMap::new(),
                 }
             }
+        };
+        let swapped = report
+            .collections
+            .values()
+            .any(|o| matches!(o, ReloadOutcome::Swapped { from: Some(_), .. }));
+        if swapped && !self.retain_previous.is_zero() {
+            // Unload what this swap retained once its time is up.
+            let this = self.clone();
+            let after = self.retain_previous + Duration::from_millis(100);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _one_at_a_time = this.reloading.lock().await;
+                this.drop_expired();
+            });
         }
+        report
+    }
+
+    /// Unloads the retained versions whose time is up.
+    fn drop_expired(&self) {
+        let current = self.live();
+        let now = Instant::now();
+        let expired = |list: &Vec<Retained>| list.iter().any(|r| r.until <= now);
+        if !current.retained.values().any(expired) {
+            return;
+        }
+        let mut retained = current.retained_parts();
+        for (name, list) in retained.iter_mut() {
+            list.retain(|(served, _, until)| {
+                let keep = *until > now;
+                if !keep {
+                    tracing::info!(collection = %name, version = %served.version, "unloaded retained version");
+                }
+                keep
+            });
+        }
+        retained.retain(|_, list| !list.is_empty());
+        self.live.store(Arc::new(Live::new(
+            current.engine.collections.clone(),
+            current.versions.clone(),
+            retained,
+            self.default_ef,
+        )));
     }
 
     fn reload_blocking(&self, trigger: Trigger) -> ReloadReport {
@@ -203,6 +435,7 @@ impl Registry {
         };
         let mut collections = current.engine.collections.clone();
         let mut versions = current.versions.clone();
+        let mut retained = current.retained_parts();
         let mut changed = false;
         for p in problems {
             let serving = current.versions.get(&p.name).map(|s| s.version.clone());
@@ -280,8 +513,17 @@ impl Registry {
                             ms,
                         },
                     );
-                    collections.insert(c.name.clone(), Arc::new(col));
-                    versions.insert(c.name.clone(), served);
+                    let kept = retained.entry(c.name.clone()).or_default();
+                    // A roll-back makes a retained version current again.
+                    kept.retain(|(s, _, _)| s.version != served.version);
+                    let replaced = collections.insert(c.name.clone(), Arc::new(col));
+                    let previous = versions.insert(c.name.clone(), served);
+                    if let (Some(col), Some(prev)) = (replaced, previous) {
+                        if !self.retain_previous.is_zero() {
+                            kept.retain(|(s, _, _)| s.version != prev.version);
+                            kept.push((prev, col, Instant::now() + self.retain_previous));
+                        }
+                    }
                     changed = true;
                 }
                 Err(reason) => {
@@ -323,13 +565,17 @@ impl Registry {
             }
         }
         if changed {
-            self.live.store(Arc::new(Live {
-                engine: Engine {
-                    collections,
-                    default_ef: self.default_ef,
-                },
+            let now = Instant::now();
+            for list in retained.values_mut() {
+                list.retain(|(_, _, until)| *until > now);
+            }
+            retained.retain(|_, list| !list.is_empty());
+            self.live.store(Arc::new(Live::new(
+                collections,
                 versions,
-            }));
+                retained,
+                self.default_ef,
+            )));
         }
         ReloadReport {
             collections: outcomes,
@@ -345,7 +591,7 @@ impl Registry {
     fn seen(&self, trigger: Trigger, name: &str, what: &str) -> bool {
         let mut reported = self.reported();
         let before = reported.insert(name.to_string(), what.to_string());
-        trigger == Trigger::Watch && before.as_deref() == Some(what)
+        matches!(trigger, Trigger::Watch | Trigger::Store) && before.as_deref() == Some(what)
     }
 
     fn refuse(

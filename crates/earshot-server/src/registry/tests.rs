@@ -55,13 +55,20 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn open(root: &Path, allow_schema_change: bool) -> anyhow::Result<Registry> {
-    Registry::open(
-        root,
-        Verify::Full,
-        64,
+    let opts = RegistryOptions {
         allow_schema_change,
-        SwapMetrics::default(),
-    )
+        ..RegistryOptions::new(Verify::Full, 64)
+    };
+    Registry::open(root, &opts, SwapMetrics::default())
+}
+
+fn open_with(root: &Path, retain: Duration, allow_empty: bool) -> Registry {
+    let opts = RegistryOptions {
+        retain_previous: retain,
+        allow_empty,
+        ..RegistryOptions::new(Verify::Full, 64)
+    };
+    Registry::open(root, &opts, SwapMetrics::default()).unwrap()
 }
 
 fn names<T>(v: &[T], name: impl Fn(&T) -> &str) -> Vec<String> {
@@ -226,4 +233,108 @@ fn a_panic_while_holding_the_report_lock_does_not_stop_reloads() {
         outcome_of(&report),
         ReloadOutcome::Unchanged { .. }
     ));
+}
+
+#[test]
+fn allow_empty_starts_on_an_empty_or_missing_root_and_picks_collections_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let r = open_with(&root, Duration::ZERO, true);
+    assert!(root.is_dir(), "the missing root is created");
+    assert!(r.live().versions.is_empty());
+    // An unusable entry is logged, not fatal.
+    std::fs::create_dir(root.join("broken")).unwrap();
+    let r = open_with(&root, Duration::ZERO, true);
+    assert!(r.live().versions.is_empty());
+    std::fs::remove_dir(root.join("broken")).unwrap();
+    // A downloaded version arrives: the store trigger swaps it in.
+    build_version(&root, "tracks", "V1", 4);
+    let report = r.reload_blocking(Trigger::Store);
+    assert!(matches!(
+        outcome_of(&report),
+        ReloadOutcome::Swapped { from: None, to, .. } if to == "V1"
+    ));
+    assert_eq!(r.live().versions["tracks"].version, "V1");
+}
+
+#[test]
+fn a_replaced_version_answers_pinned_requests_while_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    build_version(root, "tracks", "V1", 4);
+    build(&root.join("other"), 4);
+    let r = open_with(root, Duration::from_secs(600), false);
+    let version_of = |live: &Live, pin: Option<&str>| -> Result<String, ErrorCode> {
+        live.pinned("tracks", pin)
+            .map(|(_, s)| s.unwrap().version.clone())
+            .map_err(|e| e.code)
+    };
+    assert_eq!(version_of(&r.live(), None).unwrap(), "V1");
+    assert_eq!(version_of(&r.live(), Some("V1")).unwrap(), "V1");
+    assert_eq!(
+        version_of(&r.live(), Some("V0")),
+        Err(ErrorCode::VersionUnavailable)
+    );
+
+    build_version(root, "tracks", "V2", 4);
+    r.reload_blocking(Trigger::Admin);
+    let live = r.live();
+    assert_eq!(version_of(&live, None).unwrap(), "V2");
+    assert_eq!(version_of(&live, Some("V2")).unwrap(), "V2");
+    // The pinned engine holds V1 of tracks, and the current version of the others.
+    let (engine, _) = live.pinned("tracks", Some("V1")).unwrap();
+    assert!(engine.collections["tracks"].dir.ends_with("V1"));
+    assert!(Arc::ptr_eq(
+        &engine.collections["other"],
+        &live.engine.collections["other"]
+    ));
+    assert_eq!(live.retained_versions("tracks").collect::<Vec<_>>(), ["V1"]);
+    let e = live.pinned("tracks", Some("V9")).err().unwrap();
+    assert_eq!(e.code, ErrorCode::VersionUnavailable);
+    assert!(e.message.contains("V2 (current), V1"), "{}", e.message);
+    // Unknown collections are left to the engine (unknown_collection), pinned or not.
+    assert!(live.pinned("nope", Some("V1")).unwrap().1.is_none());
+
+    // A roll-back to V1: V1 is current again, V2 retained.
+    switch_link(&root.join("tracks"), "V1").unwrap();
+    r.reload_blocking(Trigger::Admin);
+    let live = r.live();
+    assert_eq!(version_of(&live, None).unwrap(), "V1");
+    assert_eq!(live.retained_versions("tracks").collect::<Vec<_>>(), ["V2"]);
+}
+
+#[test]
+fn retained_versions_expire_and_zero_retains_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    build_version(root, "tracks", "V1", 4);
+    let r = open_with(root, Duration::from_millis(50), false);
+    build_version(root, "tracks", "V2", 4);
+    r.reload_blocking(Trigger::Admin);
+    assert!(r.live().pinned("tracks", Some("V1")).is_ok());
+    std::thread::sleep(Duration::from_millis(80));
+    // Past its time it no longer answers, even before it is unloaded.
+    let e = r.live().pinned("tracks", Some("V1")).err().unwrap();
+    assert_eq!(e.code, ErrorCode::VersionUnavailable);
+    r.drop_expired();
+    assert!(r.live().retained.is_empty());
+
+    let r = open_with(root, Duration::ZERO, false);
+    build_version(root, "tracks", "V3", 4);
+    r.reload_blocking(Trigger::Admin);
+    assert!(r.live().retained.is_empty());
+    assert!(r.live().pinned("tracks", Some("V2")).is_err());
+}
+
+#[tokio::test]
+async fn reload_unloads_retained_versions_when_their_time_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    build_version(root, "tracks", "V1", 4);
+    let r = Arc::new(open_with(root, Duration::from_millis(50), false));
+    build_version(root, "tracks", "V2", 4);
+    r.reload(Trigger::Admin).await;
+    assert_eq!(r.live().retained["tracks"].len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(r.live().retained.is_empty());
 }

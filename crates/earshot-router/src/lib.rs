@@ -1,0 +1,223 @@
+//! `earshot route`: one endpoint over sharded and replicated `earshot serve` processes, with
+//! the same HTTP API and OpenAPI document as `serve` (README "Sharding and the router").
+//!
+//! Modules, each depending only on those above it:
+//! - `estimate`: how many hits to ask each shard for (Vespa's `TopKEstimator`);
+//! - `failure`: how a routed query fails (shard errors passed on, unavailable shards);
+//! - `hedge`: recent-latency quantiles and the hedging budget, lock-free;
+//! - `topology`: the TOML file naming each collection's shards and replicas;
+//! - `metrics`: per shard and replica latency, hedges, ejections, partial answers;
+//! - `upstream`: a shard's replicas — choice, deadlines, retries, hedging, ejection;
+//! - `cluster`: the routed collections, what their shards report, the background loops;
+//! - `validate`: `serve`'s request checks, made before any shard is asked;
+//! - `pool`: the merged candidate pool (one creator key across shards) and the merge;
+//! - `query`: similar, search, taste and items across shards, merged and picked with
+//!   `earshot_recommend::select` on one version;
+//! - `http`: the handlers; this file: the router and its life cycle.
+
+pub mod cluster;
+pub mod estimate;
+pub mod failure;
+pub mod hedge;
+pub mod http;
+pub mod metrics;
+pub mod pool;
+pub mod query;
+pub mod topology;
+pub mod upstream;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use cluster::ClusterOptions;
+pub use topology::Topology;
+pub use upstream::UpstreamOptions;
+
+use cluster::Cluster;
+use http::RouterState;
+
+/// `earshot route`'s options.
+#[derive(Debug, Clone)]
+pub struct RouteOptions {
+    pub topology: PathBuf,
+    pub addr: SocketAddr,
+    pub cluster: ClusterOptions,
+    /// API keys for clients (as `serve --api-keys`; also `EARSHOT_QUERY_KEYS`).
+    pub api_keys: Option<PathBuf>,
+    /// How long `/readyz` reports 503 before the listener stops.
+    pub drain: Duration,
+}
+
+pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) -> Router {
+    use earshot_server::routes::{method_not_allowed, not_found};
+    let request_id = HeaderName::from_static("x-request-id");
+    let v1 = Router::new()
+        .route(
+            "/v1/{collection}/{id}/similar",
+            get(http::similar).post(http::similar_post),
+        )
+        .route("/v1/{collection}/{id}", get(http::item))
+        .route("/v1/{collection}/items", post(http::items))
+        .route("/v1/taste/{collection}", post(http::taste))
+        .route("/v1/search", post(http::search))
+        .route("/v1/batch", post(http::batch))
+        .route("/v1/collections", get(http::collections))
+        .route_layer(from_fn_with_state(keys, earshot_server::auth::query));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/openapi.json", get(earshot_server::openapi::serve))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(
+            state.metrics.clone(),
+            earshot_server::metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(
+            earshot_server::limits::MAX_BODY_BYTES,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
+            }),
+        )
+        .layer(SetRequestIdLayer::new(
+            request_id,
+            http::CounterId::default(),
+        ))
+        .with_state(state)
+}
+
+/// Builds the router's state from a topology (DNS resolved, health and collection info
+/// fetched once) without listening: for `route` and for tests.
+pub async fn start(topology: &Topology, opts: ClusterOptions) -> anyhow::Result<Arc<RouterState>> {
+    let mut metrics = earshot_server::metrics::Metrics::new();
+    let rm = metrics::RouterMetrics::register(&mut metrics.registry);
+    let cluster = Arc::new(Cluster::new(topology, opts, rm));
+    cluster.resolve_all().await;
+    cluster.check_all().await;
+    cluster.refresh_all().await;
+    for c in cluster.collections.values() {
+        if let Some(m) = c.meta() {
+            metrics
+                .items
+                .get_or_create(&earshot_server::metrics::CollectionLabel {
+                    collection: c.name.clone(),
+                })
+                .set(m.count as i64);
+        }
+    }
+    cluster.spawn_loops();
+    Ok(Arc::new(RouterState {
+        cluster,
+        metrics: Arc::new(metrics),
+        ready: AtomicBool::new(false),
+    }))
+}
+
+pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let topology = Topology::load(&opts.topology)?;
+    let keys = Arc::new(earshot_server::auth::Keys::load(opts.api_keys.as_deref())?);
+    let mut stop = stop_signals()?;
+    let state = start(&topology, opts.cluster.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.addr))?;
+    let local = listener.local_addr()?;
+    state.ready.store(true, Ordering::Release);
+    let shards: usize = state
+        .cluster
+        .collections
+        .values()
+        .map(|c| c.shards.len())
+        .sum();
+    tracing::info!(
+        addr = %local,
+        collections = state.cluster.collections.len(),
+        shards,
+        ready = state.cluster.ready(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "routing"
+    );
+    println!("listening on http://{local}");
+    let app = router(state.clone(), keys);
+    let drain = opts.drain;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop.recv().await;
+        state.ready.store(false, Ordering::Release);
+        tracing::info!(
+            drain_seconds = drain.as_secs_f64(),
+            "shutting down: /readyz now 503"
+        );
+        tokio::time::sleep(drain).await;
+    })
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Stop {
+    rx: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Stop {
+    async fn recv(&mut self) {
+        let _ = self.rx.recv().await;
+    }
+}
+
+/// SIGTERM / SIGINT, listened for from the moment this returns.
+fn stop_signals() -> anyhow::Result<Stop> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int =
+            signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(()).await;
+    });
+    Ok(Stop { rx })
+}
