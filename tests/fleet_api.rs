@@ -17,31 +17,10 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Fixture: `tracks` (cosine, creators and popularity) behind one server
 
-struct Fixture {
-    server: Server,
-    cat: Catalogue,
-    _dir: tempfile::TempDir,
-    _reaper: Reaper,
-}
+static FIXTURE: OnceLock<Tracks> = OnceLock::new();
 
-static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-
-fn fx() -> &'static Fixture {
-    FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = catalogue(11, 600, 8, 4, 40, 10, 7);
-        let (npy, csv) = cat.write(dir.path(), "tracks");
-        let root = dir.path().join("indexes");
-        earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
-        let server = Server::start(&root, &[]);
-        let reaper = reap_at_exit(&[server.pid()], &[dir.path()]);
-        Fixture {
-            server,
-            cat,
-            _dir: dir,
-            _reaper: reaper,
-        }
-    })
+fn fx() -> &'static Tracks {
+    FIXTURE.get_or_init(|| Tracks::serve(catalogue(11, 600, 8, 4, 40, 10, 7)))
 }
 
 fn version_of(s: &Server, collection: &str) -> String {

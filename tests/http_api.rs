@@ -53,11 +53,7 @@ fn fx() -> &'static Fixture {
             cat.creators.push(String::new());
             cat.popularity.push(None);
         }
-        let (npy, csv) = cat.write(dir.path(), "tracks");
-        let root = dir.path().join("indexes");
-        let mut args = build_args(&npy, Some(&csv), "cosine", &root.join("tracks"));
-        args.extend(["--creators-out".into(), root.join("creators").into()]);
-        earshot(&args).assert_ok();
+        let root = build_tracks(dir.path(), &cat, true);
 
         let mut rng = Rng::new(5);
         let small_centres = centres(&mut rng, 4, SMALL_DIM);
@@ -92,8 +88,7 @@ fn fx() -> &'static Fixture {
             .flat_map(|s| normalized(&s.iter().map(|&x| x as f32).collect::<Vec<_>>()))
             .collect();
 
-        let server = Server::start(&root, &[]);
-        let reaper = reap_at_exit(&[server.pid()], &[dir.path()]);
+        let (server, reaper) = serve_fixture(&root, dir.path());
         Fixture {
             cat,
             unit,

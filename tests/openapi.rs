@@ -25,30 +25,11 @@ const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 const ROUTER_SOURCE: &str = "crates/earshot-server/src/lib.rs";
 const OPENAPI_SOURCE: &str = "crates/earshot-server/src/openapi.rs";
 
-struct Fixture {
-    server: Server,
-    _dir: tempfile::TempDir,
-    _reaper: Reaper,
-}
-
-static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+static FIXTURE: OnceLock<Tracks> = OnceLock::new();
 
 /// One small collection `tracks` (IDs `trk-00000` …) behind a real server.
-fn fx() -> &'static Fixture {
-    FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = catalogue(3, 300, 8, 4, 30, 10, 7);
-        let (npy, csv) = cat.write(dir.path(), "tracks");
-        let root = dir.path().join("indexes");
-        earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
-        let server = Server::start(&root, &[]);
-        let reaper = reap_at_exit(&[server.pid()], &[dir.path()]);
-        Fixture {
-            server,
-            _dir: dir,
-            _reaper: reaper,
-        }
-    })
+fn fx() -> &'static Tracks {
+    FIXTURE.get_or_init(|| Tracks::serve(catalogue(3, 300, 8, 4, 30, 10, 7)))
 }
 
 fn committed_path() -> PathBuf {

@@ -32,11 +32,7 @@ fn fx() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         // Popularity is uniform over 0 … 9,999.75, so `max_popularity` picks the selectivity.
         let cat = catalogue(11, TRACKS, DIM, 20, 1_500, 50, 40);
-        let (npy, csv) = cat.write(dir.path(), "tracks");
-        let root = dir.path().join("indexes");
-        let mut args = build_args(&npy, Some(&csv), "cosine", &root.join("tracks"));
-        args.extend(["--creators-out".into(), root.join("creators").into()]);
-        earshot(&args).assert_ok();
+        let root = build_tracks(dir.path(), &cat, true);
         let mut creator_pop: HashMap<String, f32> = HashMap::new();
         for (c, p) in cat.creators.iter().zip(&cat.popularity) {
             if !c.is_empty() {
@@ -44,8 +40,7 @@ fn fx() -> &'static Fixture {
             }
         }
         let unit = normalized_rows(&cat.vectors, DIM);
-        let server = Server::start(&root, &[]);
-        let reaper = reap_at_exit(&[server.pid()], &[dir.path()]);
+        let (server, reaper) = serve_fixture(&root, dir.path());
         Fixture {
             cat,
             unit,

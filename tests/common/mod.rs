@@ -656,6 +656,51 @@ pub fn reap_at_exit(pids: &[u32], dirs: &[&Path]) -> Reaper {
     }
 }
 
+/// `cat` built as the cosine collection `tracks` under `DIR/indexes` (and its creators as
+/// `indexes/creators` with `creators_out`); returns that index root.
+pub fn build_tracks(dir: &Path, cat: &Catalogue, creators_out: bool) -> PathBuf {
+    let (npy, csv) = cat.write(dir, "tracks");
+    let root = dir.join("indexes");
+    let mut args = build_args(&npy, Some(&csv), "cosine", &root.join("tracks"));
+    if creators_out {
+        args.extend(["--creators-out".into(), root.join("creators").into()]);
+    }
+    earshot(&args).assert_ok();
+    root
+}
+
+/// A server over `root` for a fixture kept in a `static`: it is killed, and `dir` removed,
+/// when the test process exits.
+pub fn serve_fixture(root: &Path, dir: &Path) -> (Server, Reaper) {
+    let server = Server::start(root, &[]);
+    let reaper = reap_at_exit(&[server.pid()], &[dir]);
+    (server, reaper)
+}
+
+/// A fixture to keep in a `static`: `cat` built as the cosine collection `tracks` (see
+/// [`build_tracks`]) in a temporary directory and served, cleaned up when the test process
+/// exits.
+pub struct Tracks {
+    pub server: Server,
+    pub cat: Catalogue,
+    _dir: tempfile::TempDir,
+    _reaper: Reaper,
+}
+
+impl Tracks {
+    pub fn serve(cat: Catalogue) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = build_tracks(dir.path(), &cat, false);
+        let (server, reaper) = serve_fixture(&root, dir.path());
+        Tracks {
+            server,
+            cat,
+            _dir: dir,
+            _reaper: reaper,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // HTTP
 

@@ -33,6 +33,26 @@ pub struct Settings {
     pub quantize: bool,
 }
 
+impl Settings {
+    /// For the small collections of tests: `m` 8, `ef_construction` 32, one thread (so
+    /// reproducible), no 8-bit vectors, `source` "unit test".
+    pub fn small(metric: Metric) -> Self {
+        Self {
+            metric,
+            params: GraphParams {
+                m: 8,
+                ef_construction: 32,
+                threads: 1,
+                builder: Default::default(),
+                walk: Default::default(),
+            },
+            force: false,
+            source: "unit test".into(),
+            quantize: false,
+        }
+    }
+}
+
 /// Builds `data` into the collection directory `out` and returns its manifest.
 pub fn build_collection(
     data: Dataset,

@@ -1,7 +1,7 @@
 //! Tiny collections for the unit tests, written by the real builder into a temporary
 //! directory.
 
-use earshot_build::{build_collection, Dataset, GraphParams, Settings};
+use earshot_build::{build_collection, Dataset, Settings};
 use earshot_core::collection::Collection;
 use earshot_core::format::Verify;
 use earshot_core::metric::Metric;
@@ -36,19 +36,8 @@ pub fn collection(metric: Metric, items: Vec<Item>) -> (tempfile::TempDir, Colle
         creators: Some(items.iter().map(|i| i.creator.map(String::from)).collect()),
         popularity: Some(items.iter().map(|i| i.popularity).collect()),
     };
-    let settings = Settings {
-        metric,
-        params: GraphParams {
-            m: 8,
-            ef_construction: 64,
-            threads: 1,
-            builder: Default::default(),
-            walk: Default::default(),
-        },
-        force: false,
-        source: "unit test".into(),
-        quantize: false,
-    };
+    let mut settings = Settings::small(metric);
+    settings.params.ef_construction = 64;
     build_collection(data, &out, &settings).unwrap();
     let c = Collection::open(&out, Verify::Full).unwrap();
     (dir, c)

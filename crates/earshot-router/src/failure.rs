@@ -1,7 +1,7 @@
 //! How a routed query fails: a shard's error answer passed on with its own code, status and
-//! message; `shard_unavailable` / `version_unavailable`; taste errors as `serve` words them.
+//! message; `shard_unavailable` / `version_unavailable`. (Taste errors are worded by
+//! `serve`'s own [`earshot_server::engine::taste_error`].)
 
-use earshot_recommend::taste::TasteError;
 use earshot_server::engine::QueryError;
 use earshot_server::error_code::ErrorCode;
 use serde::Deserialize;
@@ -64,25 +64,4 @@ impl From<QueryError> for Failure {
     fn from(e: QueryError) -> Self {
         Failure::Api(e)
     }
-}
-
-pub(crate) fn taste_error(e: TasteError) -> Failure {
-    Failure::Api(match e {
-        TasteError::NoPositiveEvidence => QueryError::new(
-            ErrorCode::NoPositiveHistory,
-            "the history holds only negative evidence (skips, dislikes): nothing says what to \
-             recommend",
-        ),
-        TasteError::TooManyCentroids { asked, available } => QueryError::new(
-            ErrorCode::TooManyCentroids,
-            format!(
-                "centroids {asked} is more than the {available} distinct positively weighted \
-                 history items"
-            ),
-        ),
-        TasteError::Degenerate => QueryError::new(
-            ErrorCode::DegenerateHistory,
-            "the history's vectors cancel out: there is no taste direction to search",
-        ),
-    })
 }

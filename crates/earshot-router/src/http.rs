@@ -2,28 +2,26 @@
 //! into `serve`'s own request types (so they accept and refuse exactly what `serve` does),
 //! plus the router's `allow_partial`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query as QueryString, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use earshot_server::api::{
-    BatchQuery, BatchRequest, ErrorDetail, Explanation, ListExplanation, ResultItem, Results,
-    SearchRequest, SimilarParams, SimilarRequest, Status, TasteRequest,
+    BatchQuery, BatchRequest, ErrorDetail, ListExplanation, ResultItem, Results, SearchRequest,
+    SimilarParams, SimilarRequest, Status, TasteRequest,
 };
-use earshot_server::engine::QueryError;
+use earshot_server::engine::{self, answer, QueryError};
 use earshot_server::error::ApiError;
 use earshot_server::error_code::ErrorCode;
-use earshot_server::limits::MAX_BATCH;
 use earshot_server::metrics::Metrics;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::cluster::Cluster;
 use crate::failure::shard_unavailable;
@@ -41,17 +39,6 @@ pub struct RouterState {
 type St = State<Arc<RouterState>>;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-#[derive(Clone, Default)]
-pub struct CounterId(Arc<AtomicU64>);
-
-impl MakeRequestId for CounterId {
-    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}-{n}", std::process::id());
-        Some(RequestId::new(HeaderValue::try_from(id).ok()?))
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Bodies
@@ -134,51 +121,30 @@ struct RoutedResults<'a> {
     coverage: Option<Coverage>,
 }
 
-fn finite(x: f32) -> f32 {
-    if x.is_nan() {
-        f32::MIN
-    } else {
-        x.clamp(f32::MIN, f32::MAX)
-    }
-}
-
 /// The picked list as `serve` renders an engine answer (`engine/answer.rs`).
 fn result_items(o: &ListOutcome) -> Vec<ResultItem<'_>> {
-    let total: f32 = o.weights.iter().sum();
     o.selection
         .picks
         .iter()
         .map(|p| {
             let it = &o.pool.items[p.row as usize];
-            let score = finite(-p.dist);
+            let score = answer::finite(-p.dist);
             ResultItem {
                 id: &it.id,
                 score,
                 creator: it.creator.as_deref(),
                 popularity: it.popularity,
                 creator_popularity: None,
-                explain: o.explain.then(|| Explanation {
-                    similarity: score,
-                    centroid: p.probe,
-                    centroid_weight: o.weights.get(p.probe).copied().unwrap_or(0.0)
-                        / total.max(f32::MIN_POSITIVE),
-                    rank: p.rank,
-                    emerging_quota: p.emerging,
-                    in_share: p.in_share,
-                    moved_by: p.moved_by.clone(),
-                }),
+                explain: o.explain.then(|| answer::explanation(p, score, &o.weights)),
             }
         })
         .collect()
 }
 
 fn list_explanation(o: &ListOutcome) -> Option<ListExplanation> {
-    let total: f32 = o.weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
-    o.explain.then(|| ListExplanation {
-        centroid_weights: o.weights.iter().map(|w| w / total).collect(),
-        emerging_slots_requested: o.selection.quota_requested,
-        emerging_slots_reserved: o.selection.quota_reserved,
-    })
+    let quota = (o.selection.quota_requested, o.selection.quota_reserved);
+    o.explain
+        .then(|| answer::list_explanation(&o.weights, quota))
 }
 
 fn coverage(o: &Outcome, allow_partial: bool) -> Option<Coverage> {
@@ -348,15 +314,7 @@ pub async fn batch(
         }
     }
     let req: BatchRequest = typed(v)?;
-    if req.queries.is_empty() || req.queries.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBatch,
-            format!(
-                "a batch holds 1 to {MAX_BATCH} queries (got {})",
-                req.queries.len()
-            ),
-        ));
-    }
+    engine::check_batch(req.queries.len())?;
     let started = Instant::now();
     let cluster = &state.cluster;
     let runs = req.queries.iter().enumerate().map(|(i, q)| {
@@ -364,28 +322,15 @@ pub async fn batch(
         async move {
             let (collection, query) = match q {
                 BatchQuery::Similar(s) => {
-                    let (Some(c), Some(id)) = (&s.collection, &s.id) else {
-                        return Err(QueryError::new(
-                            ErrorCode::InvalidRequest,
-                            "a batch similar query needs \"collection\" and \"id\"",
-                        ));
-                    };
-                    (c.as_str(), Query::Similar { id, req: s })
+                    let (c, id) = engine::batch_similar_target(s)?;
+                    (c, Query::Similar { id, req: s })
                 }
                 BatchQuery::Search(s) => (s.collection.as_str(), Query::Search(s)),
-                BatchQuery::Taste(t) => {
-                    let Some(c) = &t.collection else {
-                        return Err(QueryError::new(
-                            ErrorCode::InvalidRequest,
-                            "a batch taste query needs \"collection\"",
-                        ));
-                    };
-                    (c.as_str(), Query::Taste(t))
-                }
+                BatchQuery::Taste(t) => (engine::batch_taste_target(t)?, Query::Taste(t)),
             };
             let c = cluster.routed(collection)?;
             let o = cluster.run(c, &query, partial, started).await?;
-            Ok((o, partial))
+            Ok::<_, QueryError>((o, partial))
         }
     });
     let outcomes = futures_util::future::join_all(runs).await;

@@ -34,13 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use cluster::ClusterOptions;
 pub use topology::Topology;
@@ -62,8 +58,6 @@ pub struct RouteOptions {
 }
 
 pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) -> Router {
-    use earshot_server::routes::{method_not_allowed, not_found};
-    let request_id = HeaderName::from_static("x-request-id");
     let v1 = Router::new()
         .route(
             "/v1/{collection}/{id}/similar",
@@ -76,37 +70,13 @@ pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) ->
         .route("/v1/batch", post(http::batch))
         .route("/v1/collections", get(http::collections))
         .route_layer(from_fn_with_state(keys, earshot_server::auth::query));
-    Router::new()
+    let app = Router::new()
         .merge(v1)
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
-        .route("/openapi.json", get(earshot_server::openapi::serve))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(
-            state.metrics.clone(),
-            earshot_server::metrics::track,
-        ))
-        .layer(DefaultBodyLimit::max(
-            earshot_server::limits::MAX_BODY_BYTES,
-        ))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
-            }),
-        )
-        .layer(SetRequestIdLayer::new(
-            request_id,
-            http::CounterId::default(),
-        ))
-        .with_state(state)
+        .route("/openapi.json", get(earshot_server::openapi::serve));
+    earshot_server::outer_layers(app, state.metrics.clone()).with_state(state)
 }
 
 /// Builds the router's state from a topology (DNS resolved, health and collection info

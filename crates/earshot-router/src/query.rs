@@ -14,15 +14,15 @@ use earshot_core::search::Hit;
 use earshot_recommend::select::{initial_pool_size, pick, Selection, WIDEN};
 use earshot_recommend::taste::{HistoryVectors, Taste};
 use earshot_server::api::{SearchRequest, SimilarRequest, TasteRequest};
-use earshot_server::engine::QueryError;
+use earshot_server::engine::{self, history, QueryError};
 use earshot_server::error_code::ErrorCode;
-use earshot_server::limits::{MAX_CENTROIDS, MAX_EF, MAX_ITEMS, MAX_K};
+use earshot_server::limits::{MAX_EF, MAX_ITEMS, MAX_K};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::cluster::{Cluster, Meta, Routed};
 use crate::estimate::per_shard_k;
-use crate::failure::{forwarded, shard_unavailable, taste_error, version_unavailable, Failure};
+use crate::failure::{forwarded, shard_unavailable, version_unavailable, Failure};
 use crate::pool::{merge, Pool, PoolAnswer};
 use crate::upstream::{CallError, UpRequest, UpResponse};
 use crate::validate;
@@ -90,21 +90,7 @@ struct Exec<'a> {
 
 impl Cluster {
     pub fn routed(&self, name: &str) -> Result<&Arc<Routed>, QueryError> {
-        if earshot_core::layout::check_name(name).is_err() {
-            return Err(QueryError::new(
-                ErrorCode::InvalidCollection,
-                format!(
-                    "{name:?} is not a collection name (no '/', '\\', '..', NUL or control \
-                     characters, no leading '.')"
-                ),
-            ));
-        }
-        self.collections.get(name).ok_or_else(|| {
-            QueryError::new(
-                ErrorCode::UnknownCollection,
-                format!("no collection named {name:?}; GET /v1/collections lists them"),
-            )
-        })
+        engine::find_collection(&self.collections, name)
     }
 
     /// The collection's metadata, asking its shards now if they never answered.
@@ -247,12 +233,32 @@ struct ItemsAnswer {
     missing: Vec<String>,
 }
 
+/// A shard's pool-mode search, serialised straight from the query's vector: as `f32` (the
+/// shortest round-trip form, ~9 digits) rather than through `serde_json::Value`, whose `f64`
+/// numbers print ~17 digits per component — half the bytes to write and for the shard to parse.
+#[derive(serde::Serialize)]
+struct PoolSearch<'a> {
+    collection: &'a str,
+    vector: &'a [f32],
+    k: usize,
+    ef: usize,
+    pool: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    exclude: &'a [&'a str],
+}
+
 impl Exec<'_> {
     fn post(&self, path: String, body: &Value) -> UpRequest {
+        self.post_bytes(path, serde_json::to_vec(body).unwrap_or_default())
+    }
+
+    fn post_bytes(&self, path: String, body: Vec<u8>) -> UpRequest {
         UpRequest {
             method: Method::POST,
             path,
-            body: Some(Bytes::from(serde_json::to_vec(body).unwrap_or_default())),
+            body: Some(Bytes::from(body)),
             version: self.pin.clone(),
         }
     }
@@ -443,17 +449,7 @@ impl Exec<'_> {
 
     async fn taste(&mut self, req: &TasteRequest) -> Result<Body, Failure> {
         let coll = self.coll;
-        if let Some(named) = &req.collection {
-            if *named != coll.name {
-                return Err(Failure::Api(QueryError::new(
-                    ErrorCode::ConflictingFields,
-                    format!(
-                        "body names collection {named:?} but the path names {:?}",
-                        coll.name
-                    ),
-                )));
-            }
-        }
+        engine::check_taste_collection(req, &coll.name)?;
         let source: &Routed = match &req.history_collection {
             Some(name) => self.cluster.routed(name)?,
             None => coll,
@@ -464,16 +460,8 @@ impl Exec<'_> {
         } else {
             self.cluster.meta_of(source).await?
         };
-        if source_meta.dim != meta.dim {
-            return Err(Failure::Api(QueryError::new(
-                ErrorCode::DimensionMismatch,
-                format!(
-                    "history collection {:?} has dimension {} but {:?} has {}",
-                    source.name, source_meta.dim, coll.name, meta.dim
-                ),
-            )));
-        }
-        let clock = validate::history_clock(req)?;
+        engine::check_history_dim((&source.name, source_meta.dim), (&coll.name, meta.dim))?;
+        let clock = history::check_history(req)?;
         let mut ids: Vec<&str> = req.history.iter().map(|h| h.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -497,7 +485,8 @@ impl Exec<'_> {
                 .data
                 .extend(v.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32));
         }
-        let evidence = validate::evidence(req, &clock, &source.name, |id| rows.get(id).copied())?;
+        let evidence =
+            history::weigh_history(req, &clock, &source.name, |id| rows.get(id).copied())?;
         let same = std::ptr::eq(source, coll);
         let history_ids: Vec<&str> = if same && req.exclude_history.unwrap_or(true) {
             rows.keys().copied().collect()
@@ -505,17 +494,11 @@ impl Exec<'_> {
             Vec::new()
         };
         let plan = validate::list(&req.spec(), &meta)?;
-        let taste = Taste::new(&fetched, &evidence).map_err(taste_error)?;
-        let n = req.centroids.unwrap_or(1);
-        if n == 0 || n > MAX_CENTROIDS {
-            return Err(Failure::Api(QueryError::new(
-                ErrorCode::InvalidCentroids,
-                format!("centroids must be between 1 and {MAX_CENTROIDS} (got {n})"),
-            )));
-        }
+        let taste = Taste::new(&fetched, &evidence).map_err(engine::taste_error)?;
+        let n = history::check_centroids(req.centroids)?;
         let probes = taste
             .probes_in(meta.metric, meta.dim, n)
-            .map_err(taste_error)?;
+            .map_err(engine::taste_error)?;
         let weights: Vec<f32> = probes.iter().map(|p| p.weight).collect();
         let queries: Vec<Vec<f32>> = probes.into_iter().map(|p| p.query).collect();
         let mut exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
@@ -588,19 +571,17 @@ impl Exec<'_> {
         let mut requests = Vec::with_capacity(n * queries.len());
         for q in queries {
             for (s, excl) in exclude_by_shard.iter().enumerate() {
-                let mut body = Map::new();
-                body.insert("collection".into(), Value::from(coll.name.as_str()));
-                body.insert("vector".into(), json!(q));
-                body.insert("k".into(), Value::from(kp));
-                body.insert("ef".into(), Value::from(ef));
-                body.insert("pool".into(), Value::Bool(true));
-                if let Some(f) = &plan.filter {
-                    body.insert("filter".into(), Value::Object(f.clone()));
-                }
-                if !excl.is_empty() {
-                    body.insert("exclude".into(), json!(excl));
-                }
-                requests.push((s, self.post("/v1/search".into(), &Value::Object(body))));
+                let body = PoolSearch {
+                    collection: &coll.name,
+                    vector: q,
+                    k: kp,
+                    ef,
+                    pool: true,
+                    filter: plan.filter.as_ref(),
+                    exclude: excl,
+                };
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                requests.push((s, self.post_bytes("/v1/search".into(), bytes)));
             }
         }
         let answers = self.ask(coll, requests, true).await?;

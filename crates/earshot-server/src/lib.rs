@@ -112,7 +112,6 @@ impl MakeRequestId for CounterId {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     // The query API: API key (if configured), then the concurrency limiter.
     let v1 = Router::new()
         .route(
@@ -133,16 +132,27 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/reload", post(admin::reload))
         .route_layer(from_fn_with_state(state.keys.clone(), auth::admin));
     // Probes and metrics stay open and outside the limiter.
-    Router::new()
+    let app = Router::new()
         .merge(v1)
         .merge(admin)
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
-        .route("/openapi.json", get(openapi::serve))
-        .fallback(routes::not_found)
+        .route("/openapi.json", get(openapi::serve));
+    outer_layers(app, state.metrics.clone()).with_state(state)
+}
+
+/// What `serve` and `route` wrap around all their routes: the 404 and 405 answers, the
+/// metrics middleware, the body limit, and request IDs (the client's `x-request-id`, else
+/// one made here; echoed in the response and named in the request's trace span).
+pub fn outer_layers<S>(app: Router<S>, m: Arc<metrics::Metrics>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let request_id = HeaderName::from_static("x-request-id");
+    app.fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
+        .layer(from_fn_with_state(m, metrics::track))
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -156,7 +166,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, CounterId::default()))
-        .with_state(state)
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {

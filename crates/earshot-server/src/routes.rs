@@ -14,12 +14,11 @@ use crate::api::{
     ErrorDetail, Item, ItemsRequest, ItemsResponse, NotReadyBody, Results, SearchRequest,
     ShardInfo, SimilarBody, SimilarParams, SimilarRequest, Status, TasteRequest,
 };
-use crate::engine::{Answer, Engine, QueryError};
+use crate::engine::{check_batch, Answer, Engine, QueryError};
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
 use crate::exec::{self, Work};
 use crate::extract::{AppJson, Pin, VERSION_HEADER};
-use crate::limits::MAX_BATCH;
 use crate::overload::Permit;
 use crate::registry::Live;
 use crate::state::AppState;
@@ -322,15 +321,7 @@ pub async fn batch(
     permit: Option<Extension<Permit>>,
     AppJson(req): AppJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    if req.queries.is_empty() || req.queries.len() > MAX_BATCH {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBatch,
-            format!(
-                "a batch holds 1 to {MAX_BATCH} queries (got {})",
-                req.queries.len()
-            ),
-        ));
-    }
+    check_batch(req.queries.len())?;
     let live = state.live();
     // Up to 256 queries: always on the blocking pool.
     exec::run(permit, false, move || Ok(batch_answers(&live, &req))).await

@@ -86,13 +86,11 @@ impl AppState {
 mod tests {
     use std::path::Path;
 
-    use earshot_build::{build_collection, Dataset, GraphParams, Settings};
     use earshot_core::format::Verify;
-    use earshot_core::layout::{switch_link, VERSIONS_DIR};
-    use earshot_core::metric::Metric;
 
     use super::*;
     use crate::overload::LimitOptions;
+    use crate::registry::tests::build_version;
     use crate::registry::{RegistryOptions, SwapMetrics};
 
     /// Store mode's state on `root` (empty at first), ready to serve.
@@ -118,34 +116,6 @@ mod tests {
         }
     }
 
-    fn build_version(root: &Path, name: &str, version: &str) {
-        let home = root.join(VERSIONS_DIR).join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let (n, dim) = (20, 4);
-        let data = Dataset {
-            dim,
-            vectors: (0..n * dim).map(|i| ((i * 31) % 17) as f32 + 1.0).collect(),
-            ids: (0..n).map(|i| format!("item{i}")).collect(),
-            creators: None,
-            popularity: None,
-        };
-        let settings = Settings {
-            metric: Metric::L2,
-            params: GraphParams {
-                m: 8,
-                ef_construction: 32,
-                threads: 1,
-                builder: Default::default(),
-                walk: Default::default(),
-            },
-            force: false,
-            source: "unit test".into(),
-            quantize: false,
-        };
-        build_collection(data, &home.join(version), &settings).unwrap();
-        switch_link(&root.join(name), version).unwrap();
-    }
-
     #[tokio::test]
     async fn readiness_waits_for_every_expected_collection() {
         let dir = tempfile::tempdir().unwrap();
@@ -161,11 +131,11 @@ mod tests {
         assert_eq!(missing, ["creators", "tracks"]);
         assert!(message.contains("creators, tracks"), "{message}");
 
-        build_version(&root, "tracks", "V1");
+        build_version(&root, "tracks", "V1", 4);
         state.reload(Trigger::Store).await;
         assert_eq!(state.not_ready().unwrap().1, ["creators"]);
 
-        build_version(&root, "creators", "V1");
+        build_version(&root, "creators", "V1", 4);
         state.reload(Trigger::Store).await;
         assert_eq!(state.not_ready(), None);
 

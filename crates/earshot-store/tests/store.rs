@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use earshot_build::{build_collection, build_shard, Dataset, GraphParams, Settings};
+use earshot_build::{build_collection, build_shard, Dataset, Settings};
 use earshot_core::collection::Collection;
 use earshot_core::format::Verify;
 use earshot_core::layout;
@@ -32,17 +32,9 @@ fn dataset_dim(n: usize, dim: usize, seed: u64) -> Dataset {
 
 fn settings() -> Settings {
     Settings {
-        metric: Metric::Cosine,
-        params: GraphParams {
-            m: 8,
-            ef_construction: 32,
-            threads: 1,
-            builder: Default::default(),
-            walk: Default::default(),
-        },
-        force: false,
         source: "earshot-store test".into(),
         quantize: true,
+        ..Settings::small(Metric::Cosine)
     }
 }
 

@@ -22,51 +22,65 @@ pub struct Answer {
 
 impl Answer {
     pub fn list_explanation(&self) -> Option<ListExplanation> {
-        let total: f32 = self
-            .probe_weights
-            .iter()
-            .sum::<f32>()
-            .max(f32::MIN_POSITIVE);
-        self.explain.then(|| ListExplanation {
-            centroid_weights: self.probe_weights.iter().map(|w| w / total).collect(),
-            emerging_slots_requested: self.quota.0,
-            emerging_slots_reserved: self.quota.1,
-        })
+        self.explain
+            .then(|| list_explanation(&self.probe_weights, self.quota))
     }
 
     pub fn items(&self) -> Vec<ResultItem<'_>> {
         let c = &self.collection;
         let dist = c.dist();
-        let total: f32 = self.probe_weights.iter().sum();
         self.picks
             .iter()
-            .map(|p| ResultItem {
-                id: c.id(p.row),
-                score: finite(dist.score(p.dist)),
-                creator: c.creator(p.row),
-                popularity: c.popularity(p.row),
-                creator_popularity: self.pool.then(|| {
-                    c.creator_index(p.row)
-                        .and_then(|cr| c.creator_popularity(cr))
-                }),
-                explain: self.explain.then(|| Explanation {
-                    similarity: finite(dist.score(p.dist)),
-                    centroid: p.probe,
-                    centroid_weight: self.probe_weights.get(p.probe).copied().unwrap_or(0.0)
-                        / total.max(f32::MIN_POSITIVE),
-                    rank: p.rank,
-                    emerging_quota: p.emerging,
-                    in_share: p.in_share,
-                    moved_by: p.moved_by.clone(),
-                }),
+            .map(|p| {
+                let score = finite(dist.score(p.dist));
+                ResultItem {
+                    id: c.id(p.row),
+                    score,
+                    creator: c.creator(p.row),
+                    popularity: c.popularity(p.row),
+                    creator_popularity: self.pool.then(|| {
+                        c.creator_index(p.row)
+                            .and_then(|cr| c.creator_popularity(cr))
+                    }),
+                    explain: self
+                        .explain
+                        .then(|| explanation(p, score, &self.probe_weights)),
+                }
             })
             .collect()
     }
 }
 
+/// The list's explanation: each probe's share of the weights, and the emerging-quota slots
+/// asked for and reserved.
+pub fn list_explanation(probe_weights: &[f32], quota: (usize, usize)) -> ListExplanation {
+    let total: f32 = probe_weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+    ListExplanation {
+        centroid_weights: probe_weights.iter().map(|w| w / total).collect(),
+        emerging_slots_requested: quota.0,
+        emerging_slots_reserved: quota.1,
+    }
+}
+
+/// Why `p` (scored `similarity`) is in the list, its probe's weight as a share of
+/// `probe_weights`.
+pub fn explanation(p: &Pick, similarity: f32, probe_weights: &[f32]) -> Explanation {
+    let total: f32 = probe_weights.iter().sum();
+    Explanation {
+        similarity,
+        centroid: p.probe,
+        centroid_weight: probe_weights.get(p.probe).copied().unwrap_or(0.0)
+            / total.max(f32::MIN_POSITIVE),
+        rank: p.rank,
+        emerging_quota: p.emerging,
+        in_share: p.in_share,
+        moved_by: p.moved_by.clone(),
+    }
+}
+
 /// Scores are always JSON numbers: an overflow (only possible with extreme stored vectors)
 /// saturates instead of turning into `null`.
-fn finite(x: f32) -> f32 {
+pub fn finite(x: f32) -> f32 {
     if x.is_nan() {
         f32::MIN
     } else {

@@ -9,6 +9,7 @@ use earshot_recommend::select::Probe;
 use earshot_recommend::taste::{Taste, TasteError};
 
 use super::error::QueryError;
+use super::unknown_id;
 use crate::api::TasteRequest;
 use crate::error_code::ErrorCode;
 use crate::limits::{MAX_CENTROIDS, MAX_HISTORY};
@@ -18,6 +19,19 @@ pub(super) fn evidence(
     source: &Collection,
     req: &TasteRequest,
 ) -> Result<Vec<Evidence>, QueryError> {
+    let clock = check_history(req)?;
+    weigh_history(req, &clock, &source.name, |id| source.row_of(id))
+}
+
+/// The history's `half_life` and `now`, once [`check_history`] has accepted them.
+pub struct HistoryClock {
+    half_life: Option<std::time::Duration>,
+    now: jiff::Timestamp,
+}
+
+/// The checks of a history that come before its items: at least one item and at most
+/// [`MAX_HISTORY`], `half_life` a positive duration, `now` an RFC 3339 time (default: now).
+pub fn check_history(req: &TasteRequest) -> Result<HistoryClock, QueryError> {
     if req.history.is_empty() {
         return Err(QueryError::new(
             ErrorCode::EmptyHistory,
@@ -54,6 +68,19 @@ pub(super) fn evidence(
         Some(t) => parse_time(t, &"now")?,
         None => jiff::Timestamp::now(),
     };
+    Ok(HistoryClock { half_life, now })
+}
+
+/// Each history item's evidence, in order, each item checked (weight, event, `played_at`)
+/// before its ID is resolved by `row_of` (None: no such item in the collection named
+/// `source`). `serve` resolves to rows of the collection; the router to positions of the
+/// vectors it fetched from the shards.
+pub fn weigh_history(
+    req: &TasteRequest,
+    clock: &HistoryClock,
+    source: &str,
+    row_of: impl Fn(&str) -> Option<u32>,
+) -> Result<Vec<Evidence>, QueryError> {
     let mut out = Vec::with_capacity(req.history.len());
     for (i, item) in req.history.iter().enumerate() {
         let w = item.weight.unwrap_or(1.0);
@@ -80,19 +107,13 @@ pub(super) fn evidence(
             Some(t) => {
                 // Checked even without a half-life: a bad time is a client bug either way.
                 let played_at = parse_time(t, &format_args!("history[{i}].played_at"))?;
-                half_life.map_or(1.0, |h| history::recency(played_at, now, h))
+                clock
+                    .half_life
+                    .map_or(1.0, |h| history::recency(played_at, clock.now, h))
             }
             None => 1.0,
         };
-        let row = source.row_of(&item.id).ok_or_else(|| {
-            QueryError::new(
-                ErrorCode::UnknownId,
-                format!(
-                    "no item with id {:?} in collection {:?}",
-                    item.id, source.name
-                ),
-            )
-        })?;
+        let row = row_of(&item.id).ok_or_else(|| unknown_id(source, &item.id))?;
         out.push(Evidence {
             row,
             weight: w as f64 * ew as f64 * recency as f64,
@@ -119,6 +140,12 @@ pub(super) fn probes(
     centroids: Option<usize>,
 ) -> Result<Vec<Probe>, QueryError> {
     let taste = Taste::new(source, evidence).map_err(taste_error)?;
+    let n = check_centroids(centroids)?;
+    taste.probes(c, n).map_err(taste_error)
+}
+
+/// How many taste centroids a request asks for (default 1, at most [`MAX_CENTROIDS`]).
+pub fn check_centroids(centroids: Option<usize>) -> Result<usize, QueryError> {
     let n = centroids.unwrap_or(1);
     if n == 0 || n > MAX_CENTROIDS {
         return Err(QueryError::new(
@@ -126,10 +153,11 @@ pub(super) fn probes(
             format!("centroids must be between 1 and {MAX_CENTROIDS} (got {n})"),
         ));
     }
-    taste.probes(c, n).map_err(taste_error)
+    Ok(n)
 }
 
-fn taste_error(e: TasteError) -> QueryError {
+/// Why a history gives no taste, as `serve` (and the router) words it.
+pub fn taste_error(e: TasteError) -> QueryError {
     match e {
         TasteError::NoPositiveEvidence => QueryError::new(
             ErrorCode::NoPositiveHistory,

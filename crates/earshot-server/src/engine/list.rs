@@ -17,6 +17,53 @@ pub(super) fn constraints(
     default_ef: usize,
     always_exclude: &[u32],
 ) -> Result<(HardFilter, Shape, usize), QueryError> {
+    let (shape, ef) = check_list(
+        spec,
+        default_ef,
+        &c.name,
+        c.manifest.has_popularity && c.creator_count() != 0,
+    )?;
+    let mut filter = HardFilter::default();
+    let mut exclude: Vec<u32> = always_exclude.to_vec();
+    // Unknown IDs cannot be returned anyway.
+    exclude.extend(
+        spec.exclude
+            .into_iter()
+            .flatten()
+            .filter_map(|id| c.row_of(id)),
+    );
+    exclude.sort_unstable();
+    exclude.dedup();
+    filter.exclude = exclude;
+    if let Some(f) = spec.filter {
+        let creators = |names: &[String]| -> Vec<u32> {
+            let mut v: Vec<u32> = names.iter().filter_map(|n| c.creators.find(n)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        filter.allow_creators = f.creators.as_deref().map(creators);
+        if let Some(deny) = &f.exclude_creators {
+            filter.deny_creators = creators(deny);
+        }
+        filter.min_popularity = f.min_popularity;
+        filter.max_popularity = f.max_popularity;
+    }
+    Ok((filter, shape, ef))
+}
+
+/// Every check of `spec` that needs no rows of a collection, in `serve`'s order, with its
+/// codes and messages: `k`, `ef` (`default_ef` when it gives none; never below `k`), the
+/// sizes of `exclude` and of the creator filters, conflicting filters, popularity bounds,
+/// `max_per_creator`, `emerging` — which the collection named `collection` can only take
+/// when it `has_creator_popularity` (popularity and at least one creator). Returns the
+/// list's shape and the beam width. The router makes these checks before it asks any shard.
+pub fn check_list(
+    spec: &ListSpec,
+    default_ef: usize,
+    collection: &str,
+    has_creator_popularity: bool,
+) -> Result<(Shape, usize), QueryError> {
     let k = spec.k.unwrap_or(DEFAULT_K);
     if k == 0 || k > MAX_K {
         return Err(QueryError::new(
@@ -35,8 +82,6 @@ pub(super) fn constraints(
         None => default_ef,
     }
     .max(k);
-    let mut filter = HardFilter::default();
-    let mut exclude: Vec<u32> = always_exclude.to_vec();
     if let Some(ids) = spec.exclude {
         if ids.len() > MAX_EXCLUDE {
             return Err(QueryError::new(
@@ -47,30 +92,18 @@ pub(super) fn constraints(
                 ),
             ));
         }
-        // Unknown IDs cannot be returned anyway.
-        exclude.extend(ids.iter().filter_map(|id| c.row_of(id)));
     }
-    exclude.sort_unstable();
-    exclude.dedup();
-    filter.exclude = exclude;
     if let Some(f) = spec.filter {
-        let creators = |names: &[String], field: &str| -> Result<Vec<u32>, QueryError> {
-            if names.len() > MAX_EXCLUDE {
+        for (field, names) in [
+            ("creators", &f.creators),
+            ("exclude_creators", &f.exclude_creators),
+        ] {
+            if names.as_ref().is_some_and(|n| n.len() > MAX_EXCLUDE) {
                 return Err(QueryError::new(
                     ErrorCode::FilterTooLarge,
                     format!("filter.{field} holds at most {MAX_EXCLUDE} names"),
                 ));
             }
-            let mut v: Vec<u32> = names.iter().filter_map(|n| c.creators.find(n)).collect();
-            v.sort_unstable();
-            v.dedup();
-            Ok(v)
-        };
-        if let Some(allow) = &f.creators {
-            filter.allow_creators = Some(creators(allow, "creators")?);
-        }
-        if let Some(deny) = &f.exclude_creators {
-            filter.deny_creators = creators(deny, "exclude_creators")?;
         }
         if let (Some(allow), Some(deny)) = (&f.creators, &f.exclude_creators) {
             if let Some(both) = allow.iter().find(|a| deny.contains(a)) {
@@ -99,16 +132,12 @@ pub(super) fn constraints(
                 ));
             }
         }
-        filter.min_popularity = f.min_popularity;
-        filter.max_popularity = f.max_popularity;
     }
-    if let Some(m) = spec.max_per_creator {
-        if m == 0 {
-            return Err(QueryError::new(
-                ErrorCode::InvalidMaxPerCreator,
-                "max_per_creator must be at least 1",
-            ));
-        }
+    if spec.max_per_creator == Some(0) {
+        return Err(QueryError::new(
+            ErrorCode::InvalidMaxPerCreator,
+            "max_per_creator must be at least 1",
+        ));
     }
     let emerging = match spec.emerging {
         Some(e) => {
@@ -119,12 +148,12 @@ pub(super) fn constraints(
                     "emerging.min_share must be within 0…1 and emerging.max_popularity finite",
                 ));
             }
-            if !c.manifest.has_popularity || c.creator_count() == 0 {
+            if !has_creator_popularity {
                 return Err(QueryError::new(
                     ErrorCode::NoPopularity,
                     format!(
-                        "collection {:?} has no creator popularity to tell emerging creators apart",
-                        c.name
+                        "collection {collection:?} has no creator popularity to tell emerging \
+                         creators apart"
                     ),
                 ));
             }
@@ -140,5 +169,5 @@ pub(super) fn constraints(
         max_per_creator: spec.max_per_creator,
         emerging,
     };
-    Ok((filter, shape, ef))
+    Ok((shape, ef))
 }

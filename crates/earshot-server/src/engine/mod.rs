@@ -2,11 +2,15 @@
 //! request against the served collections, turns it into taste probes and constraints, and
 //! lets [`earshot_recommend`] pick the list. Nothing here knows about HTTP: errors are a
 //! [`QueryError`] naming an [`ErrorCode`], which `error.rs` turns into a response.
+//!
+//! The checks that need no rows of a collection are public functions (here, in [`list`]
+//! and [`history`]), so that the router makes them — with the same codes and messages —
+//! before it asks any shard.
 
-mod answer;
+pub mod answer;
 mod error;
-mod history;
-mod list;
+pub mod history;
+pub mod list;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,10 +24,11 @@ use earshot_recommend::select::{recommend, Probe};
 
 use crate::api::{Item, ItemsResponse, SearchRequest, SimilarRequest, TasteRequest};
 use crate::error_code::ErrorCode;
-use crate::limits::MAX_ITEMS;
+use crate::limits::{MAX_BATCH, MAX_ITEMS};
 
 pub use answer::Answer;
 pub use error::QueryError;
+pub use history::taste_error;
 
 /// The served collections (read-only once loaded).
 pub struct Engine {
@@ -33,23 +38,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn collection(&self, name: &str) -> Result<&Arc<Collection>, QueryError> {
-        // Names are only ever looked up here, never joined to a path; a name that could not
-        // be a directory of the index root is still refused outright.
-        if check_name(name).is_err() {
-            return Err(QueryError::new(
-                ErrorCode::InvalidCollection,
-                format!(
-                    "{name:?} is not a collection name (no '/', '\\', '..', NUL or control \
-                     characters, no leading '.')"
-                ),
-            ));
-        }
-        self.collections.get(name).ok_or_else(|| {
-            QueryError::new(
-                ErrorCode::UnknownCollection,
-                format!("no collection named {name:?}; GET /v1/collections lists them"),
-            )
-        })
+        find_collection(&self.collections, name)
     }
 
     pub fn similar(
@@ -77,12 +66,7 @@ impl Engine {
 
     /// A batch's `similar` query names its collection and item in the body.
     pub fn similar_in_batch(&self, req: &SimilarRequest) -> Result<Answer, QueryError> {
-        let (Some(collection), Some(id)) = (&req.collection, &req.id) else {
-            return Err(QueryError::new(
-                ErrorCode::InvalidRequest,
-                "a batch similar query needs \"collection\" and \"id\"",
-            ));
-        };
+        let (collection, id) = batch_similar_target(req)?;
         self.similar(collection, id, req)
     }
 
@@ -139,31 +123,13 @@ impl Engine {
     }
 
     pub fn taste(&self, collection: &str, req: &TasteRequest) -> Result<Answer, QueryError> {
-        if let Some(named) = &req.collection {
-            if named != collection {
-                return Err(QueryError::new(
-                    ErrorCode::ConflictingFields,
-                    format!("body names collection {named:?} but the path names {collection:?}"),
-                ));
-            }
-        }
+        check_taste_collection(req, collection)?;
         let c = self.collection(collection)?;
         let source = match &req.history_collection {
             Some(name) => self.collection(name)?,
             None => c,
         };
-        if source.dim() != c.dim() {
-            return Err(QueryError::new(
-                ErrorCode::DimensionMismatch,
-                format!(
-                    "history collection {:?} has dimension {} but {:?} has {}",
-                    source.name,
-                    source.dim(),
-                    c.name,
-                    c.dim()
-                ),
-            ));
-        }
+        check_history_dim((&source.name, source.dim()), (&c.name, c.dim()))?;
         let evidence = history::evidence(source, req)?;
         // History IDs only mean something to exclude when they index the queried collection.
         let same = Arc::ptr_eq(source, c);
@@ -180,13 +146,7 @@ impl Engine {
 
     /// Taste requests in a batch carry their collection in the body.
     pub fn taste_in_batch(&self, req: &TasteRequest) -> Result<Answer, QueryError> {
-        let Some(collection) = &req.collection else {
-            return Err(QueryError::new(
-                ErrorCode::InvalidRequest,
-                "a batch taste query needs \"collection\"",
-            ));
-        };
-        self.taste(collection, req)
+        self.taste(batch_taste_target(req)?, req)
     }
 
     fn answer(
@@ -208,6 +168,87 @@ impl Engine {
             pool: false,
         }
     }
+}
+
+/// The collection named `name` in `collections`. Names are only ever looked up, never
+/// joined to a path; a name that could not be a directory of an index root is still refused
+/// outright.
+pub fn find_collection<'a, T>(
+    collections: &'a BTreeMap<String, T>,
+    name: &str,
+) -> Result<&'a T, QueryError> {
+    if check_name(name).is_err() {
+        return Err(QueryError::new(
+            ErrorCode::InvalidCollection,
+            format!(
+                "{name:?} is not a collection name (no '/', '\\', '..', NUL or control \
+                 characters, no leading '.')"
+            ),
+        ));
+    }
+    collections.get(name).ok_or_else(|| {
+        QueryError::new(
+            ErrorCode::UnknownCollection,
+            format!("no collection named {name:?}; GET /v1/collections lists them"),
+        )
+    })
+}
+
+/// A batch holds 1 to [`MAX_BATCH`] queries.
+pub fn check_batch(len: usize) -> Result<(), QueryError> {
+    if len == 0 || len > MAX_BATCH {
+        return Err(QueryError::new(
+            ErrorCode::InvalidBatch,
+            format!("a batch holds 1 to {MAX_BATCH} queries (got {len})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A batch's `similar` query names its collection and item in the body.
+pub fn batch_similar_target(req: &SimilarRequest) -> Result<(&str, &str), QueryError> {
+    match (&req.collection, &req.id) {
+        (Some(collection), Some(id)) => Ok((collection, id)),
+        _ => Err(QueryError::new(
+            ErrorCode::InvalidRequest,
+            "a batch similar query needs \"collection\" and \"id\"",
+        )),
+    }
+}
+
+/// A batch's `taste` query names its collection in the body.
+pub fn batch_taste_target(req: &TasteRequest) -> Result<&str, QueryError> {
+    req.collection.as_deref().ok_or_else(|| {
+        QueryError::new(
+            ErrorCode::InvalidRequest,
+            "a batch taste query needs \"collection\"",
+        )
+    })
+}
+
+/// A taste body that names a collection must name the path's.
+pub fn check_taste_collection(req: &TasteRequest, collection: &str) -> Result<(), QueryError> {
+    match &req.collection {
+        Some(named) if named != collection => Err(QueryError::new(
+            ErrorCode::ConflictingFields,
+            format!("body names collection {named:?} but the path names {collection:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The history collection (name, dimension) must have the queried one's dimension.
+pub fn check_history_dim(source: (&str, usize), target: (&str, usize)) -> Result<(), QueryError> {
+    if source.1 != target.1 {
+        return Err(QueryError::new(
+            ErrorCode::DimensionMismatch,
+            format!(
+                "history collection {:?} has dimension {} but {:?} has {}",
+                source.0, source.1, target.0, target.1
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn item(c: &Collection, row: u32) -> Item<'_> {

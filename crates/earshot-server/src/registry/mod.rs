@@ -641,4 +641,4 @@ fn schema_unchanged(old: &Collection, new: &Collection) -> Result<(), String> {
 
 // Versioned collections are symlinks: the tests build them on unix only.
 #[cfg(all(test, unix))]
-mod tests;
+pub(crate) mod tests;

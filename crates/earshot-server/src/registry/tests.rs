@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use earshot_build::{build_collection, Dataset, GraphParams, Settings};
+use earshot_build::{build_collection, Dataset, Settings};
 use earshot_core::layout::{switch_link, VERSIONS_DIR};
 use earshot_core::metric::Metric;
 
@@ -10,7 +10,7 @@ use super::scan::scan;
 use super::*;
 
 /// Builds a 20-item collection of dimension `dim` into `out`.
-fn build(out: &Path, dim: usize) {
+pub(crate) fn build(out: &Path, dim: usize) {
     let n = 20;
     let data = Dataset {
         dim,
@@ -21,24 +21,11 @@ fn build(out: &Path, dim: usize) {
         creators: None,
         popularity: None,
     };
-    let settings = Settings {
-        metric: Metric::L2,
-        params: GraphParams {
-            m: 8,
-            ef_construction: 32,
-            threads: 1,
-            builder: Default::default(),
-            walk: Default::default(),
-        },
-        force: false,
-        source: "unit test".into(),
-        quantize: false,
-    };
-    build_collection(data, out, &settings).unwrap();
+    build_collection(data, out, &Settings::small(Metric::L2)).unwrap();
 }
 
 /// `ROOT/.versions/NAME/VERSION`, built, with `ROOT/NAME` pointing at it.
-fn build_version(root: &Path, name: &str, version: &str, dim: usize) {
+pub(crate) fn build_version(root: &Path, name: &str, version: &str, dim: usize) {
     let home = root.join(VERSIONS_DIR).join(name);
     std::fs::create_dir_all(&home).unwrap();
     build(&home.join(version), dim);
