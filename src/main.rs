@@ -232,13 +232,6 @@ fn report(out: &std::path::Path, m: &Manifest) {
 
 fn run_route(a: RouteArgs) -> anyhow::Result<()> {
     use std::time::Duration;
-    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
-        anyhow::ensure!(
-            v.is_finite() && v >= 0.0,
-            "--{name} must be a finite, non-negative number of seconds"
-        );
-        Ok(Duration::from_secs_f64(v))
-    };
     anyhow::ensure!(
         (0.0..1.0).contains(&a.hedge),
         "--hedge is a latency quantile: 0 (never hedge) or within 0…1, e.g. 0.95"
@@ -298,13 +291,6 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         "--default-ef must be between 1 and {}",
         earshot_server::limits::MAX_EF
     );
-    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
-        anyhow::ensure!(
-            v.is_finite() && v >= 0.0,
-            "--{name} must be a finite, non-negative number of seconds"
-        );
-        Ok(Duration::from_secs_f64(v))
-    };
     let watch = secs("watch-interval", a.watch_interval)?;
     let drain = secs("drain-seconds", a.drain_seconds)?;
     let retain_previous = secs("retain-previous", a.retain_previous)?;
@@ -362,6 +348,15 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     // Queries still computing for requests that timed out get a moment, not forever.
     rt.shutdown_timeout(Duration::from_secs(10));
     result
+}
+
+/// A `--NAME SECONDS` flag as a duration (finite, not negative).
+fn secs(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(
+        v.is_finite() && v >= 0.0,
+        "--{name} must be a finite, non-negative number of seconds"
+    );
+    Ok(std::time::Duration::from_secs_f64(v))
 }
 
 fn run_verify(dir: &std::path::Path) -> anyhow::Result<()> {
