@@ -184,6 +184,11 @@ pub struct RouteArgs {
     /// for k′ = ⌈k/n + t·√(k/n·(1−1/n))⌉ hits, t its normal quantile (1: ask every shard for k).
     #[arg(long, default_value_t = 0.999)]
     pub topk_probability: f64,
+    /// `similar`: the shards that do not own the queried item walk with this many times the
+    /// request's ef — the item is a stranger to their graphs and their walks find its
+    /// neighbours less surely (BENCHMARKS.md §10; 1: the same ef everywhere).
+    #[arg(long, default_value_t = 1.0)]
+    pub similar_ef_boost: f64,
     /// Seconds between `/readyz` checks of every replica (and collection info refreshes).
     #[arg(long, default_value_t = 2.0)]
     pub health_interval: f64,

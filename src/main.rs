@@ -244,6 +244,10 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
         a.topk_probability > 0.0 && a.topk_probability <= 1.0,
         "--topk-probability must be within (0, 1], e.g. 0.999"
     );
+    anyhow::ensure!(
+        (1.0..=16.0).contains(&a.similar_ef_boost),
+        "--similar-ef-boost multiplies ef on the shards that do not own the item: within 1…16, e.g. 2"
+    );
     let upstream = earshot_router::UpstreamOptions {
         hedge_quantile: (a.hedge > 0.0).then_some(a.hedge),
         hedge_ratio: a.hedge_budget,
@@ -267,6 +271,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
         cluster: earshot_router::ClusterOptions {
             upstream,
             topk_probability: a.topk_probability,
+            similar_ef_boost: a.similar_ef_boost,
             request_timeout: Duration::from_millis(a.timeout_ms),
             health_interval,
             resolve_interval,

@@ -314,6 +314,49 @@ fn pool_mode_adds_creator_popularity_and_refuses_list_shaping() {
         .is_some());
 }
 
+#[test]
+fn pool_mode_similar_returns_the_item_with_the_owner_shards_pool() {
+    let f = fx();
+    let s = &f.server;
+    let id = f.cat.ids[11].clone();
+    let path = format!("/v1/tracks/{id}/similar");
+    let plain = s.post_json(&path, &json!({"k": 15})).ok_json();
+    assert!(plain.get("item").is_none(), "{plain}");
+    let pool = s
+        .post_json(
+            &path,
+            &json!({"k": 15, "pool": true, "exclude_same_creator": true}),
+        )
+        .ok_json();
+    // The item as `GET /v1/{collection}/{id}` returns it, vector bit for bit.
+    let item = s.get(&format!("/v1/tracks/{id}")).ok_json();
+    assert_eq!(pool["item"], item);
+    let creator = item["creator"].clone();
+    assert!(!creator.is_null());
+    for r in results(&pool) {
+        assert!(r.get("creator_popularity").is_some(), "{r}");
+        assert_ne!(r["id"], id.as_str());
+        assert_ne!(
+            r["creator"], creator,
+            "exclude_same_creator holds in pool mode"
+        );
+    }
+    let unshaped = s
+        .post_json(&path, &json!({"k": 15, "pool": true}))
+        .ok_json();
+    let scores = |v: &Value| -> Vec<f64> {
+        results(v)
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(scores(&plain), scores(&unshaped));
+    let m = s
+        .post_json(&path, &json!({"k": 15, "pool": true, "max_per_creator": 1}))
+        .assert_error(400, "invalid_request");
+    assert!(m.contains("merged pool"), "{m}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Version pinning across a swap
 

@@ -108,6 +108,9 @@ pub struct ClusterOptions {
     pub upstream: UpstreamOptions,
     /// Probability that each shard's share of the merged top k is complete (Vespa's p).
     pub topk_probability: f64,
+    /// `similar`: the shards that do not own the item walk with this many times the
+    /// request's ef (the vector is a stranger to their graphs; BENCHMARKS.md §10).
+    pub similar_ef_boost: f64,
     /// Longest a request may take, over every shard it asks.
     pub request_timeout: Duration,
     /// `/readyz` checks of every replica and `/v1/collections` refreshes this often.
@@ -121,6 +124,7 @@ impl Default for ClusterOptions {
         Self {
             upstream: UpstreamOptions::default(),
             topk_probability: 0.999,
+            similar_ef_boost: 1.0,
             request_timeout: Duration::from_secs(5),
             health_interval: Duration::from_secs(2),
             resolve_interval: Duration::from_secs(5),

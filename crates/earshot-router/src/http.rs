@@ -193,6 +193,7 @@ fn render(state: &RouterState, collection: &str, o: &Outcome, allow_partial: boo
                 results: Results {
                     results: result_items(list),
                     explain: list_explanation(list),
+                    item: None,
                 },
                 coverage: coverage(o, allow_partial),
             },

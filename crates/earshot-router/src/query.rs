@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use crate::cluster::{Cluster, Meta, Routed};
 use crate::estimate::per_shard_k;
 use crate::failure::{forwarded, shard_unavailable, version_unavailable, Failure};
-use crate::pool::{merge, Pool, PoolAnswer};
+use crate::pool::{merge, Pool, PoolAnswer, PoolHit};
 use crate::upstream::{CallError, UpRequest, UpResponse};
 use crate::validate;
 
@@ -86,6 +86,8 @@ struct Exec<'a> {
     pin: Option<Arc<str>>,
     versions: BTreeSet<String>,
     missing: BTreeSet<usize>,
+    /// A `similar` query's owner shard: the other shards walk with a wider beam.
+    owner: Option<usize>,
 }
 
 impl Cluster {
@@ -194,6 +196,7 @@ impl Cluster {
             pin,
             versions: BTreeSet::new(),
             missing: BTreeSet::new(),
+            owner: None,
         };
         let body = match q {
             Query::Similar { id, req } => x.similar(id, req).await?,
@@ -224,6 +227,26 @@ fn encode_segment(s: &str) -> String {
 struct ItemAnswer {
     creator: Option<String>,
     vector: Vec<f32>,
+}
+
+/// The owner shard's pool-mode `similar` answer: its part of the pool, and the item.
+#[derive(Deserialize)]
+struct OwnerAnswer {
+    results: Vec<PoolHit>,
+    item: ItemAnswer,
+}
+
+/// The owner shard's part of a `similar` query, in pool mode.
+#[derive(serde::Serialize)]
+struct PoolSimilar<'a> {
+    k: usize,
+    ef: usize,
+    pool: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    exclude: &'a [&'a str],
+    exclude_same_creator: bool,
 }
 
 #[derive(Deserialize)]
@@ -385,47 +408,76 @@ impl Exec<'_> {
         Ok(Body::Items { items, missing })
     }
 
+    /// The owner shard first — its own pool and the item's vector in one exchange — then
+    /// the other shards with that vector (at a wider beam: the item is a stranger to their
+    /// graphs), merged; more rounds over every shard while the pool runs short.
     async fn similar(&mut self, id: &str, req: &SimilarRequest) -> Result<Body, Failure> {
         let coll = self.coll;
+        let n = coll.shards.len();
         let owner = coll.owner(id);
-        let get = UpRequest {
-            method: Method::GET,
-            path: format!("/v1/{}/{}", encode_segment(&coll.name), encode_segment(id)),
-            body: None,
-            version: self.pin.clone(),
+        self.owner = Some(owner);
+        let meta = self.cluster.meta_of(coll).await?;
+        let mut plan = validate::list(&req.spec(), &meta)?;
+        let exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
+        let mut exclude_by_shard = split_exclude(coll, &exclude);
+        let size = initial_pool_size(&plan.shape, plan.ef);
+        let kp = per_shard_k(size, n, self.cluster.opts.topk_probability).min(MAX_K);
+        let body = PoolSimilar {
+            k: kp,
+            ef: plan.ef.max(kp).min(MAX_EF),
+            pool: true,
+            filter: plan.filter.as_ref(),
+            exclude: &exclude_by_shard[owner],
+            exclude_same_creator: req.exclude_same_creator.unwrap_or(false),
         };
-        let answer = self.ask(coll, vec![(owner, get)], false).await?;
+        let path = format!(
+            "/v1/{}/{}/similar",
+            encode_segment(&coll.name),
+            encode_segment(id)
+        );
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let request = self.post_bytes(path, bytes);
+        let answer = self.ask(coll, vec![(owner, request)], false).await?;
         let Some(Some(answer)) = answer.into_iter().next() else {
             return Err(Failure::Api(shard_unavailable(format!(
                 "the shard owning {id:?} did not answer"
             ))));
         };
-        let item: ItemAnswer = serde_json::from_slice(&answer.body).map_err(|e| {
-            QueryError::new(ErrorCode::Internal, format!("a shard's item answer: {e}"))
+        let first: OwnerAnswer = serde_json::from_slice(&answer.body).map_err(|e| {
+            QueryError::new(
+                ErrorCode::Internal,
+                format!("a shard's similar answer: {e}"),
+            )
         })?;
-        let meta = self.cluster.meta_of(coll).await?;
-        let mut plan = validate::list(&req.spec(), &meta)?;
         if req.exclude_same_creator.unwrap_or(false) {
-            if let Some(cr) = &item.creator {
-                let f = plan.filter.get_or_insert_with(Map::new);
-                if let Some(Value::Array(allow)) = f.get_mut("creators") {
-                    allow.retain(|a| a.as_str() != Some(cr));
-                } else {
-                    let deny = f
-                        .entry("exclude_creators")
-                        .or_insert_with(|| Value::Array(Vec::new()));
-                    if let Value::Array(d) = deny {
-                        if !d.iter().any(|x| x.as_str() == Some(cr)) {
-                            d.push(Value::from(cr.as_str()));
-                        }
-                    }
-                }
+            if let Some(cr) = &first.item.creator {
+                deny_creator(&mut plan, cr);
             }
         }
-        let mut exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
-        exclude.push(id);
+        // From here on the owner is searched like the others, so it excludes the item too.
+        exclude_by_shard[owner].push(id);
+        let queries = vec![first.item.vector];
+        let others: Vec<usize> = (0..n).filter(|&s| s != owner).collect();
+        let mut answers = vec![first.results];
+        answers.extend(
+            self.ask_pools(&queries, &others, kp, &plan, &exclude_by_shard)
+                .await?
+                .into_iter()
+                .flatten(),
+        );
+        let mut pool = Pool::default();
+        let (hits, complete) = merge(&mut pool, answers, kp, size);
         let list = self
-            .recommend(&meta, vec![item.vector], vec![1.0], &plan, &exclude)
+            .widen(
+                &meta,
+                &queries,
+                vec![1.0],
+                &plan,
+                &exclude_by_shard,
+                pool,
+                size,
+                Some((vec![hits], complete)),
+            )
             .await?;
         Ok(Body::List(ListOutcome {
             explain: req.explain.unwrap_or(false),
@@ -522,25 +574,49 @@ impl Exec<'_> {
         plan: &validate::Plan,
         exclude: &[&str],
     ) -> Result<ListOutcome, Failure> {
-        let coll = self.coll;
-        let n = coll.shards.len();
-        // Each shard only needs the excluded IDs it owns.
-        let mut exclude_by_shard: Vec<Vec<&str>> = vec![Vec::new(); n];
-        for id in exclude {
-            exclude_by_shard[coll.owner(id)].push(id);
-        }
+        let exclude_by_shard = split_exclude(self.coll, exclude);
+        let size = initial_pool_size(&plan.shape, plan.ef);
+        self.widen(
+            meta,
+            &queries,
+            weights,
+            plan,
+            &exclude_by_shard,
+            Pool::default(),
+            size,
+            None,
+        )
+        .await
+    }
+
+    /// Rounds from pool size `size` on (`first`: that round's pools, already asked), picked
+    /// after each, until the list is full or no shard has more.
+    #[allow(clippy::too_many_arguments)]
+    async fn widen(
+        &mut self,
+        meta: &Meta,
+        queries: &[Vec<f32>],
+        weights: Vec<f32>,
+        plan: &validate::Plan,
+        exclude_by_shard: &[Vec<&str>],
+        mut pool: Pool,
+        mut size: usize,
+        mut first: Option<(Vec<Vec<Hit>>, bool)>,
+    ) -> Result<ListOutcome, Failure> {
         let total = if meta.count == 0 {
             usize::MAX
         } else {
             meta.count as usize
         };
         let k = plan.shape.k;
-        let mut size = initial_pool_size(&plan.shape, plan.ef);
-        let mut pool = Pool::default();
         loop {
-            let (pools, complete) = self
-                .round(&mut pool, &queries, size, plan, &exclude_by_shard)
-                .await?;
+            let (pools, complete) = match first.take() {
+                Some(done) => done,
+                None => {
+                    self.round(&mut pool, queries, size, plan, exclude_by_shard)
+                        .await?
+                }
+            };
             let selection = pick(&pool, &weights, &pools, &plan.shape);
             if selection.picks.len() >= k || complete || size >= total {
                 return Ok(ListOutcome {
@@ -554,6 +630,59 @@ impl Exec<'_> {
         }
     }
 
+    /// Each of `shards` asked for the `kp` nearest admissible items to each of `queries` in
+    /// pool mode: the answers by query, then by shard (None for a shard missing from a
+    /// partial answer).
+    async fn ask_pools(
+        &mut self,
+        queries: &[Vec<f32>],
+        shards: &[usize],
+        kp: usize,
+        plan: &validate::Plan,
+        exclude_by_shard: &[Vec<&str>],
+    ) -> Result<Vec<Option<Vec<PoolHit>>>, Failure> {
+        let coll = self.coll;
+        let ef = plan.ef.max(kp).min(MAX_EF);
+        let boost = self.cluster.opts.similar_ef_boost;
+        let mut requests = Vec::with_capacity(queries.len() * shards.len());
+        for q in queries {
+            for &s in shards {
+                let ef = match self.owner {
+                    Some(o) if o != s => ((ef as f64 * boost).ceil() as usize).min(MAX_EF),
+                    _ => ef,
+                };
+                let body = PoolSearch {
+                    collection: &coll.name,
+                    vector: q,
+                    k: kp,
+                    ef,
+                    pool: true,
+                    filter: plan.filter.as_ref(),
+                    exclude: &exclude_by_shard[s],
+                };
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                requests.push((s, self.post_bytes("/v1/search".into(), bytes)));
+            }
+        }
+        let answers = self.ask(coll, requests, true).await?;
+        answers
+            .into_iter()
+            .map(|a| {
+                a.map(|a| {
+                    serde_json::from_slice::<PoolAnswer>(&a.body)
+                        .map(|p| p.results)
+                        .map_err(|e| {
+                            Failure::Api(QueryError::new(
+                                ErrorCode::Internal,
+                                format!("a shard's pool answer: {e}"),
+                            ))
+                        })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
     /// One round: every probe's `size` nearest admissible items, merged from the shards'
     /// `k′` each; and whether every pool is complete (no shard has more).
     async fn round(
@@ -564,41 +693,46 @@ impl Exec<'_> {
         plan: &validate::Plan,
         exclude_by_shard: &[Vec<&str>],
     ) -> Result<(Vec<Vec<Hit>>, bool), Failure> {
-        let coll = self.coll;
-        let n = coll.shards.len();
+        let n = self.coll.shards.len();
         let kp = per_shard_k(size, n, self.cluster.opts.topk_probability).min(MAX_K);
-        let ef = plan.ef.max(kp).min(MAX_EF);
-        let mut requests = Vec::with_capacity(n * queries.len());
-        for q in queries {
-            for (s, excl) in exclude_by_shard.iter().enumerate() {
-                let body = PoolSearch {
-                    collection: &coll.name,
-                    vector: q,
-                    k: kp,
-                    ef,
-                    pool: true,
-                    filter: plan.filter.as_ref(),
-                    exclude: excl,
-                };
-                let bytes = serde_json::to_vec(&body).unwrap_or_default();
-                requests.push((s, self.post_bytes("/v1/search".into(), bytes)));
-            }
-        }
-        let answers = self.ask(coll, requests, true).await?;
+        let shards: Vec<usize> = (0..n).collect();
+        let mut answers = self
+            .ask_pools(queries, &shards, kp, plan, exclude_by_shard)
+            .await?
+            .into_iter();
         let mut pools = Vec::with_capacity(queries.len());
         let mut complete = true;
-        for per_probe in answers.chunks(n) {
-            let mut parsed = Vec::with_capacity(n);
-            for a in per_probe.iter().flatten() {
-                let answer: PoolAnswer = serde_json::from_slice(&a.body).map_err(|e| {
-                    QueryError::new(ErrorCode::Internal, format!("a shard's pool answer: {e}"))
-                })?;
-                parsed.push(answer.results);
-            }
-            let (hits, done) = merge(pool, parsed, kp, size);
+        for _ in queries {
+            let per_probe = answers.by_ref().take(n).flatten().collect();
+            let (hits, done) = merge(pool, per_probe, kp, size);
             complete &= done;
             pools.push(hits);
         }
         Ok((pools, complete))
+    }
+}
+
+/// Each shard's share of `exclude`: the IDs it owns.
+fn split_exclude<'a>(coll: &Routed, exclude: &[&'a str]) -> Vec<Vec<&'a str>> {
+    let mut by_shard: Vec<Vec<&str>> = vec![Vec::new(); coll.shards.len()];
+    for id in exclude {
+        by_shard[coll.owner(id)].push(id);
+    }
+    by_shard
+}
+
+/// Adds `creator` to the plan's filter for the shards: out of the allow-list, into the
+/// deny-list.
+fn deny_creator(plan: &mut validate::Plan, creator: &str) {
+    let f = plan.filter.get_or_insert_with(Map::new);
+    if let Some(Value::Array(allow)) = f.get_mut("creators") {
+        allow.retain(|a| a.as_str() != Some(creator));
+    } else if let Value::Array(d) = f
+        .entry("exclude_creators")
+        .or_insert_with(|| Value::Array(Vec::new()))
+    {
+        if !d.iter().any(|x| x.as_str() == Some(creator)) {
+            d.push(Value::from(creator));
+        }
     }
 }

@@ -28,7 +28,9 @@ fn render(answer: &Answer) -> Response {
     // Sized for the whole answer: one allocation instead of axum's 128-byte start regrown
     // several times for a typical list.
     let per_item = if answer.explain { 256 } else { 64 };
+    let item = answer.query_item();
     let capacity = 64
+        + item.as_ref().map_or(0, |i| 128 + 16 * i.vector.len())
         + results
             .iter()
             .map(|r| per_item + r.id.len() + r.creator.map_or(0, str::len))
@@ -37,6 +39,7 @@ fn render(answer: &Answer) -> Response {
         &Results {
             results,
             explain: answer.list_explanation(),
+            item,
         },
         capacity,
     )

@@ -112,6 +112,11 @@ pub struct SimilarRequest {
     pub explain: Option<bool>,
     /// Leave out items by the query item's creator ("similar tracks by other artists").
     pub exclude_same_creator: Option<bool>,
+    /// Pool mode, intended for `earshot route` asking the shard that owns the item: as in
+    /// `POST /v1/search`, and the answer also carries `item` (the queried item as stored, as
+    /// `GET /v1/{collection}/{id}` returns it), whose vector the router searches the other
+    /// shards with. Single requests only (a batch entry carries no `item`).
+    pub pool: Option<bool>,
 }
 
 impl From<SimilarParams> for SimilarRequest {

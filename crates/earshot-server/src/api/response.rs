@@ -31,6 +31,10 @@ pub struct Results<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub explain: Option<ListExplanation>,
+    /// With `"pool": true` on `similar` only: the queried item as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub item: Option<Item<'a>>,
 }
 
 /// One result.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use earshot_core::collection::Collection;
 use earshot_recommend::select::Pick;
 
-use crate::api::{Explanation, ListExplanation, ResultItem};
+use crate::api::{Explanation, Item, ListExplanation, ResultItem};
 
 /// Results of one query, still borrowing from the collection until rendered.
 pub struct Answer {
@@ -18,9 +18,16 @@ pub struct Answer {
     pub probe_weights: Vec<f32>,
     /// Pool mode (`"pool": true`): results carry their creator's popularity.
     pub pool: bool,
+    /// A pool-mode `similar`: the queried item's row, returned beside the results.
+    pub item: Option<u32>,
 }
 
 impl Answer {
+    /// The queried item as stored, for a pool-mode `similar`.
+    pub fn query_item(&self) -> Option<Item<'_>> {
+        self.item.map(|row| super::item(&self.collection, row))
+    }
+
     pub fn list_explanation(&self) -> Option<ListExplanation> {
         self.explain
             .then(|| list_explanation(&self.probe_weights, self.quota))

@@ -48,6 +48,10 @@ impl Engine {
         req: &SimilarRequest,
     ) -> Result<Answer, QueryError> {
         let c = self.collection(collection)?;
+        let pool = check_pool(
+            req.pool,
+            req.max_per_creator.is_some() || req.emerging.is_some(),
+        )?;
         let row = c.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
         let (mut filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[row])?;
         if req.exclude_same_creator.unwrap_or(false) {
@@ -61,7 +65,12 @@ impl Engine {
             query: c.vector(row).to_vec(),
             weight: 1.0,
         }];
-        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+        let mut answer = self.answer(c, probes, &filter, &shape, ef, req.explain);
+        answer.pool = pool;
+        // The router searches the other shards with this item's vector: it comes with the
+        // owner's own pool, one exchange instead of two.
+        answer.item = pool.then_some(row);
+        Ok(answer)
     }
 
     /// A batch's `similar` query names its collection and item in the body.
@@ -72,13 +81,10 @@ impl Engine {
 
     pub fn search(&self, req: &SearchRequest) -> Result<Answer, QueryError> {
         let c = self.collection(&req.collection)?;
-        let pool = req.pool.unwrap_or(false);
-        if pool && (req.max_per_creator.is_some() || req.emerging.is_some()) {
-            return Err(QueryError::new(
-                ErrorCode::ConflictingFields,
-                "the router applies max_per_creator and emerging on the merged pool",
-            ));
-        }
+        let pool = check_pool(
+            req.pool,
+            req.max_per_creator.is_some() || req.emerging.is_some(),
+        )?;
         let (filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[])?;
         let query = query::prepare(c, &req.vector).map_err(|e| vector_error(c, e))?;
         let probes = vec![Probe { query, weight: 1.0 }];
@@ -166,6 +172,7 @@ impl Engine {
             explain: explain.unwrap_or(false),
             probe_weights: probes.iter().map(|p| p.weight).collect(),
             pool: false,
+            item: None,
         }
     }
 }
@@ -192,6 +199,19 @@ pub fn find_collection<'a, T>(
             format!("no collection named {name:?}; GET /v1/collections lists them"),
         )
     })
+}
+
+/// Pool mode (`"pool": true`, for the router) leaves `max_per_creator` and the emerging
+/// quota to the router, which applies them on the merged pool.
+fn check_pool(pool: Option<bool>, shaped: bool) -> Result<bool, QueryError> {
+    let pool = pool.unwrap_or(false);
+    if pool && shaped {
+        return Err(QueryError::new(
+            ErrorCode::ConflictingFields,
+            "the router applies max_per_creator and emerging on the merged pool",
+        ));
+    }
+    Ok(pool)
 }
 
 /// A batch holds 1 to [`MAX_BATCH`] queries.
@@ -251,7 +271,7 @@ pub fn check_history_dim(source: (&str, usize), target: (&str, usize)) -> Result
     Ok(())
 }
 
-fn item(c: &Collection, row: u32) -> Item<'_> {
+pub fn item(c: &Collection, row: u32) -> Item<'_> {
     Item {
         id: c.id(row),
         creator: c.creator(row),
