@@ -211,6 +211,15 @@ pub struct RouteArgs {
     /// Async worker threads (default: one per core available to the process).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
+    /// Requests routed at once (each mostly waits on its shards, so many more than `serve`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent: u64,
+    /// Requests waiting for a slot; past that they get 503 `overloaded` at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+    /// Longest wait for a slot before 503 `overloaded`.
+    #[arg(long, default_value_t = 100)]
+    pub queue_timeout_ms: u64,
 }
 
 #[derive(Args)]

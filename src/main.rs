@@ -278,6 +278,13 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
         },
         api_keys: a.api_keys,
         drain: secs("drain-seconds", a.drain_seconds)?,
+        limits: earshot_router::LimitOptions {
+            max_concurrent: a.max_concurrent as usize,
+            max_queue: a.max_queue,
+            queue_timeout: Duration::from_millis(a.queue_timeout_ms),
+            // A little above the shards' deadline: their timeout answers first.
+            request_timeout: Duration::from_millis(a.timeout_ms + 100),
+        },
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.workers {

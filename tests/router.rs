@@ -686,3 +686,63 @@ fn a_slow_replica_loses_its_traffic() {
         ids.len() * 2
     );
 }
+
+/// The router's front door is bounded like `serve`'s: with one request routed at a time and
+/// one waiting (≤ 50 ms), a burst against a slow shard is answered at once with 503
+/// `overloaded` and `Retry-After` — never a queue without end — and the others succeed.
+#[test]
+fn an_overloaded_router_answers_503_overloaded_at_once() {
+    let f = fixture();
+    let slow = earshot_testkit::relay::Relay::start(f.replicas[0][0].addr.parse().unwrap())
+        .expect("relay");
+    slow.set_delay(Duration::from_millis(300));
+    let mut shards: Vec<Vec<String>> = f.replicas.iter().map(|r| vec![r[0].addr.clone()]).collect();
+    shards[0] = vec![slow.addr().to_string()];
+    let topo = topology(&f.dir, "bounded.toml", &shards);
+    let router = Arc::new(Server::start_route(
+        &topo,
+        &[
+            "--max-concurrent",
+            "1",
+            "--max-queue",
+            "1",
+            "--queue-timeout-ms",
+            "50",
+            "--health-interval",
+            "30",
+        ],
+    ));
+    let body = json!({"collection": "tracks", "vector": query_vector(f, 3), "k": 5});
+    let started = Instant::now();
+    let answers: Vec<Resp> = (0..6)
+        .map(|_| {
+            let (router, body) = (router.clone(), body.clone());
+            thread::spawn(move || router.post_json("/v1/search", &body))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    let overloaded: Vec<&Resp> = answers.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + overloaded.len(), 6, "only 200 or 503");
+    assert!(ok >= 1, "the admitted request is answered");
+    assert!(
+        overloaded.len() >= 3,
+        "{} of 6 refused after {:?}: {:?}",
+        overloaded.len(),
+        started.elapsed(),
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in &overloaded {
+        r.assert_error(503, "overloaded");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    // Nobody waited for a place in an endless queue (generous bound for a loaded machine:
+    // one slow search is ~0.3 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -34,6 +34,8 @@ pub struct RouterState {
     pub metrics: Arc<Metrics>,
     /// False while starting and while draining.
     pub ready: AtomicBool,
+    /// Bounds the requests in the router at once (the server's limiter).
+    pub limiter: Arc<earshot_server::overload::Limiter>,
 }
 
 type St = State<Arc<RouterState>>;

@@ -39,8 +39,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use cluster::ClusterOptions;
+pub use earshot_server::overload::LimitOptions;
 pub use topology::Topology;
 pub use upstream::UpstreamOptions;
+
+use earshot_server::overload::Limiter;
 
 use cluster::Cluster;
 use http::RouterState;
@@ -55,6 +58,9 @@ pub struct RouteOptions {
     pub api_keys: Option<PathBuf>,
     /// How long `/readyz` reports 503 before the listener stops.
     pub drain: Duration,
+    /// The front door's bounds (as `serve`'s): requests routed at once, waiting, and how
+    /// long; past them an immediate 503 `overloaded` instead of a queue without end.
+    pub limits: LimitOptions,
 }
 
 pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) -> Router {
@@ -69,6 +75,10 @@ pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) ->
         .route("/v1/search", post(http::search))
         .route("/v1/batch", post(http::batch))
         .route("/v1/collections", get(http::collections))
+        .route_layer(from_fn_with_state(
+            state.limiter.clone(),
+            earshot_server::overload::limit,
+        ))
         .route_layer(from_fn_with_state(keys, earshot_server::auth::query));
     let app = Router::new()
         .merge(v1)
@@ -81,8 +91,13 @@ pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) ->
 
 /// Builds the router's state from a topology (DNS resolved, health and collection info
 /// fetched once) without listening: for `route` and for tests.
-pub async fn start(topology: &Topology, opts: ClusterOptions) -> anyhow::Result<Arc<RouterState>> {
+pub async fn start(
+    topology: &Topology,
+    opts: ClusterOptions,
+    limits: LimitOptions,
+) -> anyhow::Result<Arc<RouterState>> {
     let mut metrics = earshot_server::metrics::Metrics::new();
+    let limiter = Arc::new(Limiter::new(limits, &mut metrics));
     let rm = metrics::RouterMetrics::register(&mut metrics.registry);
     let cluster = Arc::new(Cluster::new(topology, opts, rm));
     cluster.resolve_all().await;
@@ -103,6 +118,7 @@ pub async fn start(topology: &Topology, opts: ClusterOptions) -> anyhow::Result<
         cluster,
         metrics: Arc::new(metrics),
         ready: AtomicBool::new(false),
+        limiter,
     }))
 }
 
@@ -111,7 +127,7 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
     let topology = Topology::load(&opts.topology)?;
     let keys = Arc::new(earshot_server::auth::Keys::load(opts.api_keys.as_deref())?);
     let mut stop = stop_signals()?;
-    let state = start(&topology, opts.cluster.clone()).await?;
+    let state = start(&topology, opts.cluster.clone(), opts.limits.clone()).await?;
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;

@@ -4,8 +4,9 @@
 //! latency that grows without bound.
 //!
 //! The body is read before a slot is taken (a slow client holds a connection, not an execution
-//! slot). The slot is a [`Permit`] the handler hands to the blocking task that runs the query,
-//! so a request that timed out keeps its slot until its computation really ends.
+//! slot). The slot is a [`Permit`] held until the answer is made, and also handed by the
+//! handler to the blocking task that runs the query, so a request that timed out keeps its
+//! slot until its computation really ends.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -185,10 +186,16 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, req: Request, next: Next
         Ok(Err(reason)) => return limiter.reject(reason),
         Ok(Ok(p)) => p,
     };
-    parts.extensions.insert(Permit(Arc::new(permit)));
+    // Held here until the answer is made as well: a handler that does not take the permit
+    // out of the extensions (the router's, which only awaits its shards) must not let
+    // axum drop it when the request is taken apart, before the handler has even run.
+    let permit = Permit(Arc::new(permit));
+    parts.extensions.insert(permit.clone());
     let req = Request::from_parts(parts, Body::from(bytes));
-    match tokio::time::timeout_at(deadline, next.run(req)).await {
+    let resp = match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => limiter.reject("timeout"),
-    }
+    };
+    drop(permit);
+    resp
 }
