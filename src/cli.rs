@@ -186,8 +186,10 @@ pub struct RouteArgs {
     pub topk_probability: f64,
     /// `similar`: the shards that do not own the queried item walk with this many times the
     /// request's ef — the item is a stranger to their graphs and their walks find its
-    /// neighbours less surely (BENCHMARKS.md §10; 1: the same ef everywhere).
-    #[arg(long, default_value_t = 1.0)]
+    /// neighbours less surely. 2 keeps recall through the router at or above one server's at
+    /// the same ef for yes-tracks at 2 and 4 shards (BENCHMARKS.md §10); 1: the same ef
+    /// everywhere.
+    #[arg(long, default_value_t = 2.0)]
     pub similar_ef_boost: f64,
     /// Seconds between `/readyz` checks of every replica (and collection info refreshes).
     #[arg(long, default_value_t = 2.0)]

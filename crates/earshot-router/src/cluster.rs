@@ -124,7 +124,7 @@ impl Default for ClusterOptions {
         Self {
             upstream: UpstreamOptions::default(),
             topk_probability: 0.999,
-            similar_ef_boost: 1.0,
+            similar_ef_boost: 2.0,
             request_timeout: Duration::from_secs(5),
             health_interval: Duration::from_secs(2),
             resolve_interval: Duration::from_secs(5),
