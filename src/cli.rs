@@ -19,6 +19,16 @@ use earshot_core::metric::Metric;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines as plain text, or as one JSON object per line (for log collectors). The
+    /// level filter is EARSHOT_LOG (default `info`).
+    #[arg(long, global = true, env = "EARSHOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -163,127 +173,127 @@ pub struct BuildArgs {
 pub struct RouteArgs {
     /// Topology file (TOML): per collection, its shards in order and each shard's replicas
     /// (`http://HOST:PORT`, or `dns://NAME:PORT` re-resolved, every address a replica).
-    #[arg(long)]
+    #[arg(long, env = "EARSHOT_TOPOLOGY")]
     pub topology: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:7800")]
+    #[arg(long, env = "EARSHOT_ADDR", default_value = "127.0.0.1:7800")]
     pub addr: SocketAddr,
     /// Longest a request may take over every shard it asks (each shard request's deadline).
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// Hedge a shard request to a second replica once it has taken longer than this
     /// quantile of the shard's recent latency (0: never hedge).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, env = "EARSHOT_HEDGE", default_value_t = 0.95)]
     pub hedge: f64,
     /// Hedged requests are at most this share of shard requests (0.05: 5 % extra load).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, env = "EARSHOT_HEDGE_BUDGET", default_value_t = 0.05)]
     pub hedge_budget: f64,
     /// Never hedge sooner than this many milliseconds.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "EARSHOT_HEDGE_MIN_MS", default_value_t = 1.0)]
     pub hedge_min_ms: f64,
     /// Probability that a shard's share of the merged top k is complete: each shard is asked
     /// for k′ = ⌈k/n + t·√(k/n·(1−1/n))⌉ hits, t its normal quantile (1: ask every shard for k).
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, env = "EARSHOT_TOPK_PROBABILITY", default_value_t = 0.999)]
     pub topk_probability: f64,
     /// `similar`: the shards that do not own the queried item walk with this many times the
     /// request's ef — the item is a stranger to their graphs and their walks find its
     /// neighbours less surely. 2 keeps recall through the router at or above one server's at
     /// the same ef for yes-tracks at 2 and 4 shards (BENCHMARKS.md §10); 1: the same ef
     /// everywhere.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "EARSHOT_SIMILAR_EF_BOOST", default_value_t = 2.0)]
     pub similar_ef_boost: f64,
     /// Seconds between `/readyz` checks of every replica (and collection info refreshes).
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "EARSHOT_HEALTH_INTERVAL", default_value_t = 2.0)]
     pub health_interval: f64,
     /// Seconds between re-resolutions of `dns://` names.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, env = "EARSHOT_RESOLVE_INTERVAL", default_value_t = 5.0)]
     pub resolve_interval: f64,
     /// Consecutive failures that take a replica out of rotation (a refused connection: one).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "EARSHOT_EJECT_AFTER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub eject_after: u32,
     /// First ejection's length in milliseconds; doubles with each further one (up to 30 s).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "EARSHOT_EJECT_MS", default_value_t = 1000)]
     pub eject_ms: u64,
     /// API keys file for clients, as `serve --api-keys` (the shard servers' key, if they
     /// need one, comes from EARSHOT_SHARD_KEY).
-    #[arg(long)]
+    #[arg(long, env = "EARSHOT_API_KEYS")]
     pub api_keys: Option<PathBuf>,
     /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "EARSHOT_DRAIN_SECONDS", default_value_t = 0.0)]
     pub drain_seconds: f64,
     /// Async worker threads (default: one per core available to the process).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_WORKERS", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
     /// Requests routed at once (each mostly waits on its shards, so many more than `serve`).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_MAX_CONCURRENT", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent: u64,
     /// Requests waiting for a slot; past that they get 503 `overloaded` at once.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "EARSHOT_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
     /// Longest wait for a slot before 503 `overloaded`.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "EARSHOT_QUEUE_TIMEOUT_MS", default_value_t = 100)]
     pub queue_timeout_ms: u64,
 }
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// Directory whose subdirectories are collections.
-    #[arg(long, default_value = "indexes")]
+    #[arg(long, env = "EARSHOT_INDEX_ROOT", default_value = "indexes")]
     pub index_root: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, env = "EARSHOT_ADDR", default_value = "127.0.0.1:7700")]
     pub addr: SocketAddr,
     /// Beam width used when a request gives no `ef`.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "EARSHOT_DEFAULT_EF", default_value_t = 64)]
     pub default_ef: usize,
     /// Skip checksum verification at start-up for a fast restart (headers, lengths and the
     /// ID/creator string tables are still checked; other pages are read on first use).
-    #[arg(long)]
+    #[arg(long, env = "EARSHOT_LAZY")]
     pub lazy: bool,
     /// Seconds /readyz reports 503 on SIGTERM before the listener closes.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "EARSHOT_DRAIN_SECONDS", default_value_t = 0.0)]
     pub drain_seconds: f64,
     /// Async worker threads (default: one per core available to the process). Small queries
     /// run on them; larger ones and batches on a separate blocking pool.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_WORKERS", value_parser = clap::value_parser!(u64).range(1..))]
     pub workers: Option<u64>,
     /// Query requests executing at once (default: 4 × cores).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_MAX_CONCURRENT", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent: Option<u64>,
     /// Query requests waiting for a slot; past that they get 503 `overloaded` at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "EARSHOT_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
     /// Longest wait for a slot before 503 `overloaded`.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "EARSHOT_QUEUE_TIMEOUT_MS", default_value_t = 100)]
     pub queue_timeout_ms: u64,
     /// Longest a query request may take (body, queue and execution) before 503 `timeout`.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,
     /// Also look for new collection versions every this many seconds (0: only on SIGHUP
     /// and POST /admin/reload).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "EARSHOT_WATCH_INTERVAL", default_value_t = 0.0)]
     pub watch_interval: f64,
     /// Accept new versions whose dimension or metric differ from the served ones.
-    #[arg(long)]
+    #[arg(long, env = "EARSHOT_ALLOW_SCHEMA_CHANGE")]
     pub allow_schema_change: bool,
     /// API keys file: lines `query KEY` / `admin KEY` (`#` comments). Keys are also read from
     /// EARSHOT_QUERY_KEYS / EARSHOT_ADMIN_KEYS (comma-separated).
-    #[arg(long)]
+    #[arg(long, env = "EARSHOT_API_KEYS")]
     pub api_keys: Option<PathBuf>,
     /// Keep a replaced version loaded this many seconds after a swap, for requests a router
     /// pinned to it (`x-earshot-version`) during a roll-out (0: unload at once).
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, env = "EARSHOT_RETAIN_PREVIOUS", default_value_t = 120.0)]
     pub retain_previous: f64,
     /// Serve the CURRENT versions of an object store (`s3://bucket/prefix`, credentials and
     /// endpoint from the AWS_* variables, or `file:///path`): --index-root becomes a cache,
     /// filled at start and on every poll (--watch-interval, default 10 s here); /readyz
     /// answers 200 once every collection of the store is loaded.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "EARSHOT_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// With --store: serve shard I of N of every sharded collection (unsharded ones whole).
-    #[arg(long, value_name = "I/N", requires = "store")]
+    #[arg(long, env = "EARSHOT_SHARD", value_name = "I/N", requires = "store")]
     pub shard: Option<earshot_core::shard::ShardSpec>,
     /// With --store: versions kept per collection in the cache (the served one included), so
     /// a roll-back to a recent version needs no download.
-    #[arg(long, default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "EARSHOT_KEEP", default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 }
 

@@ -1,0 +1,99 @@
+//! How a container configures earshot: every `serve` / `route` flag also read from an
+//! `EARSHOT_*` environment variable (a flag given on the command line wins), and log lines as
+//! JSON objects with `--log-format json` / `EARSHOT_LOG_FORMAT=json`.
+
+mod common;
+
+use std::ffi::OsString;
+
+use common::*;
+use serde_json::Value;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn serve_reads_its_flags_from_the_environment_and_logs_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = catalogue(3, 200, 8, 4, 20, 10, 5);
+    let (npy, csv) = cat.write(tmp.path(), "tracks");
+    let root = tmp.path().join("indexes");
+    earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
+    let root = root.to_str().unwrap();
+
+    // Nothing on the command line but the subcommand.
+    let vars = env(&[
+        ("EARSHOT_INDEX_ROOT", root),
+        ("EARSHOT_ADDR", "127.0.0.1:0"),
+        ("EARSHOT_DEFAULT_EF", "7"),
+        ("EARSHOT_LOG_FORMAT", "json"),
+    ]);
+    let s = Server::try_spawn_env(&[OsString::from("serve")], &vars).expect("serve starts");
+    let c = s.get("/v1/collections").ok_json();
+    assert_eq!(c["collections"][0]["default_ef"], 7, "{c}");
+    let logged = s.stderr();
+    let lines: Vec<&str> = logged.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "serve logged nothing");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    drop(s);
+
+    // A flag on the command line wins over the environment.
+    let args: Vec<OsString> = ["serve", "--default-ef", "9"].map(OsString::from).into();
+    let s = Server::try_spawn_env(&args, &vars).expect("serve starts");
+    let c = s.get("/v1/collections").ok_json();
+    assert_eq!(c["collections"][0]["default_ef"], 9, "{c}");
+    drop(s);
+
+    // A bad value from the environment is refused naming the variable.
+    let bad = env(&[
+        ("EARSHOT_INDEX_ROOT", root),
+        ("EARSHOT_ADDR", "127.0.0.1:0"),
+        ("EARSHOT_MAX_QUEUE", "lots"),
+    ]);
+    usage_error(earshot_env(["serve"], &bad), &["--max-queue", "lots"]);
+    // So is an unknown log format.
+    let xml = env(&[("EARSHOT_LOG_FORMAT", "xml")]);
+    usage_error(earshot_env(["serve"], &xml), &["--log-format", "xml"]);
+}
+
+/// A usage error: exit code 2 (clap's), no panic, every word in stderr.
+fn usage_error(run: Run, words: &[&str]) {
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert_no_panic(&run.stderr);
+    for w in words {
+        assert!(run.stderr.contains(w), "{w:?} not in:\n{}", run.stderr);
+    }
+}
+
+#[test]
+fn every_serve_and_route_flag_names_its_environment_variable_in_help() {
+    for cmd in ["serve", "route"] {
+        let out = earshot([cmd, "--help"]).assert_ok().stdout.clone();
+        let flags: Vec<&str> = out
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("--") && !l.starts_with("--help"))
+            .collect();
+        assert!(flags.len() > 10, "{out}");
+        for f in flags {
+            let name = f.split([' ', '=']).next().unwrap();
+            let var = format!(
+                "EARSHOT_{}",
+                name.trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_uppercase()
+            );
+            assert!(
+                out.contains(&format!("[env: {var}=")),
+                "`{cmd} --help` does not name {var} for {name}:\n{out}"
+            );
+        }
+    }
+}
