@@ -706,6 +706,30 @@ fn metrics_count_requests_by_route() {
         m.body
     );
     assert!(m.body.contains("earshot_http_request_duration_seconds"));
+    // The standard process metrics, unprefixed, this server's own; one OpenMetrics end.
+    let sample = |name: &str| -> f64 {
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{}", m.body))
+            .parse()
+            .unwrap()
+    };
+    assert!(sample("process_resident_memory_bytes") > 1e6);
+    assert!(sample("process_cpu_seconds_total") > 0.0);
+    assert!(sample("process_open_fds") >= 3.0);
+    assert!(sample("process_max_fds") >= sample("process_open_fds"));
+    let started = sample("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
+    assert_eq!(m.body.matches("# EOF").count(), 1, "{}", m.body);
+    assert!(m.body.trim_end().ends_with("# EOF"));
 }
 
 #[test]

@@ -426,6 +426,7 @@ fn items_collections_and_errors_are_those_of_serve() {
         "earshot_router_upstream_duration_seconds",
         "earshot_router_upstream_requests_total",
         "earshot_http_requests_total",
+        "process_resident_memory_bytes",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

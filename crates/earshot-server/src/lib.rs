@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod overload;
+pub mod process_metrics;
 pub mod registry;
 pub mod routes;
 pub mod state;

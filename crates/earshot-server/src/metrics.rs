@@ -33,7 +33,10 @@ pub struct BuildLabel {
 }
 
 pub struct Metrics {
+    /// earshot's own metrics (`earshot_…`).
     pub registry: Registry,
+    /// The standard `process_…` metrics, unprefixed as every client library names them.
+    process: Registry,
     pub requests: Family<RouteStatus, Counter>,
     pub latency: Family<RouteStatus, Histogram>,
     pub in_flight: Gauge<i64, AtomicI64>,
@@ -81,8 +84,11 @@ impl Metrics {
             mapped_bytes.clone(),
         );
         registry.register("build_info", "earshot version and SIMD kernels", build_info);
+        let mut process = Registry::default();
+        process.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Self {
             registry,
+            process,
             requests,
             latency,
             in_flight,
@@ -92,8 +98,11 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out))
             .expect("writing to a String cannot fail");
         out
     }
