@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
+    /// The request's method (see [`method_label`]).
+    pub method: &'static str,
     /// A route template (see [`route_label`]).
     pub route: &'static str,
     pub status: u16,
@@ -64,12 +66,12 @@ impl Metrics {
             .set(1);
         registry.register(
             "http_requests",
-            "HTTP requests by route and status",
+            "HTTP requests by method, route and status",
             requests.clone(),
         );
         registry.register(
             "http_request_duration_seconds",
-            "HTTP request latency by route and status",
+            "HTTP request latency by method, route and status",
             latency.clone(),
         );
         registry.register(
@@ -117,11 +119,13 @@ impl Default for Metrics {
 /// Records count, status and latency of every request under its route template.
 pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
     m.in_flight.inc();
     let started = Instant::now();
     let resp = next.run(req).await;
     m.in_flight.dec();
     let labels = RouteStatus {
+        method,
         route,
         status: resp.status().as_u16(),
     };
@@ -130,6 +134,22 @@ pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> R
         .observe(started.elapsed().as_secs_f64());
     m.requests.get_or_create(&labels).inc();
     resp
+}
+
+/// The method as a `&'static str` (no allocation per request); any but the standard ones
+/// is `other`, so a client cannot grow the label set.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// The route template as a `&'static str`, so labelling a request allocates nothing. Templates
