@@ -1,6 +1,7 @@
 //! How a container configures earshot: every `serve` / `route` flag also read from an
-//! `EARSHOT_*` environment variable (a flag given on the command line wins), and log lines as
-//! JSON objects with `--log-format json` / `EARSHOT_LOG_FORMAT=json`.
+//! `EARSHOT_*` environment variable (a flag given on the command line wins), log lines as
+//! JSON objects with `--log-format json` / `EARSHOT_LOG_FORMAT=json`, and a caller's W3C
+//! `traceparent` in the request's log span.
 
 mod common;
 
@@ -96,4 +97,50 @@ fn every_serve_and_route_flag_names_its_environment_variable_in_help() {
             );
         }
     }
+}
+
+#[test]
+fn a_callers_traceparent_is_in_the_requests_log_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = catalogue(4, 100, 8, 4, 20, 10, 5);
+    let (npy, csv) = cat.write(tmp.path(), "tracks");
+    let root = tmp.path().join("indexes");
+    earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
+    let vars = env(&[
+        ("EARSHOT_LOG_FORMAT", "json"),
+        // tower-http logs each request's start and end at debug, inside the request span.
+        ("EARSHOT_LOG", "info,tower_http=debug"),
+    ]);
+    let args: Vec<OsString> = vec![
+        "serve".into(),
+        "--index-root".into(),
+        root.into(),
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let s = Server::try_spawn_env(&args, &vars).expect("serve starts");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = http(
+        "GET",
+        &s.url("/healthz"),
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let id = r.request_id.expect("x-request-id");
+    // The line is written as the response goes out; give the writer a moment.
+    let mut found = None;
+    for _ in 0..50 {
+        found = s
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["span"]["trace"] == trace);
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let line = found.unwrap_or_else(|| panic!("no log line with trace {trace}:\n{}", s.stderr()));
+    assert_eq!(line["span"]["id"], id.as_str(), "{line}");
 }

@@ -163,10 +163,32 @@ where
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
+                let trace = trace_id(req.headers()).unwrap_or("-");
+                tracing::info_span!("request", id, trace, method = %req.method(), uri = %req.uri())
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, CounterId::default()))
+}
+
+/// The trace ID of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`, IDs not
+/// all zero), so a request's log lines can be joined with the caller's trace.
+pub fn trace_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let ok = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0')
+        && (version != "00" || parts.next().is_none());
+    ok.then_some(trace)
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -337,5 +359,41 @@ impl StopSignals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trace_id;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn tp(v: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_str(v).unwrap());
+        trace_id(&h).map(str::to_string)
+    }
+
+    #[test]
+    fn traceparent_gives_its_trace_id_only_when_valid() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            tp(good).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        // A later version may append fields; version 00 may not.
+        assert!(tp(&format!("01{}-extra", &good[2..])).is_some());
+        assert!(tp(&format!("{good}-extra")).is_none());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(tp(bad), None, "{bad}");
+        }
+        assert_eq!(trace_id(&HeaderMap::new()), None);
     }
 }
