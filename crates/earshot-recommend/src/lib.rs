@@ -8,7 +8,9 @@ pub mod centroids;
 pub mod constraints;
 pub mod history;
 pub mod query;
+pub mod seeded;
 pub mod select;
+pub mod strategy;
 pub mod taste;
 
 #[cfg(test)]

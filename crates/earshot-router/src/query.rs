@@ -12,6 +12,7 @@ use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use earshot_core::search::Hit;
 use earshot_recommend::select::{initial_pool_size, pick, Selection, WIDEN};
+use earshot_recommend::strategy::Strategy;
 use earshot_recommend::taste::{HistoryVectors, Taste};
 use earshot_server::api::{SearchRequest, SimilarRequest, TasteRequest};
 use earshot_server::engine::{self, history, QueryError};
@@ -462,6 +463,14 @@ impl Exec<'_> {
         };
         engine::check_history_dim((&source.name, source_meta.dim), (&coll.name, meta.dim))?;
         let clock = history::check_history(req)?;
+        if engine::strategy::check_strategy(req)? != Strategy::Mean {
+            return Err(QueryError::new(
+                ErrorCode::InvalidRequest,
+                "the router runs the mean strategy only (send \"strategy\": \"mean\" or none); \
+                 neighbours and best_score are served by `earshot serve`",
+            )
+            .into());
+        }
         let mut ids: Vec<&str> = req.history.iter().map(|h| h.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
