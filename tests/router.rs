@@ -279,9 +279,15 @@ fn taste_and_batch_match_one_server() {
                 json!({"id": f.cat.ids[rng.below(N)], "event": event})
             })
             .collect();
-        for centroids in [1, 2] {
+        // The seed-based strategies run in the router too (the same aggregation and pick).
+        for (centroids, strategy) in [
+            (1, "mean"),
+            (2, "mean"),
+            (1, "neighbours"),
+            (1, "best_score"),
+        ] {
             let body = json!({"history": history, "k": 10, "ef": EF, "centroids": centroids,
-                              "max_per_creator": 2, "explain": true});
+                              "strategy": strategy, "max_per_creator": 2, "explain": true});
             let (r, s) = both_post(f, "/v1/taste/tracks", &body);
             if s.status != 200 {
                 // e.g. too_many_centroids for a history with one positive item: same error.

@@ -78,6 +78,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eval_taste  # noqa: E402
+from eval_taste import kmeans, share_slots  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 K = 10
@@ -263,56 +264,6 @@ def topn(scores, banned, n):
 def weighted_mean(vs, ws):
     ws = np.asarray(ws, dtype=np.float64)
     return (vs * ws[:, None]).sum(0) / ws.sum()
-
-
-def kmeans(vs, ws, k):
-    """src/recommend/centroids.rs::kmeans on points in row order; returns [(centre, weight)]."""
-    n = len(ws)
-    ws64 = np.asarray(ws, dtype=np.float64)
-    heaviest = max(range(n), key=lambda i: (ws[i], -i))
-    centres = [vs[heaviest].copy()]
-    nearest = ((vs - centres[0]) ** 2).sum(1)
-    while len(centres) < k:
-        score = ws64 * nearest
-        nxt = max(range(n), key=lambda i: (score[i], -i))
-        centres.append(vs[nxt].copy())
-        nearest = np.minimum(nearest, ((vs - centres[-1]) ** 2).sum(1))
-    assign = np.zeros(n, dtype=np.int64)
-    for _ in range(20):
-        d = np.stack([((vs - c) ** 2).sum(1) for c in centres], 1)
-        best = d.argmin(1)  # first minimum, as min_by keeps the first of equals
-        changed = bool((best != assign).any())
-        assign = best
-        for j in range(k):
-            m = assign == j
-            if m.any():
-                centres[j] = weighted_mean(vs[m], ws64[m])
-        if not changed:
-            break
-    out = []
-    for j in range(k):
-        w = F32(0)
-        for i in np.nonzero(assign == j)[0]:
-            w = F32(w + ws[i])
-        if w > 0:
-            out.append((centres[j], w))
-    return out
-
-
-def share_slots(k, weights):
-    total = F32(0)
-    for w in weights:
-        total = F32(total + w)
-    exact = [F32(F32(k) * w / total) for w in weights]
-    slots = [int(math.floor(e)) for e in exact]
-    order = sorted(range(len(weights)), key=lambda j: (-(exact[j] - math.floor(exact[j])), j))
-    left = k - sum(slots)
-    i = 0
-    while left > 0:
-        slots[order[i % len(order)]] += 1
-        left -= 1
-        i += 1
-    return slots
 
 
 def pick(pools, weights, k, eligible=None, quota_slots=0):

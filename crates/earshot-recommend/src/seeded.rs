@@ -102,8 +102,9 @@ pub fn recommend(
                 return Err(TasteError::Degenerate);
             }
             let lists: Vec<&[Hit]> = b.bounds.windows(2).map(|w| &b.hits[w[0]..w[1]]).collect();
+            let sim = |d| crate::strategy::similarity(metric, d);
             b.aggregator
-                .aggregate(c, metric, strategy, &b.weights, &lists, &mut b.pool);
+                .aggregate(c, sim, strategy, &b.weights, &lists, &mut b.pool);
             let selection = select::pick(c, &[1.0], std::slice::from_ref(&b.pool), shape);
             let exhausted = !cut || per_item >= MAX_WALK.max(c.len());
             if selection.picks.len() >= shape.k || exhausted {

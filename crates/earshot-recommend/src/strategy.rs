@@ -103,6 +103,17 @@ pub fn similarity(metric: Metric, dist: f32) -> f32 {
     }
 }
 
+/// [`similarity`] from a result's score (`ResultItem.score`: the dot product, the cosine
+/// similarity, or the negative Euclidean distance): how a router, which sees shards' scores
+/// rather than internal distances, measures the same similarity.
+#[inline]
+pub fn similarity_of_score(metric: Metric, score: f32) -> f32 {
+    match metric {
+        Metric::Dot | Metric::Cosine => score,
+        Metric::L2 => 1.0 / (1.0 + (-score).max(0.0)),
+    }
+}
+
 /// One candidate's running score.
 #[derive(Debug, Clone, Copy, Default)]
 struct Acc {
@@ -120,11 +131,12 @@ pub struct Aggregator {
 impl Aggregator {
     /// Aggregates the seeds' lists into one pool, best first, into `out` (cleared first).
     /// `lists[i]` holds seed `i`'s hits (rows of `c`), `weights[i]` its signed evidence
-    /// (> 0 positive, < 0 negative).
+    /// (> 0 positive, < 0 negative); `sim` turns a hit's `dist` into its similarity
+    /// ([`similarity`] for a collection's own hits).
     pub fn aggregate<C: Candidates + ?Sized>(
         &mut self,
         c: &C,
-        metric: Metric,
+        sim: impl Fn(f32) -> f32,
         strategy: Strategy,
         weights: &[f32],
         lists: &[&[Hit]],
@@ -140,7 +152,7 @@ impl Aggregator {
         // Positive lists first: they decide the candidates.
         for (&w, hits) in weights.iter().zip(lists).filter(|(w, _)| **w > 0.0) {
             for h in hits.iter() {
-                let s = similarity(metric, h.dist);
+                let s = sim(h.dist);
                 let a = self.acc.entry(h.row).or_default();
                 a.sum += w * s;
                 a.best_pos = Some(a.best_pos.map_or(s, |b| b.max(s)));
@@ -149,7 +161,7 @@ impl Aggregator {
         for (&w, hits) in weights.iter().zip(lists).filter(|(w, _)| **w < 0.0) {
             for h in hits.iter() {
                 if let Some(a) = self.acc.get_mut(&h.row) {
-                    let s = similarity(metric, h.dist);
+                    let s = sim(h.dist);
                     a.sum += w * s;
                     a.best_neg = Some(a.best_neg.map_or(s, |b| b.max(s)));
                 }
@@ -207,6 +219,11 @@ mod tests {
 
     const F: FanOut = DEFAULT_FAN_OUT;
 
+    fn dot_sim(d: f32) -> f32 {
+        similarity(Metric::Dot, d)
+    }
+    const DOT: fn(f32) -> f32 = dot_sim;
+
     #[test]
     fn neighbours_sum_weighted_similarities_and_negatives_subtract() {
         let a = hits(&[(1, 0.9), (2, 0.5)]);
@@ -216,7 +233,7 @@ mod tests {
         let mut out = Vec::new();
         agg.aggregate(
             &Pop,
-            Metric::Dot,
+            DOT,
             Strategy::Neighbours(F),
             &[1.0, 0.5],
             &[&a, &b],
@@ -226,7 +243,7 @@ mod tests {
         assert_eq!(scores(&out), [(1, 0.9), (2, 0.8), (3, 0.2)]);
         agg.aggregate(
             &Pop,
-            Metric::Dot,
+            DOT,
             Strategy::Neighbours(F),
             &[1.0, 0.5, -0.5],
             &[&a, &b, &n],
@@ -246,7 +263,7 @@ mod tests {
         let a = hits(&[(9, 1.0), (2, 0.6)]);
         let mut out = Vec::new();
         let damped = Strategy::Neighbours(FanOut { damping: 1.0, ..F });
-        Aggregator::default().aggregate(&Pop, Metric::Dot, damped, &[1.0], &[&a], &mut out);
+        Aggregator::default().aggregate(&Pop, DOT, damped, &[1.0], &[&a], &mut out);
         // 9: 1/9; 2: 0.6/2.
         assert_eq!(out[0].row, 2);
         assert!((out[1].dist + 1.0 / 9.0).abs() < 1e-6);
@@ -260,7 +277,7 @@ mod tests {
         let mut out = Vec::new();
         Aggregator::default().aggregate(
             &Pop,
-            Metric::Dot,
+            DOT,
             Strategy::BestScore(F),
             // Weights only give the sign.
             &[0.1, 1.0, -3.0],
@@ -281,6 +298,14 @@ mod tests {
         }
         assert_eq!(similarity(Metric::L2, 0.0), 1.0);
         assert!(similarity(Metric::L2, 1e6) > 0.0);
+        // A router sees scores (negated distances; the Euclidean distance itself under l2).
+        for (m, d, score) in [
+            (Metric::Dot, -3.0, 3.0),
+            (Metric::Cosine, 0.25, 0.75),
+            (Metric::L2, 4.0, -2.0),
+        ] {
+            assert_eq!(similarity(m, d), similarity_of_score(m, score), "{m:?}");
+        }
         assert_eq!(Strategy::parse("nope", F), None);
         assert_eq!(
             Strategy::parse("best_score", F).unwrap().name(),

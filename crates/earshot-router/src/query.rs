@@ -11,9 +11,11 @@ use std::time::Instant;
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use earshot_core::search::Hit;
+use earshot_recommend::constraints::QUOTA_WINDOW;
+use earshot_recommend::query;
 use earshot_recommend::select::{initial_pool_size, pick, Selection, WIDEN};
-use earshot_recommend::strategy::Strategy;
-use earshot_recommend::taste::{HistoryVectors, Taste};
+use earshot_recommend::strategy::{similarity_of_score, Aggregator, Strategy};
+use earshot_recommend::taste::{HistoryVectors, Taste, TasteError};
 use earshot_server::api::{SearchRequest, SimilarRequest, TasteRequest};
 use earshot_server::engine::{self, history, QueryError};
 use earshot_server::error_code::ErrorCode;
@@ -463,14 +465,7 @@ impl Exec<'_> {
         };
         engine::check_history_dim((&source.name, source_meta.dim), (&coll.name, meta.dim))?;
         let clock = history::check_history(req)?;
-        if engine::strategy::check_strategy(req)? != Strategy::Mean {
-            return Err(QueryError::new(
-                ErrorCode::InvalidRequest,
-                "the router runs the mean strategy only (send \"strategy\": \"mean\" or none); \
-                 neighbours and best_score are served by `earshot serve`",
-            )
-            .into());
-        }
+        let strategy = engine::strategy::check_strategy(req)?;
         let mut ids: Vec<&str> = req.history.iter().map(|h| h.id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -504,6 +499,30 @@ impl Exec<'_> {
         };
         let plan = validate::list(&req.spec(), &meta)?;
         let taste = Taste::new(&fetched, &evidence).map_err(engine::taste_error)?;
+        if let Some(fan) = strategy.fan_out() {
+            let mut exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
+            exclude.extend(history_ids);
+            // The seeds' queries, as `earshot_recommend::seeded` makes them.
+            let mut seeds = Vec::new();
+            taste.seeds(fan.items, &mut seeds);
+            let (mut queries, mut weights) = (Vec::new(), Vec::new());
+            for s in &seeds {
+                if let Ok(q) = query::prepare_in(meta.metric, meta.dim, s.vector) {
+                    queries.push(q);
+                    weights.push(s.weight);
+                }
+            }
+            if !weights.iter().any(|&w| w > 0.0) {
+                return Err(engine::taste_error(TasteError::Degenerate).into());
+            }
+            let list = self
+                .seeded(&meta, strategy, queries, weights, &plan, &exclude)
+                .await?;
+            return Ok(Body::List(ListOutcome {
+                explain: req.explain.unwrap_or(false),
+                ..list
+            }));
+        }
         let n = history::check_centroids(req.centroids)?;
         let probes = taste
             .probes_in(meta.metric, meta.dim, n)
@@ -561,6 +580,49 @@ impl Exec<'_> {
             }
             size = size.saturating_mul(WIDEN).min(total);
         }
+    }
+
+    /// `neighbours` / `best_score` over shards: every seed's `per_item` nearest admissible
+    /// items in one round of pooled searches, aggregated and picked by the code `serve` runs
+    /// (`Aggregator`, `pick`). Unlike `serve` it does not widen a short list.
+    async fn seeded(
+        &mut self,
+        meta: &Meta,
+        strategy: Strategy,
+        queries: Vec<Vec<f32>>,
+        weights: Vec<f32>,
+        plan: &validate::Plan,
+        exclude: &[&str],
+    ) -> Result<ListOutcome, Failure> {
+        let coll = self.coll;
+        let mut exclude_by_shard: Vec<Vec<&str>> = vec![Vec::new(); coll.shards.len()];
+        for id in exclude {
+            exclude_by_shard[coll.owner(id)].push(id);
+        }
+        let shape = &plan.shape;
+        let per_item = strategy.fan_out().map_or(shape.k, |f| f.per_item);
+        let size = if shape.max_per_creator.is_some() || shape.emerging.is_some() {
+            per_item.max(QUOTA_WINDOW * shape.k)
+        } else {
+            per_item.max(shape.k)
+        };
+        let mut pool = Pool::default();
+        let (lists, _) = self
+            .round(&mut pool, &queries, size, plan, &exclude_by_shard)
+            .await?;
+        let lists: Vec<&[Hit]> = lists.iter().map(Vec::as_slice).collect();
+        let metric = meta.metric;
+        // Pool hits carry `dist = −score` (the shards' scores, not internal distances).
+        let sim = |d: f32| similarity_of_score(metric, -d);
+        let mut merged = Vec::new();
+        Aggregator::default().aggregate(&pool, sim, strategy, &weights, &lists, &mut merged);
+        let selection = pick(&pool, &[1.0], std::slice::from_ref(&merged), shape);
+        Ok(ListOutcome {
+            pool,
+            selection,
+            weights: vec![1.0],
+            explain: false,
+        })
     }
 
     /// One round: every probe's `size` nearest admissible items, merged from the shards'

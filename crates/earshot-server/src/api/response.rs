@@ -142,8 +142,10 @@ pub struct Explanation {
 /// Request-level explanation (with `explain: true`).
 #[derive(Serialize, ToSchema)]
 pub struct ListExplanation {
-    /// The strategy that made the list (`mean` for similar and search).
-    pub strategy: &'static str,
+    /// `neighbours` and `best_score` (from `earshot serve`): the strategy that made the list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub strategy: Option<&'static str>,
     /// `neighbours` and `best_score` only: history items walked from.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]

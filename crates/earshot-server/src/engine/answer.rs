@@ -38,7 +38,7 @@ impl Answer {
         self.explain.then(|| {
             let mut e = list_explanation(&self.probe_weights, self.quota);
             if let Some(s) = &self.seeded {
-                e.strategy = s.strategy;
+                e.strategy = Some(s.strategy);
                 e.seeds = Some(s.seeds);
             }
             e
@@ -86,7 +86,7 @@ impl Answer {
 pub fn list_explanation(probe_weights: &[f32], quota: (usize, usize)) -> ListExplanation {
     let total: f32 = probe_weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
     ListExplanation {
-        strategy: "mean",
+        strategy: None,
         seeds: None,
         centroid_weights: probe_weights.iter().map(|w| w / total).collect(),
         emerging_slots_requested: quota.0,
