@@ -230,7 +230,7 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
             .all(|x| x["popularity"].as_f64().is_some_and(|p| p >= 2000.0)));
         let body = json!({"collection": "tracks", "vector": v, "k": 10, "ef": EF,
                           "max_per_creator": 2, "explain": true,
-                          "emerging": {"max_popularity": median, "min_share": 0.4}});
+                          "emerging": {"max_popularity": median, "min_share": 0.4, "boost": 0.2}});
         let (r, s) = both_post(f, "/v1/search", &body);
         let (rv, sv) = (r.ok_json(), s.ok_json());
         shaped.add(compare(&rv, &sv));
@@ -239,6 +239,10 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
             "{rv}\n{sv}"
         );
         assert_eq!(rv["explain"]["emerging_slots_requested"], 4);
+        assert_eq!(
+            rv["emerging_slots_reserved"], sv["emerging_slots_reserved"],
+            "top level"
+        );
         let emerging = results(&rv)
             .iter()
             .filter(|x| x["explain"]["emerging_quota"] == true)
@@ -254,7 +258,13 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
         // Explanations match field by field where the lists agree.
         for (a, b) in results(&rv).iter().zip(results(&sv)) {
             if a["id"] == b["id"] {
-                for field in ["emerging_quota", "in_share", "moved_by", "rank"] {
+                for field in [
+                    "emerging_quota",
+                    "emerging_boost",
+                    "in_share",
+                    "moved_by",
+                    "rank",
+                ] {
                     assert_eq!(
                         a["explain"][field], b["explain"][field],
                         "{field}: {a} vs {b}"
