@@ -230,7 +230,7 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
             .all(|x| x["popularity"].as_f64().is_some_and(|p| p >= 2000.0)));
         let body = json!({"collection": "tracks", "vector": v, "k": 10, "ef": EF,
                           "max_per_creator": 2, "explain": true,
-                          "emerging": {"max_popularity": median, "min_share": 0.4}});
+                          "emerging": {"max_popularity": median, "min_share": 0.4, "boost": 0.2}});
         let (r, s) = both_post(f, "/v1/search", &body);
         let (rv, sv) = (r.ok_json(), s.ok_json());
         shaped.add(compare(&rv, &sv));
@@ -239,6 +239,7 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
             "{rv}\n{sv}"
         );
         assert_eq!(rv["explain"]["emerging_slots_requested"], 4);
+        assert_eq!(rv["emerging_slots_reserved"], sv["emerging_slots_reserved"]);
         let emerging = results(&rv)
             .iter()
             .filter(|x| x["explain"]["emerging_quota"] == true)
@@ -254,7 +255,8 @@ fn search_with_filters_and_the_emerging_quota_matches_one_server() {
         // Explanations match field by field where the lists agree.
         for (a, b) in results(&rv).iter().zip(results(&sv)) {
             if a["id"] == b["id"] {
-                for field in ["emerging_quota", "in_share", "moved_by", "rank"] {
+                let fields = ["emerging_quota", "emerging_boost", "in_share", "moved_by"];
+                for field in fields.into_iter().chain(["rank"]) {
                     assert_eq!(
                         a["explain"][field], b["explain"][field],
                         "{field}: {a} vs {b}"
@@ -279,9 +281,11 @@ fn taste_and_batch_match_one_server() {
                 json!({"id": f.cat.ids[rng.below(N)], "event": event})
             })
             .collect();
-        for centroids in [1, 2] {
+        // The seed-based strategies run in the router too (the same aggregation and pick).
+        let strategies = [(1, "mean"), (2, "mean"), (1, "neighbours")];
+        for (centroids, strategy) in strategies.into_iter().chain([(1, "best_score")]) {
             let body = json!({"history": history, "k": 10, "ef": EF, "centroids": centroids,
-                              "max_per_creator": 2, "explain": true});
+                              "strategy": strategy, "max_per_creator": 2, "explain": true});
             let (r, s) = both_post(f, "/v1/taste/tracks", &body);
             if s.status != 200 {
                 // e.g. too_many_centroids for a history with one positive item: same error.

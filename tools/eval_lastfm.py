@@ -4,7 +4,17 @@ through the server's `POST /v1/taste/{collection}` endpoint, with exact brute-fo
 
 One command (from the repo root, after `cargo build` and `bash tools/venv.sh`):
 
-    cargo build && .venv/bin/python tools/eval_lastfm.py
+    cargo build && .venv/bin/python tools/eval_lastfm.py --split val    # choose
+    cargo build && .venv/bin/python tools/eval_lastfm.py --split test   # report once
+
+--split val: held-out = val_heldout.tsv, histories = user_artists minus the test and the validation
+artist, vectors artists_als64_val.npy / users_als64_val.npy; runs the grids of the seed-based strategies
+(neighbours, best_score: fan_out items / per_item / damping) and of emerging.boost. --split test (the
+default): held-out = loo_heldout.tsv, vectors *_als64_loo.npy; runs only the values chosen on validation
+(CHOSEN_* below). Work files go to <work>/<split>/. Besides the table below it prints, per strategy, HR@10
+± SE, the ANN loss (exact − server HR@10), the paired comparison with `mean` on the same users (exact
+McNemar test, 95 % paired bootstrap interval of the HR@10 difference) and the client-side p50/p99 latency
+of its requests (tools/eval_taste.py holds the exact seed-based strategies and the statistics).
 
 Options: --data DIR (default ../shared/datasets/lastfm-hetrec2k), --bin PATH (default target/debug/earshot),
 --work DIR (default target/eval; git-ignored), --workers 4 (concurrent HTTP requests), --users N (first N
@@ -76,6 +86,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_taste  # noqa: E402
+from eval_taste import kmeans, share_slots  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 K = 10
 DEFAULT_EF = 64  # the server's --default-ef
@@ -86,7 +100,7 @@ F32 = np.float32
 
 # ----------------------------------------------------------------------------------------- data
 
-def load(data):
+def load(data, split="test"):
     def tsv(name):
         return np.loadtxt(os.path.join(data, name), skiprows=1, dtype=np.int64, ndmin=2)
 
@@ -100,7 +114,17 @@ def load(data):
     row_of = {int(a): i for i, a in enumerate(artist_ids)}
 
     ua = tsv("user_artists.dat")
-    held = {int(u): int(a) for u, a in tsv("loo_heldout.tsv")}
+    loo = {int(u): int(a) for u, a in tsv("loo_heldout.tsv")}
+    if split == "val":
+        # Validation: the held-out artist is val_heldout's (taken from the training pairs); the
+        # test artist is left out of the histories as well, and the factors never saw either.
+        held = {int(u): int(a) for u, a in tsv("val_heldout.tsv")}
+        dropped = [loo, held]
+        suffix = "val"
+    else:
+        held = loo
+        dropped = [loo]
+        suffix = "loo"
     tags = tsv("user_taggedartists.dat")  # userID artistID tagID day month year
     # Latest tagging day per (user, artist), as an ordinal day number.
     latest = {}
@@ -121,13 +145,13 @@ def load(data):
     hist = {u: [] for u in users}
     for u, a, w in ua:
         u, a = int(u), int(a)
-        if held.get(u) == a:
+        if u not in hist or any(d.get(u) == a for d in dropped):
             continue
         hist[u].append((a, float(w)))
-    vecs = np.load(os.path.join(data, "artists_als64_loo.npy"))
-    uvecs = np.load(os.path.join(data, "users_als64_loo.npy"))
+    vecs = np.load(os.path.join(data, f"artists_als64_{suffix}.npy"))
+    uvecs = np.load(os.path.join(data, f"users_als64_{suffix}.npy"))
     event_pop_median = float(np.median([n_listeners[row_of[int(a)]] for a in ua[:, 1]]))
-    return dict(clamped=clamped, event_pop_median=event_pop_median, artist_ids=artist_ids, n_listeners=n_listeners, user_row=user_row, row_of=row_of,
+    return dict(split=split, vectors_file=f"artists_als64_{suffix}.npy", clamped=clamped, event_pop_median=event_pop_median, artist_ids=artist_ids, n_listeners=n_listeners, user_row=user_row, row_of=row_of,
                 held=held, latest=latest, now_ord=now_ord, users=users, hist=hist, vecs=vecs,
                 uvecs=uvecs)
 
@@ -138,24 +162,61 @@ def rfc3339(ordinal):
 
 # ------------------------------------------------------------------------------------ strategies
 
-def strategies(median_pop, event_median):
-    """name -> (weight function of plays, use recency, centroids, emerging)."""
+# The seed-based strategies' fan-out and the emerging boost are chosen on the validation split
+# (`--split val` runs the grids below); `--split test` runs only the chosen values, once.
+# Chosen on validation (EVALUATION.md, "Choice on the validation split"): for each strategy the
+# highest validation HR@10 of its grid, ties to the lower p50 latency; for the boost the smallest b
+# whose validation share of n_listeners <= 31 reaches 0.30.
+CHOSEN_NEIGHBOURS = {"items": 50, "per_item": 100}  # with log1p(plays) weights
+CHOSEN_BEST_SCORE = {"items": 50, "per_item": 100}
+CHOSEN_BOOST = 0.25
+VAL_PER_ITEM = [50, 100, 200, 400]
+VAL_DAMPING = [0.03, 0.1]
+VAL_BOOST = [0.1, 0.15, 0.2, 0.22, 0.25, 0.3]
+
+
+def strategies(median_pop, event_median, split):
+    """name -> (weight function of plays, use recency, centroids, emerging, extra body fields)."""
     plays = lambda p: p
     log1p = lambda p: math.log1p(p)
     one = lambda p: None
-    return [
-        ("mean (weights 1)", one, False, 1, None),
-        ("plays", plays, False, 1, None),
-        ("log1p(plays)", log1p, False, 1, None),
-        ("recency 365d × plays", plays, True, 1, None),
-        ("recency 365d × log1p(plays)", log1p, True, 1, None),
-        ("plays, centroids 2", plays, False, 2, None),
-        ("plays, centroids 3", plays, False, 3, None),
+    rows = [
+        ("mean (weights 1)", one, False, 1, None, None),
+        ("plays", plays, False, 1, None, None),
+        ("log1p(plays)", log1p, False, 1, None, None),
+        ("recency 365d × plays", plays, True, 1, None, None),
+        ("recency 365d × log1p(plays)", log1p, True, 1, None, None),
+        ("plays, centroids 2", plays, False, 2, None, None),
+        ("plays, centroids 3", plays, False, 3, None, None),
         (f"plays + emerging (max_popularity {median_pop:g}, min_share 0.3)", plays, False, 1,
-         {"max_popularity": median_pop, "min_share": 0.3}),
+         {"max_popularity": median_pop, "min_share": 0.3}, None),
         (f"plays + emerging (max_popularity {event_median:g}, min_share 0.3) [sensitivity]", plays, False, 1,
-         {"max_popularity": event_median, "min_share": 0.3}),
+         {"max_popularity": event_median, "min_share": 0.3}, None),
     ]
+
+    def seeded(name, wname, wfn, fan):
+        label = ", ".join(f"{k} {v}" for k, v in fan.items())
+        return (f"{name} ({wname}; {label})", wfn, False, 1, None, {"strategy": name, "fan_out": fan})
+
+    def boost(b):
+        return (f"mean + emerging boost {b:g} (max_popularity {event_median:g}, no quota)", one, False, 1,
+                {"max_popularity": event_median, "boost": b}, None)
+
+    if split == "val":
+        for n in VAL_PER_ITEM:
+            rows.append(seeded("neighbours", "weights 1", one, {"items": 50, "per_item": n}))
+        rows.append(seeded("neighbours", "log1p(plays)", log1p, {"items": 50, "per_item": 100}))
+        rows.append(seeded("neighbours", "weights 1", one, {"items": 20, "per_item": 100}))
+        for a in VAL_DAMPING:
+            rows.append(seeded("neighbours", "weights 1", one, {"items": 50, "per_item": 100, "damping": a}))
+        for n in [100, 400]:
+            rows.append(seeded("best_score", "weights 1", one, {"items": 50, "per_item": n}))
+        rows.extend(boost(b) for b in VAL_BOOST)
+    else:
+        rows.append(seeded("neighbours", "log1p(plays)", log1p, CHOSEN_NEIGHBOURS))
+        rows.append(seeded("best_score", "weights 1", one, CHOSEN_BEST_SCORE))
+        rows.append(boost(CHOSEN_BOOST))
+    return rows
 
 
 def evidence(D, u, wfn, recency):
@@ -172,7 +233,7 @@ def evidence(D, u, wfn, recency):
     return out
 
 
-def request_body(D, ev, recency, centroids, emerging):
+def request_body(D, ev, recency, centroids, emerging, extra=None):
     hist = []
     for a, w, ts, _ in ev:
         item = {"id": str(a)}
@@ -190,6 +251,8 @@ def request_body(D, ev, recency, centroids, emerging):
         body["explain"] = True
     if emerging:
         body["emerging"] = emerging
+    if extra:
+        body.update(extra)
     return body
 
 
@@ -213,56 +276,6 @@ def topn(scores, banned, n):
 def weighted_mean(vs, ws):
     ws = np.asarray(ws, dtype=np.float64)
     return (vs * ws[:, None]).sum(0) / ws.sum()
-
-
-def kmeans(vs, ws, k):
-    """src/recommend/centroids.rs::kmeans on points in row order; returns [(centre, weight)]."""
-    n = len(ws)
-    ws64 = np.asarray(ws, dtype=np.float64)
-    heaviest = max(range(n), key=lambda i: (ws[i], -i))
-    centres = [vs[heaviest].copy()]
-    nearest = ((vs - centres[0]) ** 2).sum(1)
-    while len(centres) < k:
-        score = ws64 * nearest
-        nxt = max(range(n), key=lambda i: (score[i], -i))
-        centres.append(vs[nxt].copy())
-        nearest = np.minimum(nearest, ((vs - centres[-1]) ** 2).sum(1))
-    assign = np.zeros(n, dtype=np.int64)
-    for _ in range(20):
-        d = np.stack([((vs - c) ** 2).sum(1) for c in centres], 1)
-        best = d.argmin(1)  # first minimum, as min_by keeps the first of equals
-        changed = bool((best != assign).any())
-        assign = best
-        for j in range(k):
-            m = assign == j
-            if m.any():
-                centres[j] = weighted_mean(vs[m], ws64[m])
-        if not changed:
-            break
-    out = []
-    for j in range(k):
-        w = F32(0)
-        for i in np.nonzero(assign == j)[0]:
-            w = F32(w + ws[i])
-        if w > 0:
-            out.append((centres[j], w))
-    return out
-
-
-def share_slots(k, weights):
-    total = F32(0)
-    for w in weights:
-        total = F32(total + w)
-    exact = [F32(F32(k) * w / total) for w in weights]
-    slots = [int(math.floor(e)) for e in exact]
-    order = sorted(range(len(weights)), key=lambda j: (-(exact[j] - math.floor(exact[j])), j))
-    left = k - sum(slots)
-    i = 0
-    while left > 0:
-        slots[order[i % len(order)]] += 1
-        left -= 1
-        i += 1
-    return slots
 
 
 def pick(pools, weights, k, eligible=None, quota_slots=0):
@@ -310,9 +323,15 @@ def pick(pools, weights, k, eligible=None, quota_slots=0):
     return [row for _d, row in chosen]
 
 
-def exact_list(D, A64, ev, centroids, emerging, pop):
+def exact_list(D, A64, ev, centroids, emerging, pop, extra=None):
     rows = sorted({D["row_of"][a]: eff for a, _w, _t, eff in ev}.items())  # merged, row order
     banned = np.array([r for r, _ in rows], dtype=np.int64)
+    if extra:
+        fan = extra["fan_out"]
+        merged = eval_taste.merged_weights([(D["row_of"][a], eff) for a, _w, _t, eff in ev])
+        lst = eval_taste.seeded_exact(A64, merged, banned, extra["strategy"], fan["items"],
+                                      fan["per_item"], fan.get("damping", 0.0), pop, K)
+        return lst, []
     vs = A64[banned]
     ws = [w for _, w in rows]
     if centroids > 1 and len(rows) >= centroids:
@@ -323,10 +342,26 @@ def exact_list(D, A64, ev, centroids, emerging, pop):
             total = F32(total + w)
         probes = [(weighted_mean(vs, ws), total)]
     size = max(QUOTA_WINDOW * K, DEFAULT_EF) if emerging else K
-    pools = [topn(exact_scores(A64, c), banned, size) for c, _ in probes]
+    # Under dot, several centroids search with their unit directions (taste.rs): the same ranking,
+    # comparable distances across centroids.
+    unit = centroids > 1 and len(rows) >= centroids
+    pools = [topn(exact_scores(A64, c / np.linalg.norm(c) if unit else c), banned, size) for c, _ in probes]
     if emerging:
-        slots = min(int(math.ceil(F32(emerging["min_share"]) * K)), K)
+        share = emerging.get("min_share", 0.0 if "boost" in emerging else 0.3)
+        slots = min(int(math.ceil(F32(share) * K)), K)
         eligible = pop <= F32(emerging["max_popularity"])
+        b = emerging.get("boost", 0.0)
+        if b > 0:
+            # select.rs boost_pool: eligible distances lowered by boost × (last − first distance of
+            # the pool's QUOTA_WINDOW·k nearest), re-sorted.
+            boosted = []
+            for p in pools:
+                w = p[: QUOTA_WINDOW * K]
+                spread = max(0.0, w[-1][1] - w[0][1]) if w else 0.0
+                q = [(r, d - b * spread if eligible[r] else d) for r, d in p]
+                q.sort(key=lambda x: (x[1], x[0]))
+                boosted.append(q)
+            pools = boosted
         return pick(pools, [w for _, w in probes], K, eligible, slots), probes
     return pick(pools, [w for _, w in probes], K), probes
 
@@ -356,9 +391,9 @@ class Client:
                     raise
 
 
-def build_index(binary, data, work):
+def build_index(binary, data, work, vectors_file):
     out = os.path.join(work, "index", "artists")
-    cmd = [binary, "build", "--vectors", os.path.join(data, "artists_als64_loo.npy"),
+    cmd = [binary, "build", "--vectors", os.path.join(data, vectors_file),
            "--meta", os.path.join(data, "artists.csv"), "--id-column", "artistID",
            "--creator-column", "artistID", "--popularity-column", "n_listeners",
            "--metric", "dot", "--out", out, "--force"]
@@ -411,6 +446,9 @@ def main():
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--users", type=int, default=0)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--split", choices=["val", "test"], default="test",
+                    help="val: choose strategies and parameters (val_heldout.tsv, *_als64_val.npy); "
+                         "test: report the chosen ones once (loo_heldout.tsv, *_als64_loo.npy)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     t0 = time.perf_counter()
@@ -418,7 +456,9 @@ def main():
         raise SystemExit(f"{a.bin} not found: run `cargo build` first (or pass --bin)")
     os.makedirs(a.work, exist_ok=True)
 
-    D = load(a.data)
+    a.work = os.path.join(a.work, a.split)
+    os.makedirs(a.work, exist_ok=True)
+    D = load(a.data, a.split)
     users = D["users"][: a.users] if a.users else D["users"]
     targets = [D["row_of"][D["held"][u]] for u in users]
     A64 = D["vecs"].astype(np.float64)
@@ -427,18 +467,19 @@ def main():
     longtail = pop <= median
     event_median = D["event_pop_median"]
     longtail2 = pop <= event_median
-    strats = strategies(median, event_median)
+    strats = strategies(median, event_median, a.split)
     empty = [u for u in users if not D["hist"][u]]
     print(f"{len(users)} users ({len(empty)} with an empty history), median n_listeners {median:g}, "
           f"now {rfc3339(D['now_ord'])}", file=sys.stderr)
 
     if not a.skip_build:
-        build_index(a.bin, a.data, a.work)
+        build_index(a.bin, a.data, a.work, D["vectors_file"])
     proc, port = start_server(a.bin, a.work)
     client = Client(port)
     rows_of_ids = lambda res: [D["row_of"][int(r["id"])] for r in res["results"]]
     results = {}
     errors = {}
+    latency = {}
     odd = []
     try:
         def run(name, jobs):
@@ -462,14 +503,19 @@ def main():
         errors["user vector (ALS, /v1/search)"] = sum(st != 200 for st, _ in out)
 
         server_probes = {}
-        for name, wfn, rec, cents, emer in strats:
-            def job(u, wfn=wfn, rec=rec, cents=cents, emer=emer):
+        for name, wfn, rec, cents, emer, extra in strats:
+            def job(u, wfn=wfn, rec=rec, cents=cents, emer=emer, extra=extra):
                 def f():
                     ev = evidence(D, u, wfn, rec)
                     if not ev:
                         return (None, None)
-                    return client.post("/v1/taste/artists", request_body(D, ev, rec, cents, emer))
+                    body = request_body(D, ev, rec, cents, emer, extra)
+                    t = time.perf_counter()
+                    out = client.post("/v1/taste/artists", body)
+                    latency[name].append(time.perf_counter() - t)
+                    return out
                 return f
+            latency[name] = []
             out = run(name, [job(u) for u in users])
             lists = []
             nerr = 0
@@ -514,7 +560,7 @@ def main():
     exact["most popular (n_listeners)"] = mp
     kmeans_checked = kmeans_agree = 0
     fallbacks = {}
-    for name, wfn, rec, cents, emer in strats:
+    for name, wfn, rec, cents, emer, extra in strats:
         lists = []
         nfb = 0
         for u in users:
@@ -524,7 +570,7 @@ def main():
                 continue
             if cents > 1 and len(ev) < cents:
                 nfb += 1
-            lst, probes = exact_list(D, A64, ev, cents, emer, pop)
+            lst, probes = exact_list(D, A64, ev, cents, emer, pop, extra)
             lists.append(lst)
             sp = server_probes.get((name, u))
             if sp is not None:
@@ -571,7 +617,35 @@ def main():
                      f"{f(r['exact_ndcg'])} | {r['longtail']:.3f}{src} | {r['longtail2']:.3f}{src} | "
                      f"{f(r.get('overlap'))} |")
     print("\n".join(lines))
+
+    # Standard errors, the paired comparison with `mean` on the same users, ANN loss, latency.
+    base = "mean (weights 1)"
+    base_hits = eval_taste.hits_of(results[base], targets)
+    base_p50, base_p99 = eval_taste.percentiles_ms(latency[base])
+    stats = ["", f"| strategy | HR@10 ± SE | exact HR@10 ± SE | ANN loss (exact − server) | Δ HR vs mean "
+             "(server) | 95 % paired bootstrap | McNemar: wins / losses, p | p50 / p99 ms | added p50 / p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table:
+        name = r["strategy"]
+        if name not in results:
+            continue
+        h = eval_taste.hits_of(results[name], targets)
+        eh = eval_taste.hits_of(exact[name], targets)
+        wins, losses, pval = eval_taste.mcnemar(base_hits, h)
+        lo, hi = eval_taste.paired_bootstrap(base_hits, h)
+        p50, p99 = eval_taste.percentiles_ms(latency.get(name, []))
+        r.update(se=eval_taste.se(h), exact_se=eval_taste.se(eh), ann_loss=r["exact_hr"] - r["hr"],
+                 delta_vs_mean=float(h.mean() - base_hits.mean()), bootstrap95=[lo, hi],
+                 mcnemar=[wins, losses, pval], p50_ms=p50, p99_ms=p99)
+        lat = "—" if p50 is None else f"{p50:.2f} / {p99:.2f}"
+        added = "—" if p50 is None else f"{p50 - base_p50:+.2f} / {p99 - base_p99:+.2f}"
+        stats.append(f"| {name} | {r['hr']:.4f} ± {r['se']:.4f} | {r['exact_hr']:.4f} ± {r['exact_se']:.4f} | "
+                     f"{r['ann_loss']:+.4f} | {r['delta_vs_mean']:+.4f} | [{lo:+.4f}, {hi:+.4f}] | "
+                     f"{wins} / {losses}, {pval:.3g} | {lat} | {added} |")
+    print("\n".join(stats))
     notes = [
+        f"split: {a.split} (vectors {D['vectors_file']}); latency = client-side wall time per HTTP "
+        f"request, {a.workers} concurrent connections",
         f"users: {len(users)}; empty histories (counted as misses for history strategies): {len(empty)}",
         f"median n_listeners: {median:g}; long-tail = n_listeners <= {median:g} "
         f"({float(longtail.mean()):.3f} of all artists); median n_listeners over listening events "

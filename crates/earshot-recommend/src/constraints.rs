@@ -112,6 +112,9 @@ pub struct Emerging {
     pub max_popularity: f32,
     /// Share of the k slots reserved for items of emerging creators (0 … 1).
     pub min_share: f32,
+    /// Score boost of emerging items, relative to the spread of the candidates' distances
+    /// (0 = none; see `select::pick`).
+    pub boost: f32,
 }
 
 impl Emerging {
@@ -242,6 +245,7 @@ mod tests {
         let e = Emerging {
             max_popularity: 22.0,
             min_share: 0.3,
+            boost: 0.0,
         };
         assert!(e.eligible(&c, 0));
         assert!(!e.eligible(&c, 1));
@@ -251,11 +255,13 @@ mod tests {
         let all = Emerging {
             max_popularity: 22.0,
             min_share: 1.0,
+            boost: 0.0,
         };
         assert_eq!(all.slots(7), 7);
         let none = Emerging {
             max_popularity: 22.0,
             min_share: 0.0,
+            boost: 0.0,
         };
         assert_eq!(none.slots(7), 0);
     }

@@ -1,5 +1,7 @@
 //! Ranking semantics on top of nearest-neighbour search: listening histories become taste
-//! probes (`history` → `taste`, with `centroids`), client vectors become queries (`query`),
+//! probes (`history` → `taste`, with `centroids`) or seeds of item-based strategies
+//! (`strategy`: neighbours, best score; `seeded` runs them on a collection), client vectors
+//! become queries (`query`),
 //! and result lists obey constraints (`constraints`) that are applied while candidates are
 //! gathered, never by cutting a top-k afterwards (`select`). Pure functions over a
 //! [`Collection`](earshot_core::collection::Collection): no I/O, no HTTP.
@@ -8,7 +10,9 @@ pub mod centroids;
 pub mod constraints;
 pub mod history;
 pub mod query;
+pub mod seeded;
 pub mod select;
+pub mod strategy;
 pub mod taste;
 
 #[cfg(test)]

@@ -28,6 +28,18 @@ pub fn prepare(c: &Collection, vector: &[f32]) -> Result<Vec<f32>, VectorError> 
 
 /// [`prepare`] for a space known by its metric and dimension (a router's sharded collection).
 pub fn prepare_in(metric: Metric, dim: usize, vector: &[f32]) -> Result<Vec<f32>, VectorError> {
+    let mut q = Vec::with_capacity(vector.len());
+    prepare_into(metric, dim, vector, &mut q)?;
+    Ok(q)
+}
+
+/// [`prepare_in`] into a reused buffer `q` (overwritten).
+pub fn prepare_into(
+    metric: Metric,
+    dim: usize,
+    vector: &[f32],
+    q: &mut Vec<f32>,
+) -> Result<(), VectorError> {
     if vector.len() != dim {
         return Err(VectorError::Dimension {
             got: vector.len(),
@@ -40,11 +52,12 @@ pub fn prepare_in(metric: Metric, dim: usize, vector: &[f32]) -> Result<Vec<f32>
     if metric != Metric::Cosine && distance::norm_f64(vector) > MAX_QUERY_NORM {
         return Err(VectorError::TooLong);
     }
-    let mut q = vector.to_vec();
+    q.clear();
+    q.extend_from_slice(vector);
     match metric {
-        Metric::Cosine if !distance::normalize(&mut q) => Err(VectorError::Zero),
+        Metric::Cosine if !distance::normalize(q) => Err(VectorError::Zero),
         Metric::Dot if q.iter().all(|&x| x == 0.0) => Err(VectorError::Zero),
-        _ => Ok(q),
+        _ => Ok(()),
     }
 }
 

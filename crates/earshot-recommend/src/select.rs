@@ -35,6 +35,8 @@ pub struct Pick {
     pub rank: usize,
     /// Counted toward the emerging-creators quota.
     pub emerging: bool,
+    /// Its distance includes the emerging boost (`Emerging::boost`).
+    pub boosted: bool,
     /// Taken in the probe's own share of slots (false: backfilled after a probe ran short).
     pub in_share: bool,
     /// Constraints that passed over nearer candidates of the same probe just before this pick.
@@ -98,7 +100,7 @@ pub fn initial_pool_size(shape: &Shape, ef: usize) -> usize {
 pub const WIDEN: usize = 4;
 
 /// Graph walks wider than this are replaced by an exact scan.
-const MAX_WALK: usize = 4096;
+pub(crate) const MAX_WALK: usize = 4096;
 
 /// Exact scans are chosen when the filter admits at most this many items.
 fn scan_threshold(n: usize) -> usize {
@@ -114,17 +116,32 @@ fn pool(
     size: usize,
     ef: usize,
 ) -> (Vec<Hit>, bool) {
-    let g = c.graph();
     let mut out = Vec::with_capacity(size);
+    let complete = pool_into(c, query, filter, size, ef, &mut out);
+    (out, complete)
+}
+
+/// [`pool`] appended to `out` (which may already hold other pools): the buffer of a batch
+/// of walks. Returns whether this pool is complete.
+pub(crate) fn pool_into(
+    c: &Collection,
+    query: &[f32],
+    filter: &HardFilter,
+    size: usize,
+    ef: usize,
+    out: &mut Vec<Hit>,
+) -> bool {
+    let g = c.graph();
+    let start = out.len();
     let small = filter.small_candidate_set(c, scan_threshold(c.len()));
     with_scratch(|s| match small {
-        Some(rows) => g.scan(query, size, rows.into_iter(), s, &mut out),
+        Some(rows) => g.scan(query, size, rows.into_iter(), s, out),
         None if size > MAX_WALK => g.scan(
             query,
             size,
             (0..c.len() as u32).filter(|&r| filter.accepts(c, r)),
             s,
-            &mut out,
+            out,
         ),
         None => g.search(
             query,
@@ -133,11 +150,10 @@ fn pool(
             |r| filter.accepts(c, r),
             !filter.is_trivial(),
             s,
-            &mut out,
+            out,
         ),
     });
-    let complete = out.len() < size;
-    (out, complete)
+    out.len() - start < size
 }
 
 /// Picks up to `shape.k` items for `probes` under `filter` and `shape`.
@@ -170,6 +186,34 @@ pub fn recommend(
     }
 }
 
+/// `pool` (nearest first) with every emerging item's distance lowered by
+/// `boost × spread`, re-sorted; `spread` is the distance from the first to the last of the
+/// pool's `QUOTA_WINDOW × k` nearest items. The boost is thus relative to how far apart the
+/// candidates are: 1 lifts an emerging item from the bottom of that window to its top, 0.1
+/// by a tenth of it, under any metric and any scale of scores.
+fn boost_pool<C: Candidates + ?Sized>(c: &C, e: &Emerging, pool: &[Hit], k: usize) -> Vec<Hit> {
+    let window = &pool[..pool.len().min(QUOTA_WINDOW * k)];
+    let spread = match (window.first(), window.last()) {
+        (Some(a), Some(b)) => (b.dist - a.dist).max(0.0),
+        _ => 0.0,
+    };
+    let mut out: Vec<Hit> = pool
+        .iter()
+        .map(|&h| {
+            if eligible(e, c, h.row) {
+                Hit {
+                    dist: h.dist - e.boost * spread,
+                    row: h.row,
+                }
+            } else {
+                h
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 struct Picker<'a, C: ?Sized> {
     c: &'a C,
     shape: &'a Shape,
@@ -178,6 +222,8 @@ struct Picker<'a, C: ?Sized> {
     per_creator: HashMap<u32, usize>,
     non_quota_limit: usize,
     non_quota_taken: usize,
+    quota: usize,
+    boost: f32,
 }
 
 impl<C: Candidates + ?Sized> Picker<'_, C> {
@@ -200,10 +246,12 @@ impl<C: Candidates + ?Sized> Picker<'_, C> {
                 return false;
             }
         }
-        let emerging = self
-            .shape
-            .emerging
-            .is_some_and(|e| rank < QUOTA_WINDOW * self.shape.k && eligible(&e, self.c, h.row));
+        // Only a quota counts items toward it (a boost alone reserves nothing).
+        let emerging = self.quota > 0
+            && self
+                .shape
+                .emerging
+                .is_some_and(|e| rank < QUOTA_WINDOW * self.shape.k && eligible(&e, self.c, h.row));
         if !emerging && self.non_quota_taken >= self.non_quota_limit {
             push_once(moved_by, "emerging_quota");
             return false;
@@ -221,6 +269,11 @@ impl<C: Candidates + ?Sized> Picker<'_, C> {
             probe,
             rank,
             emerging,
+            boosted: self.boost > 0.0
+                && self
+                    .shape
+                    .emerging
+                    .is_some_and(|e| eligible(&e, self.c, h.row)),
             in_share,
             moved_by: std::mem::take(moved_by),
         });
@@ -244,6 +297,14 @@ pub fn pick<C: Candidates + ?Sized>(
     shape: &Shape,
 ) -> Selection {
     let k = shape.k;
+    // The boost moves emerging items up each pool before anything is picked (a copy of the
+    // pools, only when a boost is asked for).
+    let boost = shape.emerging.map_or(0.0, |e| e.boost);
+    let boosted: Option<Vec<Vec<Hit>>> = shape
+        .emerging
+        .filter(|e| e.boost > 0.0)
+        .map(|e| pools.iter().map(|p| boost_pool(c, &e, p, k)).collect());
+    let pools: &[Vec<Hit>] = boosted.as_deref().unwrap_or(pools);
     // Emerging slots are reserved only as far as emerging items are within reach — and,
     // under a per-creator cap, as far as the cap lets their creators contribute.
     let quota = shape.emerging.map_or(0, |e| {
@@ -274,6 +335,8 @@ pub fn pick<C: Candidates + ?Sized>(
         per_creator: HashMap::new(),
         non_quota_limit: k - quota,
         non_quota_taken: 0,
+        quota,
+        boost,
     };
     // Pass 1: each probe fills its share of the slots from its own candidates.
     let slots = share_slots(k, weights);
@@ -392,6 +455,41 @@ mod tests {
     }
 
     #[test]
+    fn emerging_boost_moves_emerging_items_up_by_a_share_of_the_spread() {
+        let mut items: Vec<_> = (0..16).map(|x| at(x as f32, "big", 100.0)).collect();
+        items.push(at(16.0, "new1", 1.0));
+        items.push(at(17.0, "new2", 1.0));
+        let (_dir, c) = collection(Metric::L2, items);
+        let shape = |boost| Shape {
+            k: 4,
+            max_per_creator: None,
+            emerging: Some(Emerging {
+                max_popularity: 10.0,
+                min_share: 0.0,
+                boost,
+            }),
+        };
+        let run = |boost| {
+            recommend(
+                &c,
+                &[probe(0.0, 1.0)],
+                &HardFilter::default(),
+                &shape(boost),
+                16,
+            )
+        };
+        // Squared distances 0 … 289: spread 289. A boost of 0.1 (28.9) is not enough.
+        let s = run(0.1);
+        assert_eq!(rows(&s), [0, 1, 2, 3]);
+        assert_eq!(s.quota_requested, 0);
+        // 0.9 (260.1): row 16 goes first (256 − 260.1), row 17 (28.9) sits after 5² = 25.
+        let s = run(0.9);
+        assert_eq!(rows(&s), [16, 0, 1, 2]);
+        assert!(s.picks[0].boosted && !s.picks[0].emerging && !s.picks[1].boosted);
+        assert!((s.picks[0].dist + 4.1).abs() < 1e-3);
+    }
+
+    #[test]
     fn emerging_quota_reserves_slots_within_reach() {
         // "big" (popularity 16 × 100) is nearest; two emerging creators further out.
         let mut items: Vec<_> = (0..16).map(|x| at(x as f32, "big", 100.0)).collect();
@@ -404,6 +502,7 @@ mod tests {
             emerging: Some(Emerging {
                 max_popularity: 10.0,
                 min_share,
+                boost: 0.0,
             }),
         };
         let s = recommend(
@@ -514,6 +613,7 @@ mod tests {
             emerging: Some(Emerging {
                 max_popularity: 10.0,
                 min_share: 0.4,
+                boost: 0.0,
             }),
         };
         let want = recommend(&c, &[probe(0.0, 1.0)], &HardFilter::default(), &shape, 16);

@@ -46,6 +46,19 @@ pub struct Taste<'a> {
     positives: Vec<(&'a [f32], f32)>,
     /// (vector, weight < 0), one per distinct item, by row.
     negatives: Vec<(&'a [f32], f32)>,
+    /// The rows of `positives` and `negatives`, in the same order.
+    positive_rows: Vec<u32>,
+    negative_rows: Vec<u32>,
+}
+
+/// A history item as a seed of the seed-based strategies ([`crate::strategy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Seed<'a> {
+    /// Its row in the history's source.
+    pub row: u32,
+    pub vector: &'a [f32],
+    /// Signed evidence, scaled so the largest magnitude is 1.
+    pub weight: f32,
 }
 
 impl<'a> Taste<'a> {
@@ -63,6 +76,8 @@ impl<'a> Taste<'a> {
         let largest = sums.values().fold(0f64, |m, w| m.max(w.abs()));
         let mut positives = Vec::new();
         let mut negatives = Vec::new();
+        let mut positive_rows = Vec::new();
+        let mut negative_rows = Vec::new();
         for (row, w) in sums {
             let w = if largest > 0.0 {
                 (w / largest) as f32
@@ -71,8 +86,10 @@ impl<'a> Taste<'a> {
             };
             if w > 0.0 {
                 positives.push((source.history_vector(row), w));
+                positive_rows.push(row);
             } else if w < 0.0 {
                 negatives.push((source.history_vector(row), w));
+                negative_rows.push(row);
             }
         }
         if positives.is_empty() {
@@ -81,7 +98,30 @@ impl<'a> Taste<'a> {
         Ok(Self {
             positives,
             negatives,
+            positive_rows,
+            negative_rows,
         })
+    }
+
+    /// The seeds of the seed-based strategies ([`crate::strategy`]): the `items` heaviest
+    /// positive items, then the `items` heaviest negative ones. Ties go to the earlier row.
+    /// `out` is cleared first.
+    pub fn seeds(&self, items: usize, out: &mut Vec<Seed<'a>>) {
+        out.clear();
+        for (side, rows) in [
+            (&self.positives, &self.positive_rows),
+            (&self.negatives, &self.negative_rows),
+        ] {
+            let start = out.len();
+            out.extend(side.iter().zip(rows).map(|(&(vector, weight), &row)| Seed {
+                row,
+                vector,
+                weight,
+            }));
+            // Stable: equal weights keep row order.
+            out[start..].sort_by(|a, b| b.weight.abs().total_cmp(&a.weight.abs()));
+            out.truncate(start + items.min(side.len()));
+        }
     }
 
     /// Distinct positively weighted items: the most centroids the taste can have.
@@ -125,8 +165,19 @@ impl<'a> Taste<'a> {
             .map(|cl| {
                 let mut t = cl.centre;
                 history::pull_away(&mut t, cl.weight, &self.negatives);
-                let query =
+                // A zero taste is no direction under any metric (under l2 it would rank by
+                // norm alone), so it is refused everywhere, not only where `prepare` must.
+                if t.iter().all(|&x| x == 0.0) {
+                    return Err(TasteError::Degenerate);
+                }
+                let mut query =
                     query::prepare_in(metric, dim, &t).map_err(|_| TasteError::Degenerate)?;
+                // Under dot a centroid's scores scale with its norm, so the lists of several
+                // centroids would not be comparable when merged: each centroid searches with
+                // its unit direction instead (the same ranking; scores are projections).
+                if metric == Metric::Dot && centroids > 1 {
+                    earshot_core::distance::normalize(&mut query);
+                }
                 Ok(Probe {
                     query,
                     weight: cl.weight,
@@ -214,5 +265,60 @@ mod tests {
         // [1,0] − ½·[2,0] = 0: no direction left to search under dot.
         let t = Taste::new(&c, &[ev(0, 1.0), ev(1, -1.0)]).unwrap();
         assert_eq!(t.probes(&c, 1).err(), Some(TasteError::Degenerate));
+    }
+
+    #[test]
+    fn seeds_are_the_heaviest_items_of_each_sign() {
+        let (_dir, c) = fixture();
+        let t = Taste::new(&c, &[ev(0, 1.0), ev(1, 3.0), ev(2, 3.0), ev(3, -0.5)]).unwrap();
+        let mut seeds = Vec::new();
+        t.seeds(2, &mut seeds);
+        let got: Vec<(u32, &[f32], f32)> =
+            seeds.iter().map(|s| (s.row, s.vector, s.weight)).collect();
+        // Rows 1 and 2 tie at weight 1 (scaled): row order; then the one negative.
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[0].0, got[0].1), (1, &[2.0, 0.0][..]));
+        assert_eq!((got[1].0, got[1].1), (2, &[0.0, 1.0][..]));
+        assert_eq!((got[2].0, got[2].1), (3, &[0.0, 2.0][..]));
+        assert!(got[2].2 < 0.0);
+        t.seeds(1, &mut seeds);
+        assert_eq!(seeds.len(), 2);
+    }
+
+    #[test]
+    fn a_zero_taste_is_degenerate_under_every_metric() {
+        // (Cosine collections cannot hold a zero vector: the build normalises.)
+        for metric in [Metric::L2, Metric::Dot] {
+            let items = [[1.0, 0.0], [0.0, 0.0]]
+                .into_iter()
+                .map(|v| Item {
+                    vector: v.to_vec(),
+                    creator: None,
+                    popularity: None,
+                })
+                .collect();
+            let (_dir, c) = collection(metric, items);
+            let t = Taste::new(&c, &[ev(1, 1.0)]).unwrap();
+            assert_eq!(
+                t.probes(&c, 1).err(),
+                Some(TasteError::Degenerate),
+                "{metric:?}"
+            );
+            // A repeated item is one point, still a taste.
+            let t = Taste::new(&c, &[ev(0, 1.0), ev(0, 1.0)]).unwrap();
+            assert!(t.probes(&c, 1).is_ok());
+        }
+    }
+
+    #[test]
+    fn dot_centroids_search_with_unit_directions() {
+        let (_dir, c) = fixture();
+        // Rows [2,0] and [0,2]: two centroids of norm 2, each searched as a unit vector.
+        let t = Taste::new(&c, &[ev(1, 1.0), ev(3, 1.0)]).unwrap();
+        let p = t.probes(&c, 2).unwrap();
+        assert_eq!(p[0].query, [1.0, 0.0]);
+        assert_eq!(p[1].query, [0.0, 1.0]);
+        // One centroid keeps the mean as it is (today's scores).
+        assert_eq!(t.probes(&c, 1).unwrap()[0].query, [1.0, 1.0]);
     }
 }

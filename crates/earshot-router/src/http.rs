@@ -143,6 +143,10 @@ fn result_items(o: &ListOutcome) -> Vec<ResultItem<'_>> {
         .collect()
 }
 
+fn list_quota(o: &ListOutcome) -> (usize, usize) {
+    (o.selection.quota_requested, o.selection.quota_reserved)
+}
+
 fn list_explanation(o: &ListOutcome) -> Option<ListExplanation> {
     let quota = (o.selection.quota_requested, o.selection.quota_reserved);
     o.explain
@@ -196,6 +200,8 @@ fn render(state: &RouterState, collection: &str, o: &Outcome, allow_partial: boo
                     results: result_items(list),
                     explain: list_explanation(list),
                     item: None,
+                    emerging_slots_requested: answer::emerging_slots(list_quota(list)).0,
+                    emerging_slots_reserved: answer::emerging_slots(list_quota(list)).1,
                 },
                 coverage: coverage(o, allow_partial),
             },

@@ -162,6 +162,7 @@ mod tests {
             emerging: Some(Emerging {
                 max_popularity: 10.0,
                 min_share: 0.25,
+                boost: 0.0,
             }),
         };
         let sel = pick(&pool, &[1.0], &[hits], &shape);

@@ -86,12 +86,16 @@ error_codes! {
     NoPositiveHistory = 422, "no_positive_history", "the history holds only negative evidence";
     TooManyCentroids = 422, "too_many_centroids",
         "more centroids than distinct positively weighted history items";
-    DegenerateHistory = 422, "degenerate_history", "the history's vectors cancel out";
+    DegenerateHistory = 422, "degenerate_history",
+        "the history's vectors cancel out: a zero taste vector under any metric, or no history item with a usable vector for `neighbours` / `best_score`";
+    UnknownStrategy = 422, "unknown_strategy", "a `strategy` that is not mean, neighbours or best_score";
+    InvalidFanOut = 422, "invalid_fan_out",
+        "`fan_out` out of its bounds, given with `mean`, `damping` with `best_score`, or `centroids` with a seed-based strategy";
     ConflictingFilters = 422, "conflicting_filters",
         "a creator both allowed and excluded, or min > max popularity";
     InvalidFilter = 422, "invalid_filter", "a popularity bound that is not finite";
     InvalidEmerging = 422, "invalid_emerging",
-        "`emerging.min_share` outside 0 … 1 or `emerging.max_popularity` not finite";
+        "`emerging.min_share` outside 0 … 1, `emerging.boost` outside 0 … 10 or `emerging.max_popularity` not finite";
     NoPopularity = 422, "no_popularity", "an emerging quota on a collection without popularity";
     SwapRefused = 422, "swap_refused",
         "`POST /admin/reload` refused at least one new version (the body still lists every collection)";

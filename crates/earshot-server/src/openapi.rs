@@ -20,8 +20,8 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api::{
-    BatchSearchQuery, BatchSimilarQuery, BatchTasteQuery, EmergingSpec, ErrorBody, FilterSpec,
-    HistoryItem, ReloadOutcome, SimilarBody,
+    BatchSearchQuery, BatchSimilarQuery, BatchTasteQuery, EmergingSpec, ErrorBody, FanOutSpec,
+    FilterSpec, HistoryItem, ReloadOutcome, SimilarBody,
 };
 use crate::error_code::ErrorCode::{self, *};
 use crate::{admin, routes};
@@ -56,6 +56,7 @@ use crate::{admin, routes};
         BatchTasteQuery,
         FilterSpec,
         EmergingSpec,
+        FanOutSpec,
         HistoryItem,
         ReloadOutcome,
         ErrorBody,
@@ -208,7 +209,12 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
             (UnknownEvent, ""),
             (InvalidHalfLife, ""),
             (InvalidTimestamp, ""),
-            (DegenerateHistory, ""),
+            (
+                DegenerateHistory,
+                " (also a zero taste vector under dot or l2)",
+            ),
+            (UnknownStrategy, ""),
+            (InvalidFanOut, ""),
             (NoPositiveHistory, ""),
             (TooManyCentroids, ""),
             (DimensionMismatch, ""),
@@ -590,7 +596,8 @@ mod tests {
                     "BatchRequest",
                 ]
                 .contains(&name.as_str())
-                || ["FilterSpec", "EmergingSpec", "HistoryItem"].contains(&name.as_str());
+                || ["FilterSpec", "EmergingSpec", "FanOutSpec", "HistoryItem"]
+                    .contains(&name.as_str());
             if request {
                 assert_eq!(
                     schema["additionalProperties"], false,

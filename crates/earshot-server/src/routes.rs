@@ -14,7 +14,7 @@ use crate::api::{
     ErrorDetail, Item, ItemsRequest, ItemsResponse, NotReadyBody, Results, SearchRequest,
     ShardInfo, SimilarBody, SimilarParams, SimilarRequest, Status, TasteRequest,
 };
-use crate::engine::{check_batch, Answer, Engine, QueryError};
+use crate::engine::{answer, check_batch, Answer, Engine, QueryError};
 use crate::error::ApiError;
 use crate::error_code::ErrorCode;
 use crate::exec::{self, Work};
@@ -36,10 +36,16 @@ fn render(answer: &Answer) -> Response {
             .map(|r| per_item + r.id.len() + r.creator.map_or(0, str::len))
             .sum::<usize>();
     json_response(
-        &Results {
-            results,
-            explain: answer.list_explanation(),
-            item,
+        &{
+            let (emerging_slots_requested, emerging_slots_reserved) =
+                answer::emerging_slots(answer.quota);
+            Results {
+                results,
+                explain: answer.list_explanation(),
+                emerging_slots_requested,
+                emerging_slots_reserved,
+                item,
+            }
         },
         capacity,
     )

@@ -11,8 +11,8 @@ pub use batch::{
     BatchTasteQuery,
 };
 pub use request::{
-    EmergingSpec, FilterSpec, HistoryItem, ItemsRequest, ListSpec, SearchRequest, SimilarBody,
-    SimilarParams, SimilarRequest, TasteRequest,
+    EmergingSpec, FanOutSpec, FilterSpec, HistoryItem, ItemsRequest, ListSpec, SearchRequest,
+    SimilarBody, SimilarParams, SimilarRequest, TasteRequest,
 };
 pub use response::{
     CollectionInfo, CollectionsResponse, ErrorBody, ErrorDetail, Explanation, Item, ItemsResponse,

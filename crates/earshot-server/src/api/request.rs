@@ -29,9 +29,32 @@ pub struct EmergingSpec {
     /// most this.
     pub max_popularity: f32,
     /// Share of the `k` slots reserved for items of emerging creators: `ceil(min_share·k)`.
-    /// Default 0.3.
+    /// Default 0.3, or 0 when a `boost` is given (boost only).
     #[schema(minimum = 0, maximum = 1)]
     pub min_share: Option<f32>,
+    /// Move emerging items up before picking: each one's distance is lowered by
+    /// `boost × spread`, where `spread` is the distance from the nearest to the 10·k-th
+    /// candidate (0 … 10; default 0 = no boost). 1 lifts an emerging item from the bottom of
+    /// that window to its top. Scores of boosted items include the boost.
+    #[schema(minimum = 0, maximum = 10)]
+    pub boost: Option<f32>,
+}
+
+/// The bounded fan-out of the `neighbours` and `best_score` strategies.
+#[derive(Debug, Deserialize, Clone, Copy, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FanOutSpec {
+    /// Seeds: the heaviest positive history items walked from (and as many of the heaviest
+    /// negative ones). Default 50.
+    #[schema(minimum = 1, maximum = 256)]
+    pub items: Option<usize>,
+    /// Nearest items found per seed (k′). Default 100.
+    #[schema(minimum = 1, maximum = 1024)]
+    pub per_item: Option<usize>,
+    /// `neighbours` only: divide a positive score by max(1, creator popularity)^damping
+    /// (0 … 4; default 0).
+    #[schema(minimum = 0, maximum = 4)]
+    pub damping: Option<f32>,
 }
 
 /// List options every query takes (borrowed from the request).
@@ -200,6 +223,15 @@ pub struct TasteRequest {
     /// (at most the number of distinct positively weighted history items).
     #[schema(minimum = 1, maximum = 16)]
     pub centroids: Option<usize>,
+    /// How the history becomes a list: `mean` (the evidence-weighted mean of the history
+    /// vectors, one search per centroid), `neighbours` (item-based kNN: each history item's
+    /// own nearest items, scores summed with the evidence weights, negatives subtracting) or
+    /// `best_score` (a candidate's best similarity to a positive item minus its best to a
+    /// negative one). Default `mean`.
+    #[schema(schema_with = strategy_schema)]
+    pub strategy: Option<String>,
+    /// Fan-out of `neighbours` and `best_score`.
+    pub fan_out: Option<FanOutSpec>,
     /// Results wanted (default 10).
     #[schema(minimum = 1, maximum = 1000)]
     pub k: Option<usize>,
@@ -278,6 +310,23 @@ fn event_schema() -> Schema {
         .description(Some(
             "What happened: `play` (default, weight 1), `like` 2, `save` 2, `share` 1.5, \
              `skip` −0.5, `dislike` −2",
+        ))
+        .build()
+        .into()
+}
+
+/// `schema_with` of `TasteRequest.strategy`: the strategies `earshot_recommend` knows.
+fn strategy_schema() -> Schema {
+    let mut names: Vec<serde_json::Value> = earshot_recommend::strategy::STRATEGIES
+        .split(',')
+        .map(|e| e.trim().into())
+        .collect();
+    names.push(serde_json::Value::Null);
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(names))
+        .description(Some(
+            "How the history becomes a list: `mean` (default), `neighbours`, `best_score`",
         ))
         .build()
         .into()

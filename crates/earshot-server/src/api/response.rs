@@ -31,6 +31,15 @@ pub struct Results<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub explain: Option<ListExplanation>,
+    /// With an emerging quota only (`emerging.min_share` > 0): the slots it asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub emerging_slots_requested: Option<usize>,
+    /// With an emerging quota only: the slots actually reserved, fewer than requested when
+    /// fewer emerging items are within reach (the 10·k nearest admissible candidates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub emerging_slots_reserved: Option<usize>,
     /// With `"pool": true` on `similar` only: the queried item as stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -116,17 +125,37 @@ pub struct Explanation {
     pub rank: usize,
     /// Its creator is emerging and it fills an emerging-quota slot.
     pub emerging_quota: bool,
+    /// Its creator is emerging and its score includes `emerging.boost`.
+    pub emerging_boost: bool,
     /// Taken in its centroid's own share of slots; false = backfilled.
     pub in_share: bool,
     /// Constraints that passed over nearer candidates just before it was picked
     /// (`max_per_creator`, `emerging_quota`).
     pub moved_by: Vec<&'static str>,
+    /// `neighbours` and `best_score` only: how many history items (seeds) have it among
+    /// their nearest items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub support: Option<usize>,
+    /// `neighbours` and `best_score` only: the history item adding most to its score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub because: Option<String>,
 }
 
 /// Request-level explanation (with `explain: true`).
 #[derive(Serialize, ToSchema)]
 pub struct ListExplanation {
-    /// Each taste centroid's share of the evidence (one entry without centroids).
+    /// `neighbours` and `best_score` (from `earshot serve`): the strategy that made the list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub strategy: Option<&'static str>,
+    /// `neighbours` and `best_score` only: history items walked from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub seeds: Option<usize>,
+    /// Each taste centroid's share of the evidence (one entry without centroids; for
+    /// `neighbours` and `best_score` one entry, 1).
     pub centroid_weights: Vec<f32>,
     /// Emerging-quota slots requested, and reserved: fewer when fewer emerging items are
     /// within reach (the 10·k nearest admissible items).

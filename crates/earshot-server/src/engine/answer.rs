@@ -20,6 +20,19 @@ pub struct Answer {
     pub pool: bool,
     /// A pool-mode `similar`: the queried item's row, returned beside the results.
     pub item: Option<u32>,
+    /// A seed-based strategy's list (`neighbours`, `best_score`): picks' distances are
+    /// negated aggregated scores.
+    pub seeded: Option<Seeded>,
+}
+
+/// What a seed-based list adds to explanations.
+pub struct Seeded {
+    pub strategy: &'static str,
+    /// Seeds walked.
+    pub seeds: usize,
+    /// Per pick (with `explain` only): positive seeds whose lists hold it, and the history
+    /// ID contributing most to its score.
+    pub support: Vec<(usize, Option<String>)>,
 }
 
 impl Answer {
@@ -29,8 +42,14 @@ impl Answer {
     }
 
     pub fn list_explanation(&self) -> Option<ListExplanation> {
-        self.explain
-            .then(|| list_explanation(&self.probe_weights, self.quota))
+        self.explain.then(|| {
+            let mut e = list_explanation(&self.probe_weights, self.quota);
+            if let Some(s) = &self.seeded {
+                e.strategy = Some(s.strategy);
+                e.seeds = Some(s.seeds);
+            }
+            e
+        })
     }
 
     pub fn items(&self) -> Vec<ResultItem<'_>> {
@@ -38,8 +57,12 @@ impl Answer {
         let dist = c.dist();
         self.picks
             .iter()
-            .map(|p| {
-                let score = finite(dist.score(p.dist));
+            .enumerate()
+            .map(|(i, p)| {
+                let score = match self.seeded {
+                    Some(_) => finite(-p.dist),
+                    None => finite(dist.score(p.dist)),
+                };
                 ResultItem {
                     id: c.id(p.row),
                     score,
@@ -49,9 +72,16 @@ impl Answer {
                         c.creator_index(p.row)
                             .and_then(|cr| c.creator_popularity(cr))
                     }),
-                    explain: self
-                        .explain
-                        .then(|| explanation(p, score, &self.probe_weights)),
+                    explain: self.explain.then(|| {
+                        let mut e = explanation(p, score, &self.probe_weights);
+                        if let Some((n, because)) =
+                            self.seeded.as_ref().and_then(|s| s.support.get(i))
+                        {
+                            e.support = Some(*n);
+                            e.because = because.clone();
+                        }
+                        e
+                    }),
                 }
             })
             .collect()
@@ -63,6 +93,8 @@ impl Answer {
 pub fn list_explanation(probe_weights: &[f32], quota: (usize, usize)) -> ListExplanation {
     let total: f32 = probe_weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
     ListExplanation {
+        strategy: None,
+        seeds: None,
         centroid_weights: probe_weights.iter().map(|w| w / total).collect(),
         emerging_slots_requested: quota.0,
         emerging_slots_reserved: quota.1,
@@ -80,8 +112,22 @@ pub fn explanation(p: &Pick, similarity: f32, probe_weights: &[f32]) -> Explanat
             / total.max(f32::MIN_POSITIVE),
         rank: p.rank,
         emerging_quota: p.emerging,
+        emerging_boost: p.boosted,
         in_share: p.in_share,
         moved_by: p.moved_by.clone(),
+        support: None,
+        because: None,
+    }
+}
+
+/// The emerging slots (requested, reserved) as the top level of a list answers them: only
+/// when the request asked for an emerging quota, so a client sees without `explain` when
+/// fewer slots could be reserved than it asked for.
+pub fn emerging_slots(quota: (usize, usize)) -> (Option<usize>, Option<usize>) {
+    if quota.0 == 0 {
+        (None, None)
+    } else {
+        (Some(quota.0), Some(quota.1))
     }
 }
 

@@ -7,7 +7,7 @@ use earshot_recommend::constraints::{Emerging, HardFilter, Shape};
 use super::error::QueryError;
 use crate::api::ListSpec;
 use crate::error_code::ErrorCode;
-use crate::limits::{DEFAULT_K, MAX_EF, MAX_EXCLUDE, MAX_K};
+use crate::limits::{DEFAULT_K, MAX_BOOST, MAX_EF, MAX_EXCLUDE, MAX_K};
 
 /// The hard filter (with `always_exclude` rows left out), the list's shape and the beam
 /// width of `spec` on `c` (`default_ef` when it gives none).
@@ -141,11 +141,21 @@ pub fn check_list(
     }
     let emerging = match spec.emerging {
         Some(e) => {
-            let share = e.min_share.unwrap_or(0.3);
-            if !(0.0..=1.0).contains(&share) || !e.max_popularity.is_finite() {
+            // A boost alone reserves no slots unless a share is asked for as well.
+            let boost = e.boost.unwrap_or(0.0);
+            let share = e
+                .min_share
+                .unwrap_or(if e.boost.is_some() { 0.0 } else { 0.3 });
+            if !(0.0..=1.0).contains(&share)
+                || !e.max_popularity.is_finite()
+                || !(0.0..=MAX_BOOST).contains(&boost)
+            {
                 return Err(QueryError::new(
                     ErrorCode::InvalidEmerging,
-                    "emerging.min_share must be within 0…1 and emerging.max_popularity finite",
+                    format!(
+                        "emerging.min_share must be within 0…1, emerging.boost within \
+                         0…{MAX_BOOST} and emerging.max_popularity finite"
+                    ),
                 ));
             }
             if !has_creator_popularity {
@@ -160,6 +170,7 @@ pub fn check_list(
             Some(Emerging {
                 max_popularity: e.max_popularity,
                 min_share: share,
+                boost,
             })
         }
         None => None,

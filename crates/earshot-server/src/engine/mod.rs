@@ -11,6 +11,7 @@ pub mod answer;
 mod error;
 pub mod history;
 pub mod list;
+pub mod strategy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,10 @@ use earshot_core::layout::check_name;
 use earshot_core::metric::Metric;
 use earshot_recommend::constraints::{HardFilter, Shape};
 use earshot_recommend::query::{self, VectorError, MAX_QUERY_NORM};
+use earshot_recommend::seeded;
 use earshot_recommend::select::{recommend, Probe};
+use earshot_recommend::strategy::Strategy;
+use earshot_recommend::taste::Taste;
 
 use crate::api::{Item, ItemsResponse, SearchRequest, SimilarRequest, TasteRequest};
 use crate::error_code::ErrorCode;
@@ -137,6 +141,7 @@ impl Engine {
         };
         check_history_dim((&source.name, source.dim()), (&c.name, c.dim()))?;
         let evidence = history::evidence(source, req)?;
+        let strategy = strategy::check_strategy(req)?;
         // History IDs only mean something to exclude when they index the queried collection.
         let same = Arc::ptr_eq(source, c);
         let history_rows: Vec<u32> = if same && req.exclude_history.unwrap_or(true) {
@@ -146,8 +151,33 @@ impl Engine {
         };
         let (filter, shape, ef) =
             list::constraints(c, &req.spec(), self.default_ef, &history_rows)?;
-        let probes = history::probes(c, source, &evidence, req.centroids)?;
-        Ok(self.answer(c, probes, &filter, &shape, ef, req.explain))
+        if strategy == Strategy::Mean {
+            let probes = history::probes(c, source, &evidence, req.centroids)?;
+            return Ok(self.answer(c, probes, &filter, &shape, ef, req.explain));
+        }
+        let taste = Taste::new(&**source, &evidence).map_err(taste_error)?;
+        let explain = req.explain.unwrap_or(false);
+        let s = seeded::recommend(c, &taste, strategy, &filter, &shape, ef, explain)
+            .map_err(taste_error)?;
+        let quota = (s.selection.quota_requested, s.selection.quota_reserved);
+        Ok(Answer {
+            collection: c.clone(),
+            picks: s.selection.picks,
+            quota,
+            explain,
+            probe_weights: vec![1.0],
+            pool: false,
+            item: None,
+            seeded: Some(answer::Seeded {
+                strategy: strategy.name(),
+                seeds: s.seeds,
+                support: s
+                    .support
+                    .iter()
+                    .map(|sp| (sp.seeds, sp.strongest.map(|r| source.id(r).to_string())))
+                    .collect(),
+            }),
+        })
     }
 
     /// Taste requests in a batch carry their collection in the body.
@@ -173,6 +203,7 @@ impl Engine {
             probe_weights: probes.iter().map(|p| p.weight).collect(),
             pool: false,
             item: None,
+            seeded: None,
         }
     }
 }

@@ -11,8 +11,11 @@ use std::time::Instant;
 use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use earshot_core::search::Hit;
+use earshot_recommend::constraints::QUOTA_WINDOW;
+use earshot_recommend::query;
 use earshot_recommend::select::{initial_pool_size, pick, Selection, WIDEN};
-use earshot_recommend::taste::{HistoryVectors, Taste};
+use earshot_recommend::strategy::{similarity_of_score, Aggregator, Strategy};
+use earshot_recommend::taste::{HistoryVectors, Taste, TasteError};
 use earshot_server::api::{SearchRequest, SimilarRequest, TasteRequest};
 use earshot_server::engine::{self, history, QueryError};
 use earshot_server::error_code::ErrorCode;
@@ -27,18 +30,7 @@ use crate::pool::{merge, Pool, PoolAnswer, PoolHit};
 use crate::upstream::{CallError, UpRequest, UpResponse};
 use crate::validate;
 
-/// History vectors fetched from their owner shards, by position.
-struct Fetched {
-    dim: usize,
-    data: Vec<f32>,
-}
-
-impl HistoryVectors for Fetched {
-    fn history_vector(&self, row: u32) -> &[f32] {
-        let at = row as usize * self.dim;
-        &self.data[at..at + self.dim]
-    }
-}
+mod taste;
 
 /// A picked list over a merged pool.
 pub struct ListOutcome {
@@ -492,71 +484,6 @@ impl Exec<'_> {
         let exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
         let list = self
             .recommend(&meta, vec![req.vector.clone()], vec![1.0], &plan, &exclude)
-            .await?;
-        Ok(Body::List(ListOutcome {
-            explain: req.explain.unwrap_or(false),
-            ..list
-        }))
-    }
-
-    async fn taste(&mut self, req: &TasteRequest) -> Result<Body, Failure> {
-        let coll = self.coll;
-        engine::check_taste_collection(req, &coll.name)?;
-        let source: &Routed = match &req.history_collection {
-            Some(name) => self.cluster.routed(name)?,
-            None => coll,
-        };
-        let meta = self.cluster.meta_of(coll).await?;
-        let source_meta = if std::ptr::eq(source, coll) {
-            meta.clone()
-        } else {
-            self.cluster.meta_of(source).await?
-        };
-        engine::check_history_dim((&source.name, source_meta.dim), (&coll.name, meta.dim))?;
-        let clock = history::check_history(req)?;
-        let mut ids: Vec<&str> = req.history.iter().map(|h| h.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let (found, _) = self.fetch_items(source, &ids).await?;
-        // Rows: positions in `fetched`, one per distinct ID found.
-        let mut rows: HashMap<&str, u32> = HashMap::with_capacity(found.len());
-        let mut fetched = Fetched {
-            dim: meta.dim,
-            data: Vec::with_capacity(found.len() * meta.dim),
-        };
-        for id in &ids {
-            let Some(item) = found.get(*id) else { continue };
-            let Some(v) = item.get("vector").and_then(|v| v.as_array()) else {
-                continue;
-            };
-            if v.len() != meta.dim {
-                continue;
-            }
-            rows.insert(id, rows.len() as u32);
-            fetched
-                .data
-                .extend(v.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32));
-        }
-        let evidence =
-            history::weigh_history(req, &clock, &source.name, |id| rows.get(id).copied())?;
-        let same = std::ptr::eq(source, coll);
-        let history_ids: Vec<&str> = if same && req.exclude_history.unwrap_or(true) {
-            rows.keys().copied().collect()
-        } else {
-            Vec::new()
-        };
-        let plan = validate::list(&req.spec(), &meta)?;
-        let taste = Taste::new(&fetched, &evidence).map_err(engine::taste_error)?;
-        let n = history::check_centroids(req.centroids)?;
-        let probes = taste
-            .probes_in(meta.metric, meta.dim, n)
-            .map_err(engine::taste_error)?;
-        let weights: Vec<f32> = probes.iter().map(|p| p.weight).collect();
-        let queries: Vec<Vec<f32>> = probes.into_iter().map(|p| p.query).collect();
-        let mut exclude: Vec<&str> = req.exclude.iter().flatten().map(String::as_str).collect();
-        exclude.extend(history_ids);
-        let list = self
-            .recommend(&meta, queries, weights, &plan, &exclude)
             .await?;
         Ok(Body::List(ListOutcome {
             explain: req.explain.unwrap_or(false),
