@@ -228,19 +228,6 @@ struct OwnerAnswer {
     item: ItemAnswer,
 }
 
-/// The owner shard's part of a `similar` query, in pool mode.
-#[derive(serde::Serialize)]
-struct PoolSimilar<'a> {
-    k: usize,
-    ef: usize,
-    pool: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    filter: Option<&'a Map<String, Value>>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    exclude: &'a [&'a str],
-    exclude_same_creator: bool,
-}
-
 #[derive(Deserialize)]
 struct ItemsAnswer {
     items: Vec<Value>,
@@ -248,13 +235,17 @@ struct ItemsAnswer {
     missing: Vec<String>,
 }
 
-/// A shard's pool-mode search, serialised straight from the query's vector: as `f32` (the
-/// shortest round-trip form, ~9 digits) rather than through `serde_json::Value`, whose `f64`
-/// numbers print ~17 digits per component — half the bytes to write and for the shard to parse.
+/// A shard's part of a merged answer, in pool mode: a search (`collection` and `vector`) or
+/// the owner's `similar` (the path names the item). The vector is serialised straight from
+/// the query as `f32` (the shortest round-trip form, ~9 digits) rather than through
+/// `serde_json::Value`, whose `f64` numbers print ~17 digits per component — half the bytes
+/// to write and for the shard to parse.
 #[derive(serde::Serialize)]
-struct PoolSearch<'a> {
-    collection: &'a str,
-    vector: &'a [f32],
+struct PoolQuery<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collection: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vector: Option<&'a [f32]>,
     k: usize,
     ef: usize,
     pool: bool,
@@ -262,6 +253,8 @@ struct PoolSearch<'a> {
     filter: Option<&'a Map<String, Value>>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     exclude: &'a [&'a str],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    exclude_same_creator: bool,
 }
 
 impl Exec<'_> {
@@ -414,7 +407,9 @@ impl Exec<'_> {
         let mut exclude_by_shard = split_exclude(coll, &exclude);
         let size = initial_pool_size(&plan.shape, plan.ef);
         let kp = per_shard_k(size, n, self.cluster.opts.topk_probability).min(MAX_K);
-        let body = PoolSimilar {
+        let body = PoolQuery {
+            collection: None,
+            vector: None,
             k: kp,
             ef: plan.ef.max(kp).min(MAX_EF),
             pool: true,
@@ -578,14 +573,15 @@ impl Exec<'_> {
                     Some(o) if o != s => ((ef as f64 * boost).ceil() as usize).min(MAX_EF),
                     _ => ef,
                 };
-                let body = PoolSearch {
-                    collection: &coll.name,
-                    vector: q,
+                let body = PoolQuery {
+                    collection: Some(&coll.name),
+                    vector: Some(q),
                     k: kp,
                     ef,
                     pool: true,
                     filter: plan.filter.as_ref(),
                     exclude: &exclude_by_shard[s],
+                    exclude_same_creator: false,
                 };
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 requests.push((s, self.post_bytes("/v1/search".into(), bytes)));
