@@ -232,6 +232,38 @@ pub struct RouteArgs {
     /// Longest wait for a slot before 503 `overloaded`.
     #[arg(long, env = "EARSHOT_QUEUE_TIMEOUT_MS", default_value_t = 100)]
     pub queue_timeout_ms: u64,
+    #[command(flatten)]
+    pub conns: ConnArgs,
+}
+
+/// The front door's connection bounds (`serve` and `route`): a client that sends nothing,
+/// or half a request, or keeps a connection unused, cannot hold it (or a descriptor) forever.
+#[derive(Args)]
+pub struct ConnArgs {
+    /// Close a connection that has not sent a whole request head this many milliseconds
+    /// after connecting, or after the head's first byte.
+    #[arg(long, env = "EARSHOT_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Close a kept-alive connection unused this many milliseconds (above the 90 s idle
+    /// expiry of common client pools, so the client closes first).
+    #[arg(long, env = "EARSHOT_IDLE_TIMEOUT_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once; past it a new one is closed at once (default
+    /// 10,000, lowered to fit the open-file limit, which is raised to its hard limit).
+    #[arg(long, env = "EARSHOT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+}
+
+impl ConnArgs {
+    pub fn options(&self) -> earshot_server::conn::ConnOptions {
+        earshot_server::conn::ConnOptions {
+            timeouts: earshot_server::conn::Timeouts {
+                header_read: std::time::Duration::from_millis(self.header_read_timeout_ms),
+                idle: std::time::Duration::from_millis(self.idle_timeout_ms),
+            },
+            max_connections: self.max_connections.map(|n| n as usize),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -295,6 +327,8 @@ pub struct ServeArgs {
     /// a roll-back to a recent version needs no download.
     #[arg(long, env = "EARSHOT_KEEP", default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
+    #[command(flatten)]
+    pub conns: ConnArgs,
 }
 
 #[derive(Args, Debug, Clone)]

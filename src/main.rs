@@ -290,6 +290,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
             // A little above the shards' deadline: their timeout answers first.
             request_timeout: Duration::from_millis(a.timeout_ms + 100),
         },
+        conns: a.conns.options(),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.workers {
@@ -345,6 +346,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         api_keys: a.api_keys,
         retain_previous,
         allow_empty: store.is_some(),
+        conns: a.conns.options(),
         ..Default::default()
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();

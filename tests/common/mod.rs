@@ -523,7 +523,24 @@ impl Server {
 
     /// [`Server::try_spawn`] with extra environment variables (e.g. a store's AWS_*).
     pub fn try_spawn_env(args: &[OsString], env: &[(String, String)]) -> Result<Server, Exited> {
-        let mut child = Command::new(BIN)
+        Self::try_spawn_wrapped(&[], args, env)
+    }
+
+    /// [`Server::try_spawn_env`] run through `wrapper` (e.g. `["prlimit", "--nofile=300"]`).
+    pub fn try_spawn_wrapped(
+        wrapper: &[&str],
+        args: &[OsString],
+        env: &[(String, String)],
+    ) -> Result<Server, Exited> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

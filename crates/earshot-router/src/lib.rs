@@ -61,6 +61,8 @@ pub struct RouteOptions {
     /// The front door's bounds (as `serve`'s): requests routed at once, waiting, and how
     /// long; past them an immediate 503 `overloaded` instead of a queue without end.
     pub limits: LimitOptions,
+    /// Connection bounds, as `serve`'s (header-read and idle timeouts, a cap).
+    pub conns: earshot_server::conn::ConnOptions,
 }
 
 pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) -> Router {
@@ -128,6 +130,7 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
     let keys = Arc::new(earshot_server::auth::Keys::load(opts.api_keys.as_deref())?);
     let mut stop = stop_signals()?;
     let state = start(&topology, opts.cluster.clone(), opts.limits.clone()).await?;
+    let max_connections = earshot_server::conn::fit_connection_limit(opts.conns.max_connections)?;
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;
@@ -150,19 +153,23 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
     println!("listening on http://{local}");
     let app = router(state.clone(), keys);
     let drain = opts.drain;
-    axum::serve(
+    let conn_metrics = state.metrics.conns.clone();
+    earshot_server::conn::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        opts.conns.timeouts,
+        max_connections,
+        conn_metrics,
+        async move {
+            stop.recv().await;
+            state.ready.store(false, Ordering::Release);
+            tracing::info!(
+                drain_seconds = drain.as_secs_f64(),
+                "shutting down: /readyz now 503"
+            );
+            tokio::time::sleep(drain).await;
+        },
     )
-    .with_graceful_shutdown(async move {
-        stop.recv().await;
-        state.ready.store(false, Ordering::Release);
-        tracing::info!(
-            drain_seconds = drain.as_secs_f64(),
-            "shutting down: /readyz now 503"
-        );
-        tokio::time::sleep(drain).await;
-    })
     .await?;
     tracing::info!("stopped");
     Ok(())

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod error_code;
@@ -81,6 +82,8 @@ pub struct OpsOptions {
     pub allow_empty: bool,
     /// Collections `/readyz` waits for (more can be added later: [`AppState::expect`]).
     pub expect: Vec<String>,
+    /// The front door's connection bounds: header-read and idle timeouts, a cap.
+    pub conns: conn::ConnOptions,
 }
 
 /// How long a replaced version stays loaded by default (`--retain-previous`).
@@ -96,6 +99,7 @@ impl Default for OpsOptions {
             retain_previous: DEFAULT_RETAIN_PREVIOUS,
             allow_empty: false,
             expect: Vec::new(),
+            conns: Default::default(),
         }
     }
 }
@@ -275,6 +279,7 @@ pub async fn serve_with_state(
             }
         });
     }
+    let max_connections = conn::fit_connection_limit(ops.conns.max_connections)?;
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;
@@ -293,6 +298,7 @@ pub async fn serve_with_state(
         startup_ms = started.elapsed().as_millis() as u64,
         max_concurrent = lim.max_concurrent,
         max_queue = lim.max_queue,
+        max_connections,
         query_keys,
         admin_keys,
         "ready"
@@ -301,11 +307,14 @@ pub async fn serve_with_state(
     println!("listening on http://{local}");
     let app = router(state.clone());
     let drain = opts.drain;
-    axum::serve(
+    let conn_metrics = state.metrics.conns.clone();
+    conn::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+        app,
+        ops.conns.timeouts,
+        max_connections,
+        conn_metrics,
+        async move {
         stop.recv().await;
         state.ready.store(false, Ordering::Release);
         tracing::info!(
@@ -319,7 +328,8 @@ pub async fn serve_with_state(
         });
         tokio::time::sleep(drain).await;
         tracing::info!("listener closed; waiting for in-flight requests");
-    })
+        },
+    )
     .await?;
     tracing::info!("stopped");
     Ok(())

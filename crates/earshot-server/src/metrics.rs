@@ -44,6 +44,8 @@ pub struct Metrics {
     pub in_flight: Gauge<i64, AtomicI64>,
     pub items: Family<CollectionLabel, Gauge>,
     pub mapped_bytes: Family<CollectionLabel, Gauge>,
+    /// The front door's connections (`crate::conn`).
+    pub conns: crate::conn::ConnMetrics,
 }
 
 impl Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
             mapped_bytes.clone(),
         );
         registry.register("build_info", "earshot version and SIMD kernels", build_info);
+        let conns = crate::conn::ConnMetrics::register(&mut registry);
         let mut process = Registry::default();
         process.register_collector(Box::new(crate::process_metrics::ProcessCollector));
         Self {
@@ -96,6 +99,7 @@ impl Metrics {
             in_flight,
             items,
             mapped_bytes,
+            conns,
         }
     }
 
