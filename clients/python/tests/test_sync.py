@@ -147,3 +147,18 @@ def test_version_pinning(client):
     v = client.similar("tracks", "t20", k=1).version
     assert client.similar("tracks", "t20", k=1, version=v).version == v
     assert client.item("tracks", "t20", version=v).id == "t20"
+
+
+def test_readyz_is_false_while_draining(start_server):
+    import signal
+    import time
+
+    s = start_server("--drain-seconds", "5")
+    with Client(s.url) as c:
+        assert c.readyz() is True
+        s.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 4
+        while c.readyz():
+            assert time.monotonic() < deadline, "/readyz stayed 200 after SIGTERM"
+            time.sleep(0.05)
+        assert c.healthz() is True  # still up while draining
