@@ -3,9 +3,10 @@
 #
 #   bash clients/python/run_tests.sh [pytest args]     # from anywhere; tests/python_client.rs runs it
 #
-# Creates (once) a venv at <repo>/target/py-client-venv, installs this package with its `test` extra
-# (pytest, anyio, numpy; from PyPI) and runs pytest. The binary is $EARSHOT_BIN, else
-# target/debug/earshot, else target/release/earshot. Set PYTHON to pick the interpreter (default python3).
+# Creates (once) a venv at <repo>/target/py-client-venv, installs this package with its `test`
+# extra (pytest, anyio, numpy, mypy; from PyPI), type-checks the package (mypy --strict) and runs
+# pytest. The binary is $EARSHOT_BIN, else target/debug/earshot, else target/release/earshot.
+# Set PYTHON to pick the interpreter (default python3).
 # Re-runs reinstall only when pyproject.toml changed (the package itself is installed editable).
 set -euo pipefail
 
@@ -32,4 +33,6 @@ if [[ -z "${EARSHOT_BIN:-}" ]]; then
     done
 fi
 cd "$here"
+# The package ships py.typed: keep its annotations honest.
+"$venv/bin/python" -m mypy --strict --cache-dir "$root/target/py-client-mypy-cache" src/earshot_client
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"

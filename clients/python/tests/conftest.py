@@ -87,6 +87,7 @@ class Server:
             [str(binary), "serve", "--index-root", str(root), "--addr", "127.0.0.1:0", *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **(env or {})},
         )
+        assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("listening on http://"):
             self.stop()

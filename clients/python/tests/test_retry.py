@@ -30,7 +30,7 @@ class Hog:
 
     def __init__(self, server, catalogue) -> None:
         body = slow_batch(catalogue)
-        self.status = None
+        self.status: int | None = None
         self.thread = threading.Thread(target=self._run, args=(server.url, body))
         self.thread.start()
         deadline = time.monotonic() + 30

@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, FrozenSet, Generic, List, Mapping, Optional, Sequence, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -27,6 +27,8 @@ from .models import (
     Items,
     Results,
     SearchQuery,
+    SimilarQuery,
+    TasteQuery,
     history_json,
     part_json,
 )
@@ -66,7 +68,7 @@ class RetryPolicy:
     backoff: float = 0.1
     max_backoff: float = 2.0
     honour_retry_after: bool = True
-    retry_codes: frozenset = frozenset({"overloaded"})
+    retry_codes: FrozenSet[str] = frozenset({"overloaded"})
     #: called as on_retry(attempt_done, error, delay) before each wait (logging, tests)
     on_retry: Optional[Callable[[int, EarshotError, float], None]] = None
 
@@ -284,7 +286,9 @@ def merge_items(parts: Sequence[Items]) -> Items:
 
 
 def query_json(q: BatchQuery) -> JSON:
-    return q.to_json() if hasattr(q, "to_json") else dict(q)  # type: ignore[union-attr]
+    if isinstance(q, (SimilarQuery, SearchQuery, TasteQuery)):
+        return q.to_json()
+    return dict(q)
 
 
 def batch_calls(queries: Sequence[BatchQuery], max_batch: int) -> List[Call[List[Any]]]:

@@ -129,7 +129,8 @@ class AsyncClient:
         (the others still answer), or raised with `raise_errors=True`."""
         out: List[Any] = []
         for c in _core.batch_calls(queries, max_batch):
-            out.extend(await self._run(c))
+            part: List[Any] = await self._run(c)
+            out += part
         return _core.unwrap(out, raise_errors)
 
     async def search_many(

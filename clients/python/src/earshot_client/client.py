@@ -128,7 +128,8 @@ class Client:
         (the others still answer), or raised with `raise_errors=True`."""
         out: List[Any] = []
         for c in _core.batch_calls(queries, max_batch):
-            out.extend(self._run(c))
+            part: List[Any] = self._run(c)
+            out += part
         return _core.unwrap(out, raise_errors)
 
     def search_many(

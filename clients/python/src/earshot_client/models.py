@@ -281,7 +281,8 @@ class CollectionInfo:
     @classmethod
     def from_json(cls, d: JSON) -> "CollectionInfo":
         names = set(cls.__dataclass_fields__) - {"raw", "shard"}
-        return cls(**{k: d.get(k) for k in names}, shard=d.get("shard"), raw=d)
+        fields: Dict[str, Any] = {k: d.get(k) for k in names}
+        return cls(**fields, shard=d.get("shard"), raw=d)
 
 
 @dataclass
