@@ -73,14 +73,12 @@ builds; the exact columns are deterministic.
 
 import argparse
 import datetime as dt
-import http.client
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -88,6 +86,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eval_taste  # noqa: E402
+from earshot_client import Client, EarshotError  # noqa: E402  (clients/python; tools/venv.sh installs it)
 from eval_taste import kmeans, share_slots  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -368,29 +367,6 @@ def exact_list(D, A64, ev, centroids, emerging, pop, extra=None):
 
 # ------------------------------------------------------------------------------------ server
 
-class Client:
-    def __init__(self, port):
-        self.port = port
-        self.local = threading.local()
-
-    def post(self, path, body):
-        data = json.dumps(body).encode()
-        for attempt in range(3):
-            conn = getattr(self.local, "conn", None)
-            if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            try:
-                conn.request("POST", path, data, {"Content-Type": "application/json"})
-                r = conn.getresponse()
-                payload = r.read()
-                return r.status, json.loads(payload) if payload else None
-            except (http.client.HTTPException, ConnectionError, OSError):
-                conn.close()
-                self.local.conn = None
-                if attempt == 2:
-                    raise
-
-
 def build_index(binary, data, work, vectors_file):
     out = os.path.join(work, "index", "artists")
     cmd = [binary, "build", "--vectors", os.path.join(data, vectors_file),
@@ -475,7 +451,15 @@ def main():
     if not a.skip_build:
         build_index(a.bin, a.data, a.work, D["vectors_file"])
     proc, port = start_server(a.bin, a.work)
-    client = Client(port)
+    # One pooled keep-alive connection per worker thread; retries on 503/connection errors.
+    client = Client(f"http://127.0.0.1:{port}", timeout=60, max_connections=a.workers)
+
+    def answer(f):
+        """(status, JSON body) of one call, errors included: an error is a result here, not a stop."""
+        try:
+            return 200, f().raw
+        except EarshotError as e:
+            return e.status, {"error": {"code": e.code, "message": e.message}}
     rows_of_ids = lambda res: [D["row_of"][int(r["id"])] for r in res["results"]]
     results = {}
     errors = {}
@@ -492,11 +476,8 @@ def main():
         # User vector via /v1/search (history excluded).
         def uv_job(u):
             def f():
-                body = {"collection": "artists", "k": K,
-                        "vector": [float(x) for x in D["uvecs"][D["user_row"][u]]],
-                        "exclude": [str(x) for x, _ in D["hist"][u]]}
-                st, res = client.post("/v1/search", body)
-                return (st, res)
+                return answer(lambda: client.search("artists", D["uvecs"][D["user_row"][u]], k=K,
+                                                    exclude=[str(x) for x, _ in D["hist"][u]]))
             return f
         out = run("user vector", [uv_job(u) for u in users])
         results["user vector (ALS, /v1/search)"] = [rows_of_ids(r) if st == 200 else [] for st, r in out]
@@ -510,8 +491,9 @@ def main():
                     if not ev:
                         return (None, None)
                     body = request_body(D, ev, rec, cents, emer, extra)
+                    history = body.pop("history")
                     t = time.perf_counter()
-                    out = client.post("/v1/taste/artists", body)
+                    out = answer(lambda: client.taste("artists", history, **body))
                     latency[name].append(time.perf_counter() - t)
                     return out
                 return f
@@ -539,6 +521,7 @@ def main():
             results[name] = lists
             errors[name] = nerr
     finally:
+        client.close()
         stop_server(proc)
         print(f"server stopped (exit {proc.returncode})", file=sys.stderr)
     t_server = time.perf_counter() - t0

@@ -24,7 +24,7 @@ import os
 import statistics
 import subprocess
 import time
-import urllib.request
+import urllib.request  # not earshot_client: only /metrics and /readyz polls; the load is `earshot bench-http`
 
 import numpy as np
 

@@ -20,7 +20,7 @@ import argparse
 import collections
 import csv
 import gc
-import http.client
+import http.client  # not earshot_client (clients/python): a raw load generator, where per-request client cost and no hidden retries are the point
 import json
 import os
 import random

@@ -17,7 +17,7 @@ import argparse
 import array
 import ast
 import csv
-import http.client
+import http.client  # not earshot_client (clients/python): a load/recall generator run in bare network namespaces; no retries, minimal per-request cost
 import json
 import math
 import sys
