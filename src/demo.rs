@@ -54,7 +54,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             params,
             force: true,
             source: "synthetic demo catalogue (seed 42)".into(),
-            quantize: false,
+            // As `earshot build` by default: int8 walk, exact f32 re-ranking.
+            quantize: true,
         };
         build::build_collection(data, &tracks_dir, &settings)?;
         settings.source = "creators derived from the demo tracks".into();

@@ -118,7 +118,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         params,
         force: out.replaces(a.force),
         source,
-        quantize: a.quantize.is_some(),
+        quantize: a.quantize == "int8",
     };
     // A shard keeps the rows it owns; a derived creators collection is sharded by creator.
     let build_one = |data, dir: &std::path::Path, settings: &build::Settings| match a.shard {
