@@ -236,6 +236,28 @@ pub struct RouteArgs {
     pub queue_timeout_ms: u64,
     #[command(flatten)]
     pub conns: ConnArgs,
+    /// One INFO log line per answer (`all`: status and latency, in the request's span with
+    /// its id, trace id, method and URI), only for 5xx answers (`errors`), or none.
+    #[arg(long, env = "EARSHOT_ACCESS_LOG", value_enum, default_value_t = AccessLogArg::Errors)]
+    pub access_log: AccessLogArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccessLogArg {
+    Off,
+    Errors,
+    All,
+}
+
+impl AccessLogArg {
+    pub fn level(self) -> earshot_server::access_log::AccessLog {
+        use earshot_server::access_log::AccessLog;
+        match self {
+            Self::Off => AccessLog::Off,
+            Self::Errors => AccessLog::Errors,
+            Self::All => AccessLog::All,
+        }
+    }
 }
 
 /// The front door's connection bounds (`serve` and `route`): a client that sends nothing,
@@ -331,6 +353,10 @@ pub struct ServeArgs {
     pub keep: u64,
     #[command(flatten)]
     pub conns: ConnArgs,
+    /// One INFO log line per answer (`all`: status and latency, in the request's span with
+    /// its id, trace id, method and URI), only for 5xx answers (`errors`), or none.
+    #[arg(long, env = "EARSHOT_ACCESS_LOG", value_enum, default_value_t = AccessLogArg::Errors)]
+    pub access_log: AccessLogArg,
 }
 
 #[derive(Args, Debug, Clone)]

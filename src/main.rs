@@ -236,6 +236,7 @@ fn report(out: &std::path::Path, m: &Manifest) {
 }
 
 fn run_route(a: RouteArgs) -> anyhow::Result<()> {
+    earshot_server::access_log::set(a.access_log.level());
     use std::time::Duration;
     anyhow::ensure!(
         (0.0..1.0).contains(&a.hedge),
@@ -303,6 +304,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
 }
 
 fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
+    earshot_server::access_log::set(a.access_log.level());
     use std::time::Duration;
     anyhow::ensure!(
         (1..=earshot_server::limits::MAX_EF).contains(&a.default_ef),

@@ -144,3 +144,64 @@ fn a_callers_traceparent_is_in_the_requests_log_lines() {
     let line = found.unwrap_or_else(|| panic!("no log line with trace {trace}:\n{}", s.stderr()));
     assert_eq!(line["span"]["id"], id.as_str(), "{line}");
 }
+
+/// `--access-log all`: one INFO line per answer at the default log level, in the request's
+/// span (id, trace, method, URI) with status and latency; the default (`errors`) logs only
+/// 5xx answers, so a 200 and a 404 leave no line.
+#[test]
+fn the_access_log_has_one_line_per_answer_with_status_and_latency() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = catalogue(4, 100, 8, 4, 20, 10, 5);
+    let (npy, csv) = cat.write(tmp.path(), "tracks");
+    let root = tmp.path().join("indexes");
+    earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
+    let args: Vec<OsString> = vec![
+        "serve".into(),
+        "--index-root".into(),
+        root.into(),
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let answered = |s: &Server| -> Vec<Value> {
+        s.stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "answered")
+            .collect()
+    };
+    let all = Server::try_spawn_env(
+        &args,
+        &env(&[
+            ("EARSHOT_LOG_FORMAT", "json"),
+            ("EARSHOT_ACCESS_LOG", "all"),
+        ]),
+    )
+    .expect("serve starts");
+    assert_eq!(all.get("/v1/collections").status, 200);
+    assert_eq!(all.get("/v1/tracks/no-such-id").status, 404);
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = answered(&all);
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lines.len(), 2, "{}", all.stderr());
+    assert_eq!(lines[0]["fields"]["status"], 200);
+    assert_eq!(lines[1]["fields"]["status"], 404);
+    for l in &lines {
+        assert_eq!(l["level"], "INFO", "{l}");
+        assert!(l["fields"]["latency_us"].as_u64().is_some(), "{l}");
+        assert_eq!(l["span"]["method"], "GET", "{l}");
+        assert!(l["span"]["id"].as_str().is_some_and(|id| id != "-"), "{l}");
+    }
+    assert_eq!(lines[1]["span"]["uri"], "/v1/tracks/no-such-id");
+
+    let quiet = Server::try_spawn_env(&args, &env(&[("EARSHOT_LOG_FORMAT", "json")]))
+        .expect("serve starts");
+    assert_eq!(quiet.get("/v1/collections").status, 200);
+    assert_eq!(quiet.get("/v1/tracks/no-such-id").status, 404);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(answered(&quiet).is_empty(), "{}", quiet.stderr());
+}

@@ -12,6 +12,7 @@
 //! - `openapi`: the document, from the handlers and types above;
 //! - this file: the router and the server's life cycle.
 
+pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod auth;
@@ -161,15 +162,18 @@ where
         .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                let trace = trace_id(req.headers()).unwrap_or("-");
-                tracing::info_span!("request", id, trace, method = %req.method(), uri = %req.uri())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    let trace = trace_id(req.headers()).unwrap_or("-");
+                    tracing::info_span!("request", id, trace, method = %req.method(), uri = %req.uri())
+                })
+                .on_response(access_log::on_response)
+                .on_failure(()),
         )
         .layer(SetRequestIdLayer::new(request_id, CounterId::default()))
 }
