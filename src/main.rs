@@ -199,6 +199,8 @@ fn run_store_activate(url: &str, version: &str) -> anyhow::Result<()> {
 
 fn run_activate(link: &std::path::Path, version: &str, force: bool) -> anyhow::Result<()> {
     let v = layout::find_version(link, version)?;
+    // Usually run beside a serving process: its checks take idle CPU, not the queries'.
+    earshot_server::background::lower_this_thread();
     // The same checks a server makes before it swaps a version in.
     let checked = Collection::open(&v.dir, Verify::Full)
         .map_err(anyhow::Error::from)

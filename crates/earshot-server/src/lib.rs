@@ -16,6 +16,7 @@ pub mod access_log;
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod conn;
 pub mod engine;
 pub mod error;

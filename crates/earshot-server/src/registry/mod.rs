@@ -369,16 +369,19 @@ impl Registry {
     pub async fn reload(self: &Arc<Self>, trigger: Trigger) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
         let this = self.clone();
-        let report = match tokio::task::spawn_blocking(move || this.reload_blocking(trigger)).await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("reload failed: {e}");
-                ReloadReport {
-                    collections: BTreeMap::new(),
+        // Verifying and opening a version is CPU and I/O the queries must not wait behind.
+        let report =
+            match crate::background::run("earshot-reload", move || this.reload_blocking(trigger))
+                .await
+            {
+                Some(r) => r,
+                None => {
+                    tracing::error!("reload failed: its thread panicked");
+                    ReloadReport {
+                        collections: BTreeMap::new(),
+                    }
                 }
-            }
-        };
+            };
         let swapped = report
             .collections
             .values()
@@ -415,12 +418,14 @@ impl Registry {
             });
         }
         retained.retain(|_, list| !list.is_empty());
-        self.live.store(Arc::new(Live::new(
+        let old = self.live.swap(Arc::new(Live::new(
             current.engine.collections.clone(),
             current.versions.clone(),
             retained,
             self.default_ef,
         )));
+        drop(current);
+        crate::background::reap("earshot-unmap", old);
     }
 
     fn reload_blocking(&self, trigger: Trigger) -> ReloadReport {
@@ -570,12 +575,15 @@ impl Registry {
                 list.retain(|(_, _, until)| *until > now);
             }
             retained.retain(|_, list| !list.is_empty());
-            self.live.store(Arc::new(Live::new(
+            // The replaced snapshot is dropped (and a version it alone held unmapped) by a
+            // low-priority reaper, never by the query that happens to let go of it last.
+            let old = self.live.swap(Arc::new(Live::new(
                 collections,
                 versions,
                 retained,
                 self.default_ef,
             )));
+            crate::background::reap("earshot-unmap", old);
         }
         ReloadReport {
             collections: outcomes,
