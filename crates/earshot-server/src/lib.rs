@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod overload;
 pub mod process_metrics;
+pub mod recall;
 pub mod registry;
 pub mod routes;
 pub mod state;
@@ -81,6 +82,8 @@ pub struct OpsOptions {
     pub allow_empty: bool,
     /// Collections `/readyz` waits for (more can be added later: [`AppState::expect`]).
     pub expect: Vec<String>,
+    /// The live recall estimate (`--recall-*`; README "Live recall").
+    pub recall: recall::RecallOptions,
 }
 
 /// How long a replaced version stays loaded by default (`--retain-previous`).
@@ -96,6 +99,7 @@ impl Default for OpsOptions {
             retain_previous: DEFAULT_RETAIN_PREVIOUS,
             allow_empty: false,
             expect: Vec::new(),
+            recall: Default::default(),
         }
     }
 }
@@ -225,6 +229,7 @@ pub async fn serve_with_state(
     let mut metrics = metrics::Metrics::new();
     let swap_metrics = registry::SwapMetrics::new(&mut metrics);
     let limiter = overload::Limiter::new(ops.limits.clone(), &mut metrics);
+    let recall = recall::Checker::new(&ops.recall, &mut metrics)?;
     let store = metrics::StoreMetrics::default();
     if ops.allow_empty {
         store.register(&mut metrics.registry);
@@ -237,9 +242,13 @@ pub async fn serve_with_state(
             allow_schema_change: ops.allow_schema_change,
             retain_previous: ops.retain_previous,
             allow_empty: ops.allow_empty,
+            recall: recall.as_ref().map(recall::Checker::sampler),
         },
         swap_metrics,
     )?);
+    if let Some(checker) = recall {
+        checker.start(&registry)?;
+    }
     let (query_keys, admin_keys) = keys.counts();
     let state = Arc::new(AppState {
         registry: registry.clone(),
