@@ -36,8 +36,8 @@ struct Estimate {
     samples: f64,
 }
 
-/// Waits until the server has checked or dropped `sent` samples of `collection`, then reads
-/// its estimate.
+/// Waits until the server has checked `sent` samples of `collection` (none dropped), then
+/// reads its estimate.
 fn estimate(s: &Server, collection: &str, sent: usize) -> Estimate {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -45,8 +45,9 @@ fn estimate(s: &Server, collection: &str, sent: usize) -> Estimate {
         let get = |name: &str| metric(&text, name, collection);
         let checked = get("earshot_recall_samples_total").unwrap_or(0.0);
         let dropped = get("earshot_recall_samples_dropped_total").unwrap_or(0.0);
-        if checked + dropped >= sent as f64 {
-            assert_eq!(checked + dropped, sent as f64, "{text}");
+        assert_eq!(dropped, 0.0, "{text}");
+        if checked >= sent as f64 {
+            assert_eq!(checked, sent as f64, "{text}");
             assert_eq!(get("earshot_recall_window_samples"), Some(checked));
             return Estimate {
                 mean: get("earshot_recall_estimate").expect("estimate"),
@@ -56,7 +57,7 @@ fn estimate(s: &Server, collection: &str, sent: usize) -> Estimate {
         }
         assert!(
             Instant::now() < deadline,
-            "{collection}: {checked} checked + {dropped} dropped of {sent} after 120 s:\n{text}"
+            "{collection}: {checked} of {sent} checked after 120 s:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -69,7 +70,8 @@ fn query_all(s: &Server, collection: &str, data: &[f32], queries: &[f32]) -> f64
     let hits = |q: &[f32], ids: Vec<usize>, skip: Option<usize>| {
         let exact = exact_top_k(Metric::L2, data, DIM, q, K, |r| Some(r) == skip);
         let kth = exact[K - 1].0;
-        assert_eq!(ids.len(), K);
+        // A poor graph may find fewer than k: the missing ones are misses.
+        assert!(ids.len() <= K);
         ids.iter()
             .filter(|&&r| distance(Metric::L2, q, row(r)) <= kth + SLACK)
             .count()
@@ -81,10 +83,15 @@ fn query_all(s: &Server, collection: &str, data: &[f32], queries: &[f32]) -> f64
             .collect()
     };
     let mut found = 0;
-    for q in queries.chunks_exact(DIM) {
+    for (i, q) in queries.chunks_exact(DIM).enumerate() {
         let body = json!({"collection": collection, "vector": q, "k": K, "ef": EF});
         let v = s.post_json("/v1/search", &body).ok_json();
         found += hits(q, ids(&v), None);
+        // The checker runs at the lowest priority: on a busy machine it may lag far behind
+        // the queries, and its queue (256) would drop samples. Let it catch up now and then.
+        if i % 100 == 99 {
+            estimate(s, collection, i + 1);
+        }
     }
     // `similar` from evenly spread items: their own item is left out, on both sides.
     for i in 0..SIMILARS {
@@ -106,12 +113,13 @@ fn a_poor_graph_reports_a_lower_estimate_than_a_good_one() {
     let npy = dir.path().join("vectors.npy");
     write_npy(&npy, DIM, &data);
     let root = dir.path().join("indexes");
-    for (name, graph) in [("good", ["16", "200"]), ("poor", ["2", "4"])] {
+    for (name, graph) in [("good", ["16", "200"]), ("poor", ["4", "8"])] {
         let mut args = build_args(&npy, None, "l2", &root.join(name));
         args.extend(["--m", graph[0], "--ef-construction", graph[1]].map(OsString::from));
         earshot(&args).assert_ok();
     }
-    // Every query checked, as fast as the checker can; warn below 0.8.
+    // Every query checked, as fast as the checker can; warn below 0.8. The poor graph still
+    // passes every check at open (checksums, links, the sanity probe).
     let s = Server::start(
         &root,
         &[
@@ -134,23 +142,19 @@ fn a_poor_graph_reports_a_lower_estimate_than_a_good_one() {
         good.mean, good.stderr, good.samples, poor.mean, poor.stderr, poor.samples
     );
     for (e, measured) in [(&good, measured_good), (&poor, measured_poor)] {
-        // Enough samples survive a busy machine to mean something.
-        assert!(e.samples >= 100.0, "{} samples", e.samples);
+        assert_eq!(e.samples, sent as f64);
         assert!(e.stderr > 0.0 && e.stderr < 0.05, "stderr {}", e.stderr);
-        // The estimate is the recall of the answers served (all of them when none was
-        // dropped, else a subset: within its sampling error).
-        let tolerance = if e.samples == sent as f64 {
-            1e-9
-        } else {
-            4.0 * e.stderr
-        };
+        // Every answer checked: the estimate is exactly the recall of the answers served.
         assert!(
-            (e.mean - measured).abs() <= tolerance,
+            (e.mean - measured).abs() <= 1e-9,
             "estimate {} vs measured {measured}",
             e.mean
         );
     }
-    assert!(measured_good > 0.9, "the good graph's recall {measured_good}");
+    assert!(
+        measured_good > 0.9,
+        "the good graph's recall {measured_good}"
+    );
     let margin = 3.0 * (good.stderr.powi(2) + poor.stderr.powi(2)).sqrt();
     assert!(
         good.mean - poor.mean > margin,
