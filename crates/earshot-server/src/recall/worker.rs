@@ -99,9 +99,9 @@ pub(super) fn run(
                 .map_or_else(String::new, |v| v.version.clone())
         };
         drop(r);
-        let started = Instant::now();
+        let (started, cpu_started) = (Instant::now(), thread_cpu());
         let recall = check::recall(&sample);
-        let spent = started.elapsed();
+        let (busy, cpu) = (started.elapsed(), thread_cpu().saturating_sub(cpu_started));
         if let Some(recall) = recall {
             let w = windows
                 .entry(name.clone())
@@ -138,8 +138,10 @@ pub(super) fn run(
         }
         // Let go of the version before sleeping: a swapped-out one is unmapped sooner.
         drop(sample);
-        // Busy for `spent`, idle for spent·(1 − budget)/budget: `budget` of the time in all.
-        std::thread::sleep(spent.mul_f64((1.0 - opts.cpu_budget) / opts.cpu_budget));
+        // One cycle lasts cpu / budget: the check used `budget` of it. (Waiting for a core
+        // while busy counts as part of the cycle, so on a loaded machine the share is lower.)
+        let cycle = cpu.div_f64(opts.cpu_budget);
+        std::thread::sleep(cycle.saturating_sub(busy));
     }
 }
 
@@ -159,6 +161,24 @@ fn sweep(r: &Registry, windows: &mut HashMap<String, Window>, m: &RecallMetrics)
         }
         current
     });
+}
+
+/// CPU time this thread has used (its wall time where that cannot be read).
+fn thread_cpu() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        }
+    }
+    // Without a per-thread clock, count from the first call (busy time then includes waits).
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
 }
 
 /// Nice 19 for this thread only (Linux threads have their own nice value): the checker
