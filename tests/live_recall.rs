@@ -36,9 +36,9 @@ struct Estimate {
     samples: f64,
 }
 
-/// Waits until the server has checked `sent` samples of `collection` (none dropped), then
-/// reads its estimate.
-fn estimate(s: &Server, collection: &str, sent: usize) -> Estimate {
+/// Waits until the server has checked `total` samples of `collection` in all (none
+/// dropped), `window` of them of the version in service, then reads its estimate.
+fn estimate(s: &Server, collection: &str, total: usize, window: usize) -> Estimate {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = s.get("/metrics").body;
@@ -46,25 +46,34 @@ fn estimate(s: &Server, collection: &str, sent: usize) -> Estimate {
         let checked = get("earshot_recall_samples_total").unwrap_or(0.0);
         let dropped = get("earshot_recall_samples_dropped_total").unwrap_or(0.0);
         assert_eq!(dropped, 0.0, "{text}");
-        if checked >= sent as f64 {
-            assert_eq!(checked, sent as f64, "{text}");
-            assert_eq!(get("earshot_recall_window_samples"), Some(checked));
+        if checked >= total as f64 {
+            assert_eq!(checked, total as f64, "{text}");
+            assert_eq!(get("earshot_recall_window_samples"), Some(window as f64));
             return Estimate {
                 mean: get("earshot_recall_estimate").expect("estimate"),
                 stderr: get("earshot_recall_estimate_stderr").expect("stderr"),
-                samples: checked,
+                samples: window as f64,
             };
         }
         assert!(
             Instant::now() < deadline,
-            "{collection}: {checked} of {sent} checked after 120 s:\n{text}"
+            "{collection}: {checked} of {total} checked after 120 s:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Sends every query to `collection`; returns the recall@k of the answers, measured here.
-fn query_all(s: &Server, collection: &str, data: &[f32], queries: &[f32]) -> f64 {
+/// Sends `queries` as searches and `similars` items as `similar` queries to `collection`,
+/// whose server has checked `before` samples of it (of the version in service: all of them);
+/// returns the recall@k of the answers, measured here.
+fn query_all(
+    s: &Server,
+    collection: &str,
+    data: &[f32],
+    queries: &[f32],
+    similars: usize,
+    before: usize,
+) -> f64 {
     let row = |r: usize| &data[r * DIM..(r + 1) * DIM];
     // The exact k-th distance of `q` (leaving out `skip`), and how many of `ids` reach it.
     let hits = |q: &[f32], ids: Vec<usize>, skip: Option<usize>| {
@@ -90,36 +99,51 @@ fn query_all(s: &Server, collection: &str, data: &[f32], queries: &[f32]) -> f64
         // The checker runs at the lowest priority: on a busy machine it may lag far behind
         // the queries, and its queue (256) would drop samples. Let it catch up now and then.
         if i % 100 == 99 {
-            estimate(s, collection, i + 1);
+            estimate(s, collection, before + i + 1, i + 1);
         }
     }
     // `similar` from evenly spread items: their own item is left out, on both sides.
-    for i in 0..SIMILARS {
-        let item = i * (N / SIMILARS);
+    for i in 0..similars {
+        let item = i * (N / similars);
         let path = format!("/v1/{collection}/{item}/similar?k={K}&ef={EF}");
         let v = s.get(&path).ok_json();
         found += hits(row(item), ids(&v), Some(item));
     }
-    found as f64 / ((SEARCHES + SIMILARS) * K) as f64
+    found as f64 / ((queries.len() / DIM + similars) * K) as f64
 }
+
+/// `N` clustered vectors and `SEARCHES` queries from the same clusters.
+fn data(seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let cs = centres(&mut rng, 40, DIM);
+    let data = clustered(&mut rng, &cs, N, 0.5);
+    let queries = clustered(&mut rng, &cs, SEARCHES, 0.5);
+    (data, queries)
+}
+
+/// `earshot build` of `npy` into `out` with this `--m` and `--ef-construction`, plus `extra`.
+fn build(npy: &std::path::Path, out: &std::path::Path, graph: [&str; 2], extra: &[&str]) {
+    let mut args = build_args(npy, None, "l2", out);
+    args.extend(["--m", graph[0], "--ef-construction", graph[1]].map(OsString::from));
+    args.extend(extra.iter().map(OsString::from));
+    earshot(&args).assert_ok();
+}
+
+/// A good graph, and one deliberately poor that still passes every check at open
+/// (checksums, links, the sanity probe).
+const GOOD: [&str; 2] = ["16", "200"];
+const POOR: [&str; 2] = ["4", "8"];
 
 #[test]
 fn a_poor_graph_reports_a_lower_estimate_than_a_good_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = Rng::new(14);
-    let cs = centres(&mut rng, 40, DIM);
-    let data = clustered(&mut rng, &cs, N, 0.5);
-    let queries = clustered(&mut rng, &cs, SEARCHES, 0.5);
+    let (data, queries) = data(14);
     let npy = dir.path().join("vectors.npy");
     write_npy(&npy, DIM, &data);
     let root = dir.path().join("indexes");
-    for (name, graph) in [("good", ["16", "200"]), ("poor", ["4", "8"])] {
-        let mut args = build_args(&npy, None, "l2", &root.join(name));
-        args.extend(["--m", graph[0], "--ef-construction", graph[1]].map(OsString::from));
-        earshot(&args).assert_ok();
-    }
-    // Every query checked, as fast as the checker can; warn below 0.8. The poor graph still
-    // passes every check at open (checksums, links, the sanity probe).
+    build(&npy, &root.join("good"), GOOD, &[]);
+    build(&npy, &root.join("poor"), POOR, &[]);
+    // Every query checked, as fast as the checker can; warn below 0.8.
     let s = Server::start(
         &root,
         &[
@@ -132,10 +156,10 @@ fn a_poor_graph_reports_a_lower_estimate_than_a_good_one() {
         ],
     );
     let sent = SEARCHES + SIMILARS;
-    let measured_good = query_all(&s, "good", &data, &queries);
-    let measured_poor = query_all(&s, "poor", &data, &queries);
-    let good = estimate(&s, "good", sent);
-    let poor = estimate(&s, "poor", sent);
+    let measured_good = query_all(&s, "good", &data, &queries, SIMILARS, 0);
+    let measured_poor = query_all(&s, "poor", &data, &queries, SIMILARS, 0);
+    let good = estimate(&s, "good", sent, sent);
+    let poor = estimate(&s, "poor", sent, sent);
     eprintln!(
         "good: measured {measured_good:.4}, estimate {:.4} ± {:.4} over {}; \
          poor: measured {measured_poor:.4}, estimate {:.4} ± {:.4} over {}",
@@ -170,6 +194,43 @@ fn a_poor_graph_reports_a_lower_estimate_than_a_good_one() {
     };
     assert!(warned("poor"), "no warning for the poor graph:\n{log}");
     assert!(!warned("good"), "a warning for the good graph:\n{log}");
+}
+
+#[test]
+fn a_new_version_starts_a_fresh_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, queries) = data(16);
+    let npy = dir.path().join("vectors.npy");
+    write_npy(&npy, DIM, &data);
+    let root = dir.path().join("indexes");
+    let out = root.join("tracks");
+    build(&npy, &out, GOOD, &["--versioned"]);
+    let s = Server::start(
+        &root,
+        &["--recall-sample-rate", "1", "--recall-cpu-budget", "1"],
+    );
+    let half = &queries[..200 * DIM];
+    let before = query_all(&s, "tracks", &data, half, 0, 0);
+    let e = estimate(&s, "tracks", 200, 200);
+    assert!((e.mean - before).abs() < 1e-9, "{} vs {before}", e.mean);
+
+    // The poor graph's version replaces it: the good one's estimate goes at once (no sample
+    // needed), and the new one's counts only its own samples.
+    build(&npy, &out, POOR, &["--versioned"]);
+    let v = s.post_json("/admin/reload", &json!({})).ok_json();
+    assert_eq!(v["collections"]["tracks"]["outcome"], "swapped", "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&s.get("/metrics").body, "earshot_recall_estimate", "tracks").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced version's estimate stays"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = query_all(&s, "tracks", &data, half, 0, 200);
+    let e = estimate(&s, "tracks", 400, 200);
+    assert!((e.mean - after).abs() < 1e-9, "{} vs {after}", e.mean);
+    assert!(after < before, "poor {after} vs good {before}");
 }
 
 #[test]

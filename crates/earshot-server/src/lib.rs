@@ -8,6 +8,8 @@
 //!   the JSON extractor that rejects with it;
 //! - `metrics`, `registry`: Prometheus metrics; the served collections and their hot swap;
 //! - `auth`, `overload`, `exec`: API keys, the concurrency limiter, where a query runs;
+//! - `recall`: the live recall estimate, a sampler the engine calls and a checker thread
+//!   (which reads the registry to tell current versions from replaced ones);
 //! - `state`, then the handlers `routes` and `admin`;
 //! - `openapi`: the document, from the handlers and types above;
 //! - this file: the router and the server's life cycle.
