@@ -357,6 +357,44 @@ pub struct ServeArgs {
     /// its id, trace id, method and URI), only for 5xx answers (`errors`), or none.
     #[arg(long, env = "EARSHOT_ACCESS_LOG", value_enum, default_value_t = AccessLogArg::Errors)]
     pub access_log: AccessLogArg,
+    /// Share of queries (0 to 1) whose served ANN answer is checked in the background
+    /// against an exact scan, for `earshot_recall_estimate` (0: off). The default, 1 in
+    /// 1,000, is rare enough to cost the query path nothing measurable and the CPU budget
+    /// below caps the checks however busy the server is (README "Live recall").
+    #[arg(long, env = "EARSHOT_RECALL_SAMPLE_RATE", value_name = "R",
+          default_value_t = earshot_server::recall::DEFAULT_SAMPLE_RATE, value_parser = fraction)]
+    pub recall_sample_rate: f64,
+    /// Log a warning when the recall estimate (over at least 100 samples) falls below this.
+    #[arg(long, env = "EARSHOT_RECALL_FLOOR", value_name = "F",
+          default_value_t = earshot_server::recall::DEFAULT_FLOOR, value_parser = fraction)]
+    pub recall_floor: f64,
+    /// Share of one core the background recall checker may use (above 0, at most 1); it also
+    /// runs at the lowest priority. Samples beyond what it can check are dropped and counted.
+    #[arg(long, env = "EARSHOT_RECALL_CPU_BUDGET", value_name = "SHARE",
+          default_value_t = earshot_server::recall::DEFAULT_CPU_BUDGET, value_parser = cpu_budget)]
+    pub recall_cpu_budget: f64,
+}
+
+/// A number from 0 to 1 (NaN is not).
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be a number from 0 to 1 (got {s})"))
+    }
+}
+
+/// A share of one core: above 0, at most 1.
+fn cpu_budget(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "must be above 0 and at most 1, a share of one core (got {s})"
+        ))
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -351,6 +351,11 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         retain_previous,
         allow_empty: store.is_some(),
         conns: a.conns.options(),
+        recall: earshot_server::recall::RecallOptions {
+            sample_rate: a.recall_sample_rate,
+            floor: a.recall_floor,
+            cpu_budget: a.recall_cpu_budget,
+        },
         ..Default::default()
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();

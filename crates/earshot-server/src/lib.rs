@@ -8,6 +8,8 @@
 //!   the JSON extractor that rejects with it;
 //! - `metrics`, `registry`: Prometheus metrics; the served collections and their hot swap;
 //! - `auth`, `overload`, `exec`: API keys, the concurrency limiter, where a query runs;
+//! - `recall`: the live recall estimate, a sampler the engine calls and a checker thread
+//!   (which reads the registry to tell current versions from replaced ones);
 //! - `state`, then the handlers `routes` and `admin`;
 //! - `openapi`: the document, from the handlers and types above;
 //! - this file: the router and the server's life cycle.
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod overload;
 pub mod process_metrics;
+pub mod recall;
 pub mod registry;
 pub mod routes;
 pub mod state;
@@ -86,6 +89,8 @@ pub struct OpsOptions {
     pub expect: Vec<String>,
     /// The front door's connection bounds: header-read and idle timeouts, a cap.
     pub conns: conn::ConnOptions,
+    /// The live recall estimate (`--recall-*`; README "Live recall").
+    pub recall: recall::RecallOptions,
 }
 
 /// How long a replaced version stays loaded by default (`--retain-previous`).
@@ -102,6 +107,7 @@ impl Default for OpsOptions {
             allow_empty: false,
             expect: Vec::new(),
             conns: Default::default(),
+            recall: Default::default(),
         }
     }
 }
@@ -234,6 +240,7 @@ pub async fn serve_with_state(
     let mut metrics = metrics::Metrics::new();
     let swap_metrics = registry::SwapMetrics::new(&mut metrics);
     let limiter = overload::Limiter::new(ops.limits.clone(), &mut metrics);
+    let recall = recall::Checker::new(&ops.recall, &mut metrics)?;
     let store = metrics::StoreMetrics::default();
     if ops.allow_empty {
         store.register(&mut metrics.registry);
@@ -246,9 +253,13 @@ pub async fn serve_with_state(
             allow_schema_change: ops.allow_schema_change,
             retain_previous: ops.retain_previous,
             allow_empty: ops.allow_empty,
+            recall: recall.as_ref().map(recall::Checker::sampler),
         },
         swap_metrics,
     )?);
+    if let Some(checker) = recall {
+        checker.start(&registry)?;
+    }
     let (query_keys, admin_keys) = keys.counts();
     let state = Arc::new(AppState {
         registry: registry.clone(),

@@ -29,6 +29,7 @@ use earshot_recommend::taste::Taste;
 use crate::api::{Item, ItemsResponse, SearchRequest, SimilarRequest, TasteRequest};
 use crate::error_code::ErrorCode;
 use crate::limits::{MAX_BATCH, MAX_ITEMS};
+use crate::recall::Sampler;
 
 pub use answer::Answer;
 pub use error::QueryError;
@@ -38,6 +39,8 @@ pub use history::taste_error;
 pub struct Engine {
     pub collections: BTreeMap<String, Arc<Collection>>,
     pub default_ef: usize,
+    /// Samples answers for the live recall estimate (`--recall-sample-rate`; None: off).
+    pub recall: Option<Sampler>,
 }
 
 impl Engine {
@@ -195,6 +198,15 @@ impl Engine {
         explain: Option<bool>,
     ) -> Answer {
         let sel = recommend(c, &probes, filter, shape, ef);
+        // A list straight from one walk (no shape constraint reordered it) is what the live
+        // recall estimate measures.
+        if let Some(s) = &self.recall {
+            let plain = shape.max_per_creator.is_none() && shape.emerging.is_none();
+            if plain && probes.len() == 1 && s.pick() {
+                let rows = sel.picks.iter().map(|p| p.row);
+                s.offer(c, &probes[0].query, rows, filter, shape.k);
+            }
+        }
         Answer {
             collection: c.clone(),
             picks: sel.picks,

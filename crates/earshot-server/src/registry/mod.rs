@@ -36,6 +36,7 @@ use crate::api::ReloadOutcome;
 use crate::engine::{Engine, QueryError};
 use crate::error_code::ErrorCode;
 use crate::metrics::CollectionLabel;
+use crate::recall::Sampler;
 pub use metrics::{SwapMetrics, VersionLabel};
 pub use scan::Identity;
 use scan::{scan, Candidate};
@@ -66,6 +67,7 @@ impl Live {
         versions: BTreeMap<String, Served>,
         retained: BTreeMap<String, Vec<(Served, Arc<Collection>, Instant)>>,
         default_ef: usize,
+        recall: &Option<Sampler>,
     ) -> Self {
         let retained = retained
             .into_iter()
@@ -77,9 +79,11 @@ impl Live {
                         pinned.insert(name.clone(), col);
                         Retained {
                             served,
+                            // Only the version in service is sampled for recall.
                             engine: Engine {
                                 collections: pinned,
                                 default_ef,
+                                recall: None,
                             },
                             until,
                         }
@@ -92,6 +96,7 @@ impl Live {
             engine: Engine {
                 collections,
                 default_ef,
+                recall: recall.clone(),
             },
             versions,
             retained,
@@ -251,6 +256,8 @@ pub struct RegistryOptions {
     /// Start with an empty (or not yet existing) index root, and log instead of failing on
     /// an entry that cannot be served: store mode fills the root while serving.
     pub allow_empty: bool,
+    /// The live recall estimate's sampler, given to the engine of the version in service.
+    pub recall: Option<Sampler>,
 }
 
 impl RegistryOptions {
@@ -261,6 +268,7 @@ impl RegistryOptions {
             allow_schema_change: false,
             retain_previous: Duration::ZERO,
             allow_empty: false,
+            recall: None,
         }
     }
 }
@@ -270,6 +278,7 @@ pub struct Registry {
     root: PathBuf,
     live: ArcSwap<Live>,
     default_ef: usize,
+    recall: Option<Sampler>,
     allow_schema_change: bool,
     retain_previous: Duration,
     metrics: SwapMetrics,
@@ -350,8 +359,10 @@ impl Registry {
                 versions,
                 BTreeMap::new(),
                 opts.default_ef,
+                &opts.recall,
             )),
             default_ef: opts.default_ef,
+            recall: opts.recall.clone(),
             allow_schema_change: opts.allow_schema_change,
             retain_previous: opts.retain_previous,
             metrics,
@@ -423,6 +434,7 @@ impl Registry {
             current.versions.clone(),
             retained,
             self.default_ef,
+            &self.recall,
         )));
         drop(current);
         crate::background::reap("earshot-unmap", old);
@@ -582,6 +594,7 @@ impl Registry {
                 versions,
                 retained,
                 self.default_ef,
+                &self.recall,
             )));
             crate::background::reap("earshot-unmap", old);
         }
