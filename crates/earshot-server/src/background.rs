@@ -1,5 +1,5 @@
-//! Work that must not slow the queries: verifying and opening a new version, and unmapping
-//! an old one. Both run on their own threads at the lowest CPU priority, so on a busy
+//! Work that must not slow the queries: verifying and opening a new version, unmapping an
+//! old one, checking sampled answers (`recall`). Both run on their own threads at the lowest CPU priority, so on a busy
 //! server they take idle CPU rather than the query threads' (the soak of issue 14 §5 saw
 //! p99 rise in the second after each swap).
 
@@ -8,11 +8,8 @@
 pub fn lower_this_thread() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
-        let rc = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 19)
-        };
+        // SAFETY: plain system calls on this thread's own ID, no memory passed.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
         if rc != 0 {
             tracing::debug!(
                 "cannot lower a background thread's priority: {}",

@@ -70,7 +70,7 @@ pub(super) fn run(
     m: RecallMetrics,
     opts: RecallOptions,
 ) {
-    lower_priority();
+    crate::background::lower_this_thread();
     let mut windows: HashMap<String, Window> = HashMap::new();
     loop {
         let sample = match rx.recv_timeout(SWEEP_EVERY) {
@@ -179,20 +179,4 @@ fn thread_cpu() -> Duration {
     // Without a per-thread clock, count from the first call (busy time then includes waits).
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed()
-}
-
-/// Nice 19 for this thread only (Linux threads have their own nice value): the checker
-/// gets the CPU the queries leave.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on this thread's own ID, no memory passed.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-        if rc != 0 {
-            tracing::warn!(
-                error = %std::io::Error::last_os_error(),
-                "cannot lower the recall checker's priority; its CPU budget still holds"
-            );
-        }
-    }
 }
