@@ -422,6 +422,66 @@ async fn every_rpc_answers_as_http_does() {
 }
 
 #[tokio::test]
+async fn similar_stream_answers_each_message_as_similar() {
+    let f = fx();
+    let mut c = client(&f.grpc).await;
+    let reqs: Vec<pb::SimilarRequest> = vec![
+        pb::SimilarRequest {
+            k: Some(5),
+            ..similar("tracks", &f.cat.ids[20])
+        },
+        similar("tracks", "no-such-id"),
+        pb::SimilarRequest {
+            explain: Some(true),
+            max_per_creator: Some(1),
+            ..similar("tracks", &f.cat.ids[21])
+        },
+    ];
+    let mut req = Request::new(tokio_stream_of(reqs.clone()));
+    req.metadata_mut()
+        .insert("x-request-id", "stream-1".parse().unwrap());
+    let resp = c.similar_stream(req).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "stream-1");
+    let mut answers = resp.into_inner();
+    for r in reqs {
+        let a = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("one answer per request");
+        match (a.outcome.unwrap(), c.similar(r.clone()).await) {
+            (pb::similar_answer::Outcome::Ok(got), Ok(want)) => {
+                assert_same(
+                    results_json(&want.into_inner(), false),
+                    results_json(&got, false),
+                    "stream vs unary",
+                );
+                let rest = f.server.get(&format!(
+                    "/v1/tracks/{}/similar?k={}",
+                    r.id,
+                    r.k.unwrap_or(10)
+                ));
+                if r.explain.is_none() {
+                    assert_same(rest.ok_json(), results_json(&got, false), "stream vs HTTP");
+                }
+            }
+            (pb::similar_answer::Outcome::Error(got), Err(want)) => {
+                assert_eq!(got.code, reason(&want));
+                assert_eq!(got.message, want.message());
+                assert_eq!(got.status, 404);
+            }
+            (got, want) => panic!("stream answered {got:?}, Similar {want:?}"),
+        }
+    }
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "ends with the requests"
+    );
+    let m = f.server.get("/metrics").body;
+    assert!(m.contains(r#"earshot_grpc_requests_total{method="SimilarStream",code="OK"}"#));
+}
+
+#[tokio::test]
 async fn errors_carry_the_http_code_in_error_info() {
     let f = fx();
     let s = &f.server;
@@ -697,9 +757,7 @@ async fn health_and_reflection() {
 }
 
 /// A finished request stream for a streaming call.
-fn tokio_stream_of<T: Send + 'static>(
-    items: Vec<T>,
-) -> impl tonic::IntoStreamingRequest<Message = T> {
+fn tokio_stream_of<T: Send + 'static>(items: Vec<T>) -> ReceiverStream<T> {
     let (tx, rx) = tokio::sync::mpsc::channel(items.len().max(1));
     for i in items {
         tx.try_send(i).ok().unwrap();

@@ -13,6 +13,7 @@ pub mod convert;
 mod health;
 pub mod service;
 pub mod status;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -30,7 +30,7 @@ pub struct Earshot {
 
 /// What an RPC's work returns: its answer and the version that answered it (for the
 /// `x-earshot-version` response metadata).
-type Answered<T> = Result<(T, Option<HeaderValue>), ApiError>;
+pub(crate) type Answered<T> = Result<(T, Option<HeaderValue>), ApiError>;
 
 /// The RPC's work, planned: whether it is small enough to run inline, and the work.
 type Planned<W> = Result<(bool, W), ApiError>;
@@ -41,7 +41,7 @@ type Planned<W> = Result<(bool, W), ApiError>;
 /// call bare). An answer that late could not have reached the client in time anyway.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `grpc-timeout`: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
@@ -173,7 +173,11 @@ impl Earshot {
     }
 }
 
-fn small(live: &Live, collection: &str, spec: earshot_server::api::ListSpec<'_>) -> bool {
+pub(crate) fn small(
+    live: &Live,
+    collection: &str,
+    spec: earshot_server::api::ListSpec<'_>,
+) -> bool {
     Work {
         collection,
         spec,
@@ -184,7 +188,7 @@ fn small(live: &Live, collection: &str, spec: earshot_server::api::ListSpec<'_>)
 }
 
 /// Runs `f` on the engine `pin` selects for `collection` (as HTTP's `pinned`).
-fn pinned<T>(
+pub(crate) fn pinned<T>(
     live: &Live,
     collection: &str,
     pin: Option<&str>,
@@ -299,6 +303,15 @@ impl pb::earshot_server::Earshot for Earshot {
             }))
         })
         .await
+    }
+
+    type SimilarStreamStream = crate::stream::AnswerStream;
+
+    async fn similar_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::SimilarRequest>>,
+    ) -> Result<Response<Self::SimilarStreamStream>, Status> {
+        crate::stream::open(&self.state, req).await
     }
 
     async fn get_item(
