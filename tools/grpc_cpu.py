@@ -55,7 +55,8 @@ def burst(a, pid, transport, batch):
                "--connections", str(max(4, 32 // batch))]
     else:
         cmd = [a.load, f"127.0.0.1:{a.grpc_port}", index, a.query_rows, str(a.ef), str(a.burst + 1),
-               str(max(4, 32 // batch)), "stream" if transport == "grpc-stream" else str(batch)]
+               str(max(4, 32 // batch // (a.stream_depth if transport == "grpc-stream" else 1))),
+               f"stream:{a.stream_depth}" if transport == "grpc-stream" else str(batch)]
     lg = subprocess.Popen(["taskset", "-c", "1"] + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(0.7)
     r0, c0, t0 = served(a.port, transport), cpu_seconds(pid), time.time()
@@ -114,6 +115,8 @@ def main():
     p.add_argument("--batches", default="1")
     p.add_argument("--stream", action="store_true",
                    help="also single queries as messages of one SimilarStream per load task")
+    p.add_argument("--stream-depth", type=int, default=1,
+                   help="messages in flight per stream (32 in flight in all: 32 / depth streams)")
     p.add_argument("--port", type=int, default=7793)
     p.add_argument("--grpc-port", type=int, default=7794)
     a = p.parse_args()

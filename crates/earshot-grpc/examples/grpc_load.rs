@@ -2,7 +2,8 @@
 //! "gRPC"): `similar` calls by the IDs of `--query-rows` (an int `.npy` of row numbers of
 //! the collection), CONCURRENCY calls in flight over one HTTP/2 connection, for SECONDS,
 //! one tokio thread. BATCH N sends `Batch` calls of N `similar` queries instead; BATCH
-//! `stream` sends single queries as messages of `SimilarStream` (one stream per task).
+//! `stream[:D]` sends single queries as messages of `SimilarStream` (one stream per task,
+//! D messages in flight on each, default 1).
 //! Prints one JSON line: calls answered, errors, the mean protobuf size of an answer.
 //!
 //!     cargo run --release --example grpc_load -p earshot-grpc -- \
@@ -66,7 +67,12 @@ fn main() {
     let secs: f64 = a[4].parse().unwrap();
     let conc: usize = a[5].parse().unwrap();
     // A number of queries per Batch call, or `stream`: single queries on SimilarStream.
-    let stream = a.get(6).is_some_and(|b| b == "stream");
+    // `stream:D`: D messages in flight on each stream (default 1).
+    let stream = a.get(6).is_some_and(|b| b.starts_with("stream"));
+    let depth: usize = a
+        .get(6)
+        .and_then(|b| b.strip_prefix("stream:"))
+        .map_or(1, |d| d.parse().unwrap());
     let batch: usize = a
         .get(6)
         .filter(|_| !stream)
@@ -103,9 +109,12 @@ fn main() {
                         ..Default::default()
                     };
                     if stream {
-                        // One stream per task, one message in flight on each.
-                        let (tx, rx) = tokio::sync::mpsc::channel(1);
-                        tx.send(req(i)).await.unwrap();
+                        // One stream per task, `depth` messages in flight on each.
+                        let (tx, rx) = tokio::sync::mpsc::channel(depth);
+                        for _ in 0..depth {
+                            tx.send(req(i)).await.unwrap();
+                            i += 1;
+                        }
                         let mut answers = client
                             .similar_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
                             .await
