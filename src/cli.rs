@@ -297,6 +297,10 @@ pub struct ServeArgs {
     pub index_root: PathBuf,
     #[arg(long, env = "EARSHOT_ADDR", default_value = "127.0.0.1:7700")]
     pub addr: SocketAddr,
+    /// Also serve the query API over gRPC (plaintext HTTP/2) on this address, with
+    /// grpc.health.v1 and reflection (README "gRPC"). Off unless given.
+    #[arg(long, env = "EARSHOT_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Beam width used when a request gives no `ef`.
     #[arg(long, env = "EARSHOT_DEFAULT_EF", default_value_t = 64)]
     pub default_ef: usize,

@@ -368,11 +368,15 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         watch
     };
-    let result = rt.block_on(earshot_server::serve_with_state(opts, ops, |state| {
+    let sidecars = a.grpc_addr.map(earshot_grpc::sidecar).into_iter().collect();
+    let started = |state| {
         if let Some(syncer) = store {
             store_mode::spawn(state, syncer, poll);
         }
-    }));
+    };
+    let result = rt.block_on(earshot_server::serve_with_sidecars(
+        opts, ops, started, sidecars,
+    ));
     // Queries still computing for requests that timed out get a moment, not forever.
     rt.shutdown_timeout(Duration::from_secs(10));
     result

@@ -461,6 +461,7 @@ pub struct Server {
     child: Child,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     stderr_thread: Option<JoinHandle<()>>,
 }
@@ -568,6 +569,7 @@ impl Server {
             Ok(addr) => Ok(Server {
                 child,
                 addr,
+                stdout: stdout_buf,
                 stderr,
                 stderr_thread: Some(stderr_thread),
             }),
@@ -601,6 +603,11 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Everything the server wrote to stdout so far (its `listening on` lines).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Everything the server wrote to stderr so far.

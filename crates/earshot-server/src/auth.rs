@@ -163,47 +163,59 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get("x-api-key").map(|v| v.as_bytes().trim_ascii())
 }
 
-fn unauthorized(message: &str) -> Response {
-    let mut r = ApiError::new(ErrorCode::Unauthorized, message).into_response();
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"earshot\""),
-    );
-    r
-}
-
-fn forbidden(message: &str) -> Response {
-    ApiError::new(ErrorCode::Forbidden, message).into_response()
-}
-
-/// Checks `need` for this request; `None` lets it through.
-fn check(keys: &Keys, req: &Request, need: Role) -> Option<Response> {
+/// Checks the key `headers` present for `need`, when keys are configured (the loopback rule
+/// of admin requests without keys is [`check`]'s). Shared by both transports: gRPC
+/// metadata are these headers.
+pub fn check_key(keys: &Keys, headers: &HeaderMap, need: Role) -> Result<(), ApiError> {
     if keys.is_empty() {
-        if need == Role::Admin {
-            let loopback = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ConnectInfo(a)| a.ip().is_loopback());
-            if !loopback {
-                return Some(forbidden(
-                    "admin endpoints answer only loopback clients unless admin API keys are configured",
-                ));
-            }
-        }
-        return None;
+        return Ok(());
     }
-    let Some(key) = presented(req.headers()) else {
-        return Some(unauthorized(
+    let Some(key) = presented(headers) else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
             "this server needs an API key: send `Authorization: Bearer KEY` or `x-api-key: KEY`",
         ));
     };
     match (keys.role(key), need) {
-        (None, _) => Some(unauthorized("the API key is not valid")),
-        (Some(Role::Query), Role::Admin) => Some(forbidden(
+        (None, _) => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the API key is not valid",
+        )),
+        (Some(Role::Query), Role::Admin) => Err(ApiError::new(
+            ErrorCode::Forbidden,
             "a query key cannot use admin endpoints; use an admin key",
         )),
-        _ => None,
+        _ => Ok(()),
     }
+}
+
+/// Checks `need` for this request; `None` lets it through.
+fn check(keys: &Keys, req: &Request, need: Role) -> Option<Response> {
+    if keys.is_empty() && need == Role::Admin {
+        let loopback = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(a)| a.ip().is_loopback());
+        if !loopback {
+            return Some(
+                ApiError::new(
+                    ErrorCode::Forbidden,
+                    "admin endpoints answer only loopback clients unless admin API keys are configured",
+                )
+                .into_response(),
+            );
+        }
+    }
+    let e = check_key(keys, req.headers(), need).err()?;
+    let unauthorized = e.code == ErrorCode::Unauthorized;
+    let mut r = e.into_response();
+    if unauthorized {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"earshot\""),
+        );
+    }
+    Some(r)
 }
 
 /// Route layer for `/v1/*`.

@@ -65,7 +65,16 @@ pub async fn run<F>(
 where
     F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
 {
-    let held = permit.map(|Extension(p)| p);
+    run_with(permit.map(|Extension(p)| p), small, f).await
+}
+
+/// [`run`] for any answer type: the one place both transports (HTTP here, gRPC in
+/// `earshot-grpc`) execute queries.
+pub async fn run_with<T, F>(held: Option<Permit>, small: bool, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
     if small {
         // Let the other ready requests reach the limiter first: it then sees the whole
         // backlog (and refuses past its queue) instead of requests piling up unseen in the

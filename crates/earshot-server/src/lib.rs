@@ -33,6 +33,7 @@ pub mod process_metrics;
 pub mod recall;
 pub mod registry;
 pub mod routes;
+pub mod sidecar;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -113,15 +114,23 @@ impl Default for OpsOptions {
 }
 
 #[derive(Clone, Default)]
-struct CounterId(Arc<AtomicU64>);
+struct CounterId;
 
 impl MakeRequestId for CounterId {
     fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
         // A String becomes a header value without a copy.
-        let id = format!("{:08x}-{n}", std::process::id());
-        Some(RequestId::new(HeaderValue::try_from(id).ok()?))
+        Some(RequestId::new(
+            HeaderValue::try_from(new_request_id()).ok()?,
+        ))
     }
+}
+
+/// A request ID for a request that brought none: `PID-N`, N counting the process's
+/// requests over every transport (HTTP and gRPC share the counter, so IDs never repeat).
+pub fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}-{n}", std::process::id())
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -182,7 +191,7 @@ where
                 .on_response(access_log::on_response)
                 .on_failure(()),
         )
-        .layer(SetRequestIdLayer::new(request_id, CounterId::default()))
+        .layer(SetRequestIdLayer::new(request_id, CounterId))
 }
 
 /// The trace ID of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`, IDs not
@@ -221,6 +230,17 @@ pub async fn serve_with_state(
     opts: ServeOptions,
     ops: OpsOptions,
     started_hook: impl FnOnce(Arc<AppState>),
+) -> anyhow::Result<()> {
+    serve_with_sidecars(opts, ops, started_hook, Vec::new()).await
+}
+
+/// [`serve_with_state`], also serving `sidecars` (the gRPC transport) on their own
+/// listeners, on the same state, with the same shutdown ([`sidecar`]).
+pub async fn serve_with_sidecars(
+    opts: ServeOptions,
+    ops: OpsOptions,
+    started_hook: impl FnOnce(Arc<AppState>),
+    sidecars: Vec<sidecar::Sidecar>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     // From here on SIGHUP means "reload" (one arriving while loading is acted on once ready)
@@ -300,6 +320,7 @@ pub async fn serve_with_state(
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;
     let local = listener.local_addr()?;
+    let sidecars = sidecar::bind(sidecars).await?;
     if !local.ip().is_loopback() && query_keys + admin_keys == 0 {
         tracing::warn!(
             addr = %local,
@@ -319,9 +340,11 @@ pub async fn serve_with_state(
         admin_keys,
         "ready"
     );
+    let sidecars = sidecar::start(sidecars, &state);
     // A machine-readable line for scripts and tests that start us on port 0.
     println!("listening on http://{local}");
     let app = router(state.clone());
+    let stop_sidecars = sidecars.stop_handle();
     let drain = opts.drain;
     let conn_metrics = state.metrics.conns.clone();
     conn::serve(
@@ -343,10 +366,12 @@ pub async fn serve_with_state(
             std::process::exit(1);
         });
         tokio::time::sleep(drain).await;
+        stop_sidecars.stop();
         tracing::info!("listener closed; waiting for in-flight requests");
         },
     )
     .await?;
+    sidecars.join().await;
     tracing::info!("stopped");
     Ok(())
 }

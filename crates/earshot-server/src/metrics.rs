@@ -23,6 +23,13 @@ pub struct RouteStatus {
     pub status: u16,
 }
 
+/// A gRPC call's labels: the RPC (`Similar`, …) and its status code (`OK`, `NOT_FOUND`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CollectionLabel {
     pub collection: String,
@@ -42,6 +49,10 @@ pub struct Metrics {
     pub requests: Family<RouteStatus, Counter>,
     pub latency: Family<RouteStatus, Histogram>,
     pub in_flight: Gauge<i64, AtomicI64>,
+    /// gRPC calls (`earshot serve --grpc-addr`): count and latency by RPC and status code.
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_latency: Family<GrpcLabels, Histogram>,
+    pub grpc_in_flight: Gauge<i64, AtomicI64>,
     pub items: Family<CollectionLabel, Gauge>,
     pub mapped_bytes: Family<CollectionLabel, Gauge>,
     /// The front door's connections (`crate::conn`).
@@ -57,6 +68,11 @@ impl Metrics {
             Histogram::new(exponential_buckets(25e-6, 2.0, 18))
         });
         let in_flight = Gauge::<i64, AtomicI64>::default();
+        let grpc_requests = Family::<GrpcLabels, Counter>::default();
+        let grpc_latency = Family::<GrpcLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(25e-6, 2.0, 18))
+        });
+        let grpc_in_flight = Gauge::<i64, AtomicI64>::default();
         let items = Family::<CollectionLabel, Gauge>::default();
         let mapped_bytes = Family::<CollectionLabel, Gauge>::default();
         let build_info = Family::<BuildLabel, Gauge>::default();
@@ -81,6 +97,21 @@ impl Metrics {
             "HTTP requests being served",
             in_flight.clone(),
         );
+        registry.register(
+            "grpc_requests",
+            "gRPC calls by method and status code",
+            grpc_requests.clone(),
+        );
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC call latency by method and status code",
+            grpc_latency.clone(),
+        );
+        registry.register(
+            "grpc_in_flight_requests",
+            "gRPC calls being served",
+            grpc_in_flight.clone(),
+        );
         registry.register("collection_items", "Items per collection", items.clone());
         registry.register(
             "collection_mapped_bytes",
@@ -97,6 +128,9 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            grpc_requests,
+            grpc_latency,
+            grpc_in_flight,
             items,
             mapped_bytes,
             conns,

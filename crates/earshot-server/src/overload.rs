@@ -127,9 +127,27 @@ impl Limiter {
         }
     }
 
-    fn reject(&self, reason: &'static str) -> Response {
+    /// A slot by `deadline` (the admission of both transports); `Err` is `overloaded` or
+    /// `timeout`, counted in `earshot_rejected_total`.
+    pub async fn acquire(&self, deadline: tokio::time::Instant) -> Result<Permit, ApiError> {
+        match tokio::time::timeout_at(deadline, self.admit()).await {
+            Err(_) => Err(self.rejection("timeout")),
+            Ok(Err(reason)) => Err(self.rejection(reason)),
+            Ok(Ok(p)) => Ok(Permit(Arc::new(p))),
+        }
+    }
+
+    /// Counts a refusal (`queue_full`, `queue_timeout` or `timeout`) in
+    /// `earshot_rejected_total`.
+    pub fn count_rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
-        let err = if reason == "timeout" {
+    }
+
+    /// The error a refusal answers (counted): `timeout` past `request_timeout`, otherwise
+    /// `overloaded`.
+    pub fn rejection(&self, reason: &'static str) -> ApiError {
+        self.count_rejected(reason);
+        if reason == "timeout" {
             ApiError::new(
                 ErrorCode::Timeout,
                 format!(
@@ -145,12 +163,20 @@ impl Limiter {
                     self.opts.max_concurrent, self.opts.max_queue
                 ),
             )
-        };
-        let mut resp = err.into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        resp
+        }
     }
+
+    fn reject(&self, reason: &'static str) -> Response {
+        retry_later(self.rejection(reason))
+    }
+}
+
+/// A refusal as HTTP answers it: with `Retry-After: 1`.
+fn retry_later(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// Middleware for the query routes: read the body, take a slot, run within the deadline.
@@ -181,15 +207,13 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, req: Request, next: Next
             }
             Ok(Ok(c)) => c.to_bytes(),
         };
-    let permit = match tokio::time::timeout_at(deadline, limiter.admit()).await {
-        Err(_) => return limiter.reject("timeout"),
-        Ok(Err(reason)) => return limiter.reject(reason),
-        Ok(Ok(p)) => p,
-    };
     // Held here until the answer is made as well: a handler that does not take the permit
     // out of the extensions (the router's, which only awaits its shards) must not let
     // axum drop it when the request is taken apart, before the handler has even run.
-    let permit = Permit(Arc::new(permit));
+    let permit = match limiter.acquire(deadline).await {
+        Ok(p) => p,
+        Err(e) => return retry_later(e),
+    };
     parts.extensions.insert(permit.clone());
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = match tokio::time::timeout_at(deadline, next.run(req)).await {

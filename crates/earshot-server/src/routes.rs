@@ -374,6 +374,11 @@ fn batch_answers(live: &Live, req: &BatchRequest) -> Response {
 )]
 pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
     let live = state.live();
+    Json(collections_of(&live)).into_response()
+}
+
+/// The answer of `GET /v1/collections` (and of gRPC's `Collections`).
+pub fn collections_of(live: &Live) -> CollectionsResponse<'_> {
     let list: Vec<CollectionInfo> = live
         .engine
         .collections
@@ -407,11 +412,10 @@ pub async fn collections(State(state): State<Arc<AppState>>) -> Response {
             }),
         })
         .collect();
-    Json(CollectionsResponse {
+    CollectionsResponse {
         collections: list,
         kernels: earshot_core::distance::kernel_name(),
-    })
-    .into_response()
+    }
 }
 
 /// Liveness: 200 while the process runs (never queued, no key needed).

@@ -1,0 +1,127 @@
+//! `SimilarStream`: `Similar` over one long-lived bidirectional stream. The stream's
+//! metadata carry the key (checked once), the version pin and the request ID; each message
+//! is then answered exactly as a `Similar` call — same conversion, same engine, its own
+//! execution slot from the shared limiter, bounded by `--request-timeout-ms` — in order.
+//! What a message saves against a call is the per-call transport work (an HTTP/2 stream,
+//! header blocks both ways, trailers, a task), the ~50 µs a small HTTP request costs
+//! besides its search (BENCHMARKS.md §6).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use earshot_server::auth::{check_key, Role};
+use earshot_server::error::ApiError;
+use earshot_server::exec;
+use earshot_server::extract::{Pin, VERSION_HEADER};
+use earshot_server::metrics::GrpcLabels;
+use earshot_server::state::AppState;
+use http::HeaderValue;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::pb::similar_answer::Outcome;
+use crate::service::{pinned, small, REQUEST_ID};
+use crate::{convert, pb, status};
+
+/// The answers of one stream.
+pub type AnswerStream = ReceiverStream<Result<pb::SimilarAnswer, Status>>;
+
+/// Answers waiting to be written before the stream stops reading requests.
+const BUFFERED: usize = 16;
+
+pub async fn open(
+    state: &Arc<AppState>,
+    req: Request<Streaming<pb::SimilarRequest>>,
+) -> Result<Response<AnswerStream>, Status> {
+    let (metadata, _, mut incoming) = req.into_parts();
+    let headers = metadata.into_headers();
+    let api = |e: ApiError| status::from_api(&e);
+    check_key(&state.keys, &headers, Role::Query).map_err(api)?;
+    let pin = Pin(headers.get(VERSION_HEADER).cloned());
+    let pin = pin.version().map_err(api)?.map(str::to_owned);
+    let id = match headers.get(REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => HeaderValue::try_from(earshot_server::new_request_id())
+            .unwrap_or(HeaderValue::from_static("-")),
+    };
+    let span = tracing::info_span!(
+        "request",
+        id = id.to_str().unwrap_or("-"),
+        trace = earshot_server::trace_id(&headers).unwrap_or("-"),
+        rpc = "SimilarStream",
+    );
+    let (tx, rx) = mpsc::channel(BUFFERED);
+    let state = state.clone();
+    tokio::spawn(
+        async move {
+            loop {
+                let m = match incoming.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(s) => {
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                };
+                let started = Instant::now();
+                let answer = one(&state, pin.clone(), m).await;
+                let (code, outcome) = match answer {
+                    Ok(r) => ("OK", Outcome::Ok(r)),
+                    Err(e) => (
+                        status::code_name(status::grpc_code(e.code)),
+                        Outcome::Error(pb::BatchError {
+                            code: e.code.as_str().to_owned(),
+                            status: e.code.status().into(),
+                            message: e.message,
+                        }),
+                    ),
+                };
+                let labels = GrpcLabels {
+                    method: "SimilarStream",
+                    code,
+                };
+                let m = &state.metrics;
+                m.grpc_latency
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                m.grpc_requests.get_or_create(&labels).inc();
+                let answer = pb::SimilarAnswer {
+                    outcome: Some(outcome),
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    break; // the client went away
+                }
+            }
+        }
+        .instrument(span),
+    );
+    let mut r = Response::new(ReceiverStream::new(rx));
+    let h: &mut http::HeaderMap = r.metadata_mut().as_mut();
+    h.insert(REQUEST_ID, id);
+    Ok(r)
+}
+
+/// One message: a `Similar` call's work, under its own slot and the server's timeout.
+async fn one(
+    state: &AppState,
+    pin: Option<String>,
+    m: pb::SimilarRequest,
+) -> Result<pb::Results, ApiError> {
+    let limiter = &state.limiter;
+    let deadline = tokio::time::Instant::now() + limiter.options().request_timeout;
+    let live = state.live();
+    let (collection, id, req) = convert::similar(m, false);
+    let small = small(&live, &collection, req.spec());
+    let permit = limiter.acquire(deadline).await?;
+    let work = move || {
+        pinned(&live, &collection, pin.as_deref(), |e| {
+            Ok(convert::results(&e.similar(&collection, &id, &req)?))
+        })
+    };
+    match tokio::time::timeout_at(deadline, exec::run_with(Some(permit), small, work)).await {
+        Ok(r) => r.map(|(results, _)| results),
+        Err(_) => Err(limiter.rejection("timeout")),
+    }
+}
