@@ -102,6 +102,23 @@ fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// `over_limit` closes as read from `/metrics` over an open `pooled` connection (a new one
+/// is closed while the cap is full), once it reaches `expected` or after 10 s.
+fn wait_over_limit(pooled: &mut TcpStream, expected: f64) -> f64 {
+    let wait = Instant::now();
+    loop {
+        let (_, text) = ask_path(pooled, "/metrics").unwrap();
+        let n = sample(
+            &text,
+            "earshot_connections_closed_by_server_total{reason=\"over_limit\"}",
+        );
+        if n >= expected || wait.elapsed() > Duration::from_secs(10) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether the server has closed `conn`, without waiting (a timed read's timer can take
 /// far longer than asked on a loaded machine).
 fn is_closed_now(conn: &TcpStream) -> bool {
@@ -216,18 +233,7 @@ fn near_its_descriptor_limit_the_server_closes_the_flood_and_keeps_answering() {
     assert_eq!(ask(&mut pooled).unwrap(), 200);
     // 450 − (225 − 1 pooled) = 226 past the cap, closed at once; the others held.
     // /metrics over the pooled connection: a new one would be closed too.
-    let over_limit = |pooled: &mut TcpStream| {
-        let (_, text) = ask_path(pooled, "/metrics").unwrap();
-        sample(
-            &text,
-            "earshot_connections_closed_by_server_total{reason=\"over_limit\"}",
-        )
-    };
-    let wait = Instant::now();
-    while over_limit(&mut pooled) < 226.0 && wait.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(over_limit(&mut pooled), 226.0);
+    assert_eq!(wait_over_limit(&mut pooled, 226.0), 226.0);
     assert!(
         flood.iter().all(|(_, at)| at.elapsed() < HEADER),
         "the flood took longer than the header timeout: this test's timings do not hold"
@@ -291,18 +297,7 @@ fn the_router_closes_slow_and_surplus_connections_too() {
     assert_eq!(ask(&mut pooled).unwrap(), 200);
     let mut slow = slow_clients(&router.addr, 5);
     // 4 slots: the pooled connection and three slow ones; the other two are closed at once.
-    let over_limit = |pooled: &mut TcpStream| {
-        let (_, text) = ask_path(pooled, "/metrics").unwrap();
-        sample(
-            &text,
-            "earshot_connections_closed_by_server_total{reason=\"over_limit\"}",
-        )
-    };
-    let wait = Instant::now();
-    while over_limit(&mut pooled) < 2.0 && wait.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(over_limit(&mut pooled), 2.0);
+    assert_eq!(wait_over_limit(&mut pooled, 2.0), 2.0);
     for (i, (c, at)) in slow.iter_mut().enumerate() {
         assert!(
             closed_within(c, Duration::from_secs(15)),

@@ -153,6 +153,25 @@ impl Watched {
         }
     }
 
+    /// A write's outcome: a client that stops reading its answers stalls the write, which
+    /// counts as idle too; a finished write may end an answer, so the idle timer is armed.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            ready => {
+                self.arm(cx);
+                ready
+            }
+        }
+    }
+
     /// Called when the socket would block: arms the timer, or fails once it has fired.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         let (at, why) = self.deadline()?;
@@ -211,17 +230,8 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            // A client that stops reading its answers stalls the write; it is idle too.
-            Poll::Pending => match this.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            ready => {
-                this.arm(cx);
-                ready
-            }
-        }
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -230,16 +240,8 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Pending => match this.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            ready => {
-                this.arm(cx);
-                ready
-            }
-        }
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
