@@ -311,3 +311,52 @@ fn the_router_closes_slow_and_surplus_connections_too() {
     assert_eq!(router.get("/v1/collections").status, 200);
     assert_eq!(closed_by(&router, "header_timeout"), 3.0);
 }
+
+/// The gRPC port shares the process's connection budget: with a cap of 4, a pooled HTTP
+/// connection and three gRPC connections hold it, further gRPC (and HTTP) connections are
+/// closed at once and counted, and the places come back when the gRPC clients leave.
+#[test]
+fn the_grpc_port_takes_its_connections_from_the_same_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = index(dir.path());
+    let s = Server::start(
+        &root,
+        &["--grpc-addr", "127.0.0.1:0", "--max-connections", "4"],
+    );
+    let grpc = s
+        .stdout()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("grpc listening on http://")
+                .map(str::to_string)
+        })
+        .expect("a `grpc listening on` line");
+    let mut pooled = TcpStream::connect(&s.addr).unwrap();
+    assert_eq!(ask(&mut pooled).unwrap(), 200);
+    let mut held: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(&grpc).expect("connect to the gRPC port"))
+        .collect();
+    assert_eq!(wait_over_limit(&mut pooled, 2.0), 2.0);
+    let shut = held.iter().filter(|c| is_closed_now(c)).count();
+    assert_eq!(shut, 2, "gRPC connections closed at once");
+    let mut late = TcpStream::connect(&s.addr).unwrap();
+    assert!(
+        closed_within(&mut late, Duration::from_secs(5)),
+        "the cap is full"
+    );
+    held.clear();
+    // The server sees the clients leave, frees their places, and serves new connections.
+    let wait = Instant::now();
+    while metric_over(&mut pooled, "earshot_connections_open") > 1.0
+        && wait.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.get("/v1/collections").status, 200);
+}
+
+/// A metric read over an open connection.
+fn metric_over(pooled: &mut TcpStream, name: &str) -> f64 {
+    let (_, text) = ask_path(pooled, "/metrics").unwrap();
+    sample(&text, name)
+}

@@ -9,6 +9,7 @@
 //! - this file: the server (with `grpc.health.v1` and reflection) as a
 //!   [`Sidecar`] of `earshot_server::serve_with_sidecars`.
 
+mod accept;
 pub mod convert;
 mod health;
 pub mod service;
@@ -19,12 +20,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use earshot_server::conn::Slots;
 use earshot_server::limits::MAX_BODY_BYTES;
 use earshot_server::sidecar::{Shutdown, Sidecar};
 use earshot_server::state::AppState;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 /// The generated messages, server and client of `earshot.v1`.
 pub mod pb {
@@ -47,7 +47,9 @@ pub fn sidecar(addr: SocketAddr) -> Sidecar {
     Sidecar {
         name: "grpc",
         addr,
-        run: Box::new(|listener, state, shutdown| Box::pin(serve(listener, state, shutdown))),
+        run: Box::new(|listener, state, slots, shutdown| {
+            Box::pin(serve(listener, state, slots, shutdown))
+        }),
     }
 }
 
@@ -55,6 +57,7 @@ pub fn sidecar(addr: SocketAddr) -> Sidecar {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    slots: Slots,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -67,12 +70,7 @@ pub async fn serve(
     let earshot = pb::earshot_server::EarshotServer::new(service::Earshot { state })
         // The HTTP body limit; answers are not limited (a batch can be large).
         .max_decoding_message_size(MAX_BODY_BYTES);
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|s| {
-            // Small answers go out at once, as on the HTTP side.
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = accept::incoming(listener, slots);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))

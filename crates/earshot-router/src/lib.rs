@@ -153,23 +153,16 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
     println!("listening on http://{local}");
     let app = router(state.clone(), keys);
     let drain = opts.drain;
-    let conn_metrics = state.metrics.conns.clone();
-    earshot_server::conn::serve(
-        listener,
-        app,
-        opts.conns.timeouts,
-        max_connections,
-        conn_metrics,
-        async move {
-            stop.recv().await;
-            state.ready.store(false, Ordering::Release);
-            tracing::info!(
-                drain_seconds = drain.as_secs_f64(),
-                "shutting down: /readyz now 503"
-            );
-            tokio::time::sleep(drain).await;
-        },
-    )
+    let slots = earshot_server::conn::Slots::new(max_connections, state.metrics.conns.clone());
+    earshot_server::conn::serve(listener, app, opts.conns.timeouts, slots, async move {
+        stop.recv().await;
+        state.ready.store(false, Ordering::Release);
+        tracing::info!(
+            drain_seconds = drain.as_secs_f64(),
+            "shutting down: /readyz now 503"
+        );
+        tokio::time::sleep(drain).await;
+    })
     .await?;
     tracing::info!("stopped");
     Ok(())

@@ -340,19 +340,19 @@ pub async fn serve_with_sidecars(
         admin_keys,
         "ready"
     );
-    let sidecars = sidecar::start(sidecars, &state);
+    // One connection budget for every port (HTTP and the sidecars').
+    let slots = conn::Slots::new(max_connections, state.metrics.conns.clone());
+    let sidecars = sidecar::start(sidecars, &state, &slots);
     // A machine-readable line for scripts and tests that start us on port 0.
     println!("listening on http://{local}");
     let app = router(state.clone());
     let stop_sidecars = sidecars.stop_handle();
     let drain = opts.drain;
-    let conn_metrics = state.metrics.conns.clone();
     conn::serve(
         listener,
         app,
         ops.conns.timeouts,
-        max_connections,
-        conn_metrics,
+        slots,
         async move {
         stop.recv().await;
         state.ready.store(false, Ordering::Release);

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::conn::Slots;
 use crate::state::AppState;
 
 pub type RunFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -23,8 +24,9 @@ pub struct Sidecar {
     pub name: &'static str,
     pub addr: SocketAddr,
     /// Serves on the bound listener until the shutdown resolves, then finishes the
-    /// requests in flight.
-    pub run: Box<dyn FnOnce(TcpListener, Arc<AppState>, Shutdown) -> RunFuture + Send>,
+    /// requests in flight; every connection it accepts takes a place in the `Slots`
+    /// shared with HTTP (the process's one descriptor budget).
+    pub run: Box<dyn FnOnce(TcpListener, Arc<AppState>, Slots, Shutdown) -> RunFuture + Send>,
 }
 
 /// Resolves when the server stops listening.
@@ -57,7 +59,7 @@ pub struct Running {
 
 /// Starts the bound sidecars, printing `NAME listening on http://ADDR` for each (before
 /// the HTTP line, so that a script waiting for that one has seen these too).
-pub fn start(bound: Vec<(Sidecar, TcpListener)>, state: &Arc<AppState>) -> Running {
+pub fn start(bound: Vec<(Sidecar, TcpListener)>, state: &Arc<AppState>, slots: &Slots) -> Running {
     let (stop, rx) = watch::channel(false);
     let tasks = bound
         .into_iter()
@@ -66,7 +68,12 @@ pub fn start(bound: Vec<(Sidecar, TcpListener)>, state: &Arc<AppState>) -> Runni
                 tracing::info!(addr = %a, "{} listening", s.name);
                 println!("{} listening on http://{a}", s.name);
             }
-            let task = tokio::spawn((s.run)(l, state.clone(), Shutdown(rx.clone())));
+            let task = tokio::spawn((s.run)(
+                l,
+                state.clone(),
+                slots.clone(),
+                Shutdown(rx.clone()),
+            ));
             (s.name, task)
         })
         .collect();

@@ -10,6 +10,7 @@ mod watch;
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -22,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 pub use watch::Timeouts;
@@ -166,19 +168,76 @@ fn raise_open_file_limit() -> u64 {
     DEFAULT_MAX_CONNECTIONS as u64 * 2
 }
 
+/// The process's connection budget, shared by every listener (HTTP, gRPC): one cap on the
+/// descriptors client connections may hold, whichever port they came in on.
+#[derive(Clone)]
+pub struct Slots {
+    free: Arc<Semaphore>,
+    metrics: ConnMetrics,
+}
+
+/// A connection's place in [`Slots`], given back (and counted) when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: ConnMetrics,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+impl Slots {
+    /// `limit` comes from [`fit_connection_limit`].
+    pub fn new(limit: usize, metrics: ConnMetrics) -> Self {
+        metrics.limit.set(limit as i64);
+        Self {
+            free: Arc::new(Semaphore::new(limit)),
+            metrics,
+        }
+    }
+
+    /// A place for a connection just accepted, or `None`: then drop it at once (counted as
+    /// `over_limit`) rather than leave it in the backlog — the client learns now and can
+    /// try another replica.
+    pub fn admit(&self) -> Option<Slot> {
+        self.metrics.accepted.inc();
+        match self.free.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.open.inc();
+                Some(Slot {
+                    _permit: permit,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            Err(_) => {
+                self.metrics.closed("over_limit");
+                None
+            }
+        }
+    }
+
+    /// A failed accept (out of descriptors, say): counted, warned about at most every 10 s.
+    pub fn accept_failed(&self, e: &io::Error, warned: &mut Option<tokio::time::Instant>) {
+        self.metrics.accept_errors.inc();
+        if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(error = %e, "accept failed; retrying in 50 ms");
+            *warned = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits
-/// for the open requests (idle connections are closed at once). `max_connections` comes
-/// from [`fit_connection_limit`].
+/// for the open requests (idle connections are closed at once).
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     timeouts: Timeouts,
-    max_connections: usize,
-    metrics: ConnMetrics,
+    slots: Slots,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    metrics.limit.set(max_connections as i64);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let metrics = slots.metrics.clone();
     let graceful = GracefulShutdown::new();
     let builder = http1::Builder::new();
     let mut accept_warned: Option<tokio::time::Instant> = None;
@@ -190,23 +249,15 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    metrics.accept_errors.inc();
                     // EMFILE/ENFILE/ENOBUFS: nothing to accept with until a connection
                     // closes; pausing keeps the loop from spinning on the same error.
-                    if accept_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(error = %e, "accept failed; retrying in 50 ms");
-                        accept_warned = Some(tokio::time::Instant::now());
-                    }
+                    slots.accept_failed(&e, &mut accept_warned);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        metrics.accepted.inc();
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Closed at once rather than left in the backlog: the client learns now and
-            // can try another replica.
-            metrics.closed("over_limit");
+        let Some(slot) = slots.admit() else {
             drop(stream);
             continue;
         };
@@ -231,13 +282,10 @@ pub async fn serve(
                 }
             });
         let conn = graceful.watch(builder.serve_connection(io, service));
-        metrics.open.inc();
-        let m = metrics.clone();
         tokio::spawn(async move {
             // Errors here are the client's (reset, timed out, malformed): already counted
             // where they are ours to count.
             let _ = conn.await;
-            m.open.dec();
             drop(slot);
         });
     }

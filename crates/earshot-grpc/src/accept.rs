@@ -1,0 +1,96 @@
+//! The gRPC listener's connections, each holding a place in the process's connection budget
+//! (`earshot_server::conn::Slots`, shared with HTTP): past the cap a connection is closed at
+//! once and counted, as on the HTTP port, and a failed accept (out of descriptors) pauses
+//! instead of spinning — tonic's own loop retries an `Err` at once.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use earshot_server::conn::{Slot, Slots};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// A connection and its place, given back when tonic drops the connection.
+pub struct Held {
+    io: TcpStream,
+    _slot: Slot,
+}
+
+/// The accepted connections that got a place (the others are closed on the spot).
+pub fn incoming(
+    listener: TcpListener,
+    slots: Slots,
+) -> Pin<Box<dyn Stream<Item = io::Result<Held>> + Send>> {
+    Box::pin(futures_util::stream::unfold(
+        (listener, slots, None),
+        |(listener, slots, mut warned)| async move {
+            loop {
+                match listener.accept().await {
+                    Ok((io, _)) => {
+                        let Some(slot) = slots.admit() else { continue };
+                        // Small answers go out at once, as on the HTTP side.
+                        let _ = io.set_nodelay(true);
+                        let held = Held { io, _slot: slot };
+                        return Some((Ok(held), (listener, slots, warned)));
+                    }
+                    Err(e) => {
+                        slots.accept_failed(&e, &mut warned);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        },
+    ))
+}
+
+impl Connected for Held {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Held {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
