@@ -314,14 +314,23 @@ fn the_router_closes_slow_and_surplus_connections_too() {
 
 /// The gRPC port shares the process's connection budget: with a cap of 4, a pooled HTTP
 /// connection and three gRPC connections hold it, further gRPC (and HTTP) connections are
-/// closed at once and counted, and the places come back when the gRPC clients leave.
+/// closed at once and counted; gRPC connections that never send the HTTP/2 preface are
+/// closed after the header-read timeout, and their places serve new clients.
 #[test]
 fn the_grpc_port_takes_its_connections_from_the_same_cap() {
+    const HEADER: Duration = Duration::from_secs(3);
     let dir = tempfile::tempdir().unwrap();
     let root = index(dir.path());
     let s = Server::start(
         &root,
-        &["--grpc-addr", "127.0.0.1:0", "--max-connections", "4"],
+        &[
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--max-connections",
+            "4",
+            "--header-read-timeout-ms",
+            "3000",
+        ],
     );
     let grpc = s
         .stdout()
@@ -333,25 +342,41 @@ fn the_grpc_port_takes_its_connections_from_the_same_cap() {
         .expect("a `grpc listening on` line");
     let mut pooled = TcpStream::connect(&s.addr).unwrap();
     assert_eq!(ask(&mut pooled).unwrap(), 200);
-    let mut held: Vec<TcpStream> = (0..5)
-        .map(|_| TcpStream::connect(&grpc).expect("connect to the gRPC port"))
+    let mut held: Vec<(TcpStream, Instant)> = (0..5)
+        .map(|_| {
+            let c = TcpStream::connect(&grpc).expect("connect to the gRPC port");
+            (c, Instant::now())
+        })
         .collect();
     assert_eq!(wait_over_limit(&mut pooled, 2.0), 2.0);
-    let shut = held.iter().filter(|c| is_closed_now(c)).count();
+    assert!(
+        held.iter().all(|(_, at)| at.elapsed() < HEADER),
+        "the machine is too slow for this test's timings"
+    );
+    let shut = held.iter().filter(|(c, _)| is_closed_now(c)).count();
     assert_eq!(shut, 2, "gRPC connections closed at once");
     let mut late = TcpStream::connect(&s.addr).unwrap();
     assert!(
         closed_within(&mut late, Duration::from_secs(5)),
         "the cap is full"
     );
-    held.clear();
-    // The server sees the clients leave, frees their places, and serves new connections.
-    let wait = Instant::now();
-    while metric_over(&mut pooled, "earshot_connections_open") > 1.0
-        && wait.elapsed() < Duration::from_secs(10)
-    {
-        std::thread::sleep(Duration::from_millis(20));
+    // Silent gRPC connections are closed once the header-read timeout has passed.
+    for (i, (c, at)) in held.iter_mut().enumerate() {
+        let left = (HEADER + Duration::from_secs(10)).saturating_sub(at.elapsed());
+        assert!(closed_within(c, left), "gRPC connection {i} still open");
+        assert!(
+            at.elapsed() >= HEADER,
+            "gRPC connection {i} closed after {:?}",
+            at.elapsed()
+        );
     }
+    assert_eq!(
+        metric_over(
+            &mut pooled,
+            "earshot_connections_closed_by_server_total{reason=\"header_timeout\"}"
+        ),
+        3.0
+    );
     assert_eq!(s.get("/v1/collections").status, 200);
 }
 

@@ -1,8 +1,11 @@
 //! The gRPC listener's connections, each holding a place in the process's connection budget
 //! (`earshot_server::conn::Slots`, shared with HTTP): past the cap a connection is closed at
-//! once and counted, as on the HTTP port, and a failed accept (out of descriptors) pauses
-//! instead of spinning — tonic's own loop retries an `Err` at once.
+//! once and counted, as on the HTTP port; one that has not sent the HTTP/2 preface within
+//! the header-read timeout is closed (a client that connects and sends nothing cannot keep
+//! its place); and a failed accept (out of descriptors) pauses instead of spinning —
+//! tonic's own loop retries an `Err` at once.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,13 +14,22 @@ use std::time::Duration;
 use earshot_server::conn::{Slot, Slots};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The client's first bytes on an HTTP/2 connection (RFC 9113 §3.4).
+const PREFACE_LEN: usize = 24;
 
 /// A connection and its place, given back when tonic drops the connection.
 pub struct Held {
     io: TcpStream,
     _slot: Slot,
+    slots: Slots,
+    /// Bytes received so far, counted until the preface is in.
+    received: usize,
+    /// Until the preface is in: when the connection is closed without it.
+    preface_by: Option<Pin<Box<Sleep>>>,
 }
 
 /// The accepted connections that got a place (the others are closed on the spot).
@@ -34,7 +46,14 @@ pub fn incoming(
                         let Some(slot) = slots.admit() else { continue };
                         // Small answers go out at once, as on the HTTP side.
                         let _ = io.set_nodelay(true);
-                        let held = Held { io, _slot: slot };
+                        let by = tokio::time::sleep(slots.timeouts.header_read);
+                        let held = Held {
+                            io,
+                            _slot: slot,
+                            slots: slots.clone(),
+                            received: 0,
+                            preface_by: Some(Box::pin(by)),
+                        };
                         return Some((Ok(held), (listener, slots, warned)));
                     }
                     Err(e) => {
@@ -61,7 +80,29 @@ impl AsyncRead for Held {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(by) = this.preface_by.as_mut() else {
+            return r;
+        };
+        match r {
+            Poll::Ready(Ok(())) => {
+                this.received += buf.filled().len() - before;
+                if this.received >= PREFACE_LEN {
+                    this.preface_by = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if by.as_mut().poll(cx).is_ready() => {
+                this.slots.header_timed_out();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within the header-read timeout: closing",
+                )))
+            }
+            other => other,
+        }
     }
 }
 

@@ -153,8 +153,12 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
     println!("listening on http://{local}");
     let app = router(state.clone(), keys);
     let drain = opts.drain;
-    let slots = earshot_server::conn::Slots::new(max_connections, state.metrics.conns.clone());
-    earshot_server::conn::serve(listener, app, opts.conns.timeouts, slots, async move {
+    let slots = earshot_server::conn::Slots::new(
+        max_connections,
+        opts.conns.timeouts,
+        state.metrics.conns.clone(),
+    );
+    earshot_server::conn::serve(listener, app, slots, async move {
         stop.recv().await;
         state.ready.store(false, Ordering::Release);
         tracing::info!(

@@ -341,7 +341,11 @@ pub async fn serve_with_sidecars(
         "ready"
     );
     // One connection budget for every port (HTTP and the sidecars').
-    let slots = conn::Slots::new(max_connections, state.metrics.conns.clone());
+    let slots = conn::Slots::new(
+        max_connections,
+        ops.conns.timeouts,
+        state.metrics.conns.clone(),
+    );
     let sidecars = sidecar::start(sidecars, &state, &slots);
     // A machine-readable line for scripts and tests that start us on port 0.
     println!("listening on http://{local}");
@@ -351,7 +355,6 @@ pub async fn serve_with_sidecars(
     conn::serve(
         listener,
         app,
-        ops.conns.timeouts,
         slots,
         async move {
         stop.recv().await;

@@ -174,6 +174,8 @@ fn raise_open_file_limit() -> u64 {
 pub struct Slots {
     free: Arc<Semaphore>,
     metrics: ConnMetrics,
+    /// The timeouts every listener applies (gRPC: the header-read one, to its preface).
+    pub timeouts: Timeouts,
 }
 
 /// A connection's place in [`Slots`], given back (and counted) when dropped.
@@ -190,12 +192,18 @@ impl Drop for Slot {
 
 impl Slots {
     /// `limit` comes from [`fit_connection_limit`].
-    pub fn new(limit: usize, metrics: ConnMetrics) -> Self {
+    pub fn new(limit: usize, timeouts: Timeouts, metrics: ConnMetrics) -> Self {
         metrics.limit.set(limit as i64);
         Self {
             free: Arc::new(Semaphore::new(limit)),
             metrics,
+            timeouts,
         }
+    }
+
+    /// A connection closed for not sending a whole request head (or HTTP/2 preface) in time.
+    pub fn header_timed_out(&self) {
+        self.metrics.closed("header_timeout");
     }
 
     /// A place for a connection just accepted, or `None`: then drop it at once (counted as
@@ -233,11 +241,11 @@ impl Slots {
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
-    timeouts: Timeouts,
     slots: Slots,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let metrics = slots.metrics.clone();
+    let timeouts = slots.timeouts;
     let graceful = GracefulShutdown::new();
     let builder = http1::Builder::new();
     let mut accept_warned: Option<tokio::time::Instant> = None;
