@@ -44,6 +44,23 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `grpc-timeout`: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+/// A call's request ID (the caller's `x-request-id`, else a new one from the counter HTTP
+/// uses too) and its log span, as HTTP's: id, trace id, and the RPC for the method.
+pub(crate) fn request_span(headers: &HeaderMap, rpc: &'static str) -> (HeaderValue, tracing::Span) {
+    let id = match headers.get(REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => HeaderValue::try_from(earshot_server::new_request_id())
+            .unwrap_or(HeaderValue::from_static("-")),
+    };
+    let span = tracing::info_span!(
+        "request",
+        id = id.to_str().unwrap_or("-"),
+        trace = earshot_server::trace_id(headers).unwrap_or("-"),
+        rpc,
+    );
+    (id, span)
+}
+
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get("grpc-timeout")?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
@@ -79,17 +96,7 @@ impl Earshot {
         let started = Instant::now();
         let (metadata, _, msg) = req.into_parts();
         let headers = metadata.into_headers();
-        let id = match headers.get(REQUEST_ID) {
-            Some(v) => v.clone(),
-            None => HeaderValue::try_from(earshot_server::new_request_id())
-                .unwrap_or(HeaderValue::from_static("-")),
-        };
-        let span = tracing::info_span!(
-            "request",
-            id = id.to_str().unwrap_or("-"),
-            trace = earshot_server::trace_id(&headers).unwrap_or("-"),
-            rpc = method,
-        );
+        let (id, span) = request_span(&headers, method);
         let m = &self.state.metrics;
         m.grpc_in_flight.inc();
         let result = self

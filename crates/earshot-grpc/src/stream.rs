@@ -15,14 +15,13 @@ use earshot_server::exec;
 use earshot_server::extract::{Pin, VERSION_HEADER};
 use earshot_server::metrics::GrpcLabels;
 use earshot_server::state::AppState;
-use http::HeaderValue;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::pb::similar_answer::Outcome;
-use crate::service::{pinned, small, REQUEST_ID};
+use crate::service::{pinned, request_span, small, REQUEST_ID};
 use crate::{convert, pb, status};
 
 /// The answers of one stream.
@@ -41,17 +40,7 @@ pub async fn open(
     check_key(&state.keys, &headers, Role::Query).map_err(api)?;
     let pin = Pin(headers.get(VERSION_HEADER).cloned());
     let pin = pin.version().map_err(api)?.map(str::to_owned);
-    let id = match headers.get(REQUEST_ID) {
-        Some(v) => v.clone(),
-        None => HeaderValue::try_from(earshot_server::new_request_id())
-            .unwrap_or(HeaderValue::from_static("-")),
-    };
-    let span = tracing::info_span!(
-        "request",
-        id = id.to_str().unwrap_or("-"),
-        trace = earshot_server::trace_id(&headers).unwrap_or("-"),
-        rpc = "SimilarStream",
-    );
+    let (id, span) = request_span(&headers, "SimilarStream");
     let (tx, rx) = mpsc::channel(BUFFERED);
     let state = state.clone();
     tokio::spawn(
