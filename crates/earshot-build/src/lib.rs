@@ -193,6 +193,7 @@ fn build(
         source: source.to_string(),
         quantization: settings.quantize.then(|| "int8".to_string()),
         shard: shard.as_ref().map(|(spec, _)| spec.info()),
+        log_through: None,
         files: Default::default(),
     };
     manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;

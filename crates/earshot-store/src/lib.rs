@@ -17,6 +17,8 @@
 //!   [`activate`](Store::activate) a version (roll-back), list
 //!   [`collections`](Store::collections), and [`fetch`](Store::fetch) a version into a local
 //!   index root (`earshot_core::layout`).
+//! - [`Log`]: a collection's write log (`URL/NAME/log/SEQ.seg`): append by create-if-absent,
+//!   read in order, prune what every served version includes.
 //! - [`Syncer`]: one poll of a replica's cache against the store (fetch, activate, prune).
 //!
 //! Every operation is async (object_store runs on tokio); the CLI drives them with a runtime.
@@ -26,6 +28,7 @@
 mod error;
 mod fetch;
 mod local;
+mod log;
 mod publish;
 mod records;
 mod store;
@@ -34,6 +37,7 @@ mod url;
 
 pub use error::StoreError;
 pub use fetch::{FetchOptions, FetchReport};
+pub use log::{Log, LOG_DIR};
 pub use publish::{PublishOptions, PublishReport};
 pub use records::{Complete, Current, ObjectEntry};
 pub use store::{Store, VersionInfo, COMPLETE, CURRENT};

@@ -315,7 +315,10 @@ impl Store {
                 .prefix_match(&base)
                 .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
                 .unwrap_or_default();
-            if rel.len() < 2 || check_name("version", &rel[0]).is_err() {
+            if rel.len() < 2
+                || rel[0] == crate::log::LOG_DIR
+                || check_name("version", &rel[0]).is_err()
+            {
                 continue;
             }
             let s = seen.entry(rel[0].clone()).or_default();
@@ -480,6 +483,9 @@ pub(crate) fn parse_shard_dir(s: &str) -> Option<(u32, u32)> {
 
 /// Refuses a name that cannot be one path component (see `earshot_core::layout::check_name`).
 pub(crate) fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    if what == "version" && name == crate::log::LOG_DIR {
+        anyhow::bail!("the version name {name:?} is reserved for the collection's write log: choose another --version");
+    }
     earshot_core::layout::check_name(name)
         .map_err(|problem| anyhow::anyhow!("the {what} name {name:?} {problem}"))
 }

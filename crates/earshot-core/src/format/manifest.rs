@@ -41,6 +41,10 @@ pub struct Manifest {
     /// Set when the collection is one shard of a larger one (`build --shard I/N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<crate::shard::ShardInfo>,
+    /// The write log folded into this version: every segment up to and including this
+    /// sequence number (`build --apply-log`; docs/format.md "Write log"). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_through: Option<u64>,
     /// Every array file: its element count, size in bytes and xxh3-64 checksum.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -138,6 +142,7 @@ mod tests {
             source: "tracks.npy".into(),
             quantization: Some("int8".into()),
             shard: None,
+            log_through: None,
             files: BTreeMap::from([(
                 "vectors.bin".into(),
                 FileEntry {
@@ -158,6 +163,7 @@ mod tests {
         let plain = Manifest {
             quantization: None,
             shard: None,
+            log_through: None,
             ..sample()
         };
         plain.write(dir.path()).unwrap();

@@ -4,6 +4,7 @@
 //! (see [`array_file`]). Every array is little-endian and read in place from mmap.
 
 pub mod array_file;
+pub mod log;
 pub mod manifest;
 pub mod strings;
 

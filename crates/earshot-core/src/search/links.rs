@@ -211,6 +211,7 @@ mod tests {
             source: String::new(),
             quantization: None,
             shard: None,
+            log_through: None,
             files: Default::default(),
         };
         manifest.write(dir.path()).unwrap();
