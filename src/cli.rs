@@ -355,6 +355,10 @@ pub struct ServeArgs {
     /// a roll-back to a recent version needs no download.
     #[arg(long, env = "EARSHOT_KEEP", default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
+    /// With --store: look for new write-log segments this often (writes reach this replica
+    /// within it; `POST /admin/log/poll` looks at once).
+    #[arg(long, env = "EARSHOT_LOG_POLL_MS", default_value_t = 1000, requires = "store", value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub log_poll_ms: u64,
     #[command(flatten)]
     pub conns: ConnArgs,
     /// One INFO log line per answer (`all`: status and latency, in the request's span with

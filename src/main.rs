@@ -369,8 +369,10 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         watch
     };
     let sidecars = a.grpc_addr.map(earshot_grpc::sidecar).into_iter().collect();
-    let started = |state| {
+    let log_poll = Duration::from_millis(a.log_poll_ms);
+    let started = |state: std::sync::Arc<earshot_server::state::AppState>| {
         if let Some(syncer) = store {
+            store_mode::start_writes(&state, syncer.store.clone(), log_poll);
             store_mode::spawn(state, syncer, poll);
         }
     };

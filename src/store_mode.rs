@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use earshot_core::format::log::{Ops, Segment};
 use earshot_server::registry::Trigger;
 use earshot_server::state::AppState;
-use earshot_store::Syncer;
+use earshot_server::writes::{BoxFuture, LogStore, WriteOptions, Writes};
+use earshot_store::{Store, Syncer};
 
 /// How often the store is polled when `--watch-interval` is not given.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(10);
@@ -36,6 +38,45 @@ pub fn spawn(state: Arc<AppState>, syncer: Syncer, every: Duration) {
             tokio::time::sleep(jitter(wait)).await;
         }
     });
+}
+
+/// Accepts writes into the store's logs and tails them (`POST`/`DELETE /admin/…/items`).
+/// Called before the sync loop starts, so every version it swaps in gets the log applied.
+pub fn start_writes(state: &Arc<AppState>, store: Store, poll: Duration) {
+    let writes = Writes::new(
+        Arc::new(StoreLog(store)),
+        &state.registry,
+        WriteOptions { poll },
+        state.log_metrics.clone(),
+    );
+    let _ = state.writes.set(writes.clone());
+    writes.start();
+}
+
+/// The server's view of the write log: `earshot_store::Log` per collection.
+struct StoreLog(Store);
+
+impl LogStore for StoreLog {
+    fn append<'a>(
+        &'a self,
+        collection: &'a str,
+        ops: Ops,
+        after: u64,
+    ) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move { self.0.log(collection)?.append(ops, after).await })
+    }
+
+    fn read<'a>(
+        &'a self,
+        collection: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Arc<Segment>>>> {
+        Box::pin(async move { Ok(self.0.log(collection)?.read(seq).await?.map(Arc::new)) })
+    }
+
+    fn head<'a>(&'a self, collection: &'a str) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move { self.0.log(collection)?.head().await })
+    }
 }
 
 /// One round: sync, tell readiness what to wait for, swap in what was downloaded. Whether

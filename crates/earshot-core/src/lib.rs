@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod collection;
+pub mod delta;
 pub mod distance;
 pub mod format;
 pub mod layout;

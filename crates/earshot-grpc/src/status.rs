@@ -27,9 +27,9 @@ pub fn grpc_code(c: ErrorCode) -> Code {
         | InvalidVector | EmptyHistory | InvalidWeight | UnknownEvent | InvalidHalfLife
         | InvalidTimestamp | NoPositiveHistory | TooManyCentroids | DegenerateHistory
         | UnknownStrategy | InvalidFanOut | ConflictingFilters | InvalidFilter
-        | InvalidEmerging => Code::InvalidArgument,
+        | InvalidEmerging | InvalidWriteBatch | InvalidItem => Code::InvalidArgument,
         // The request is well formed; the collection cannot answer it.
-        NoPopularity | SwapRefused => Code::FailedPrecondition,
+        NoPopularity | SwapRefused | WritesDisabled => Code::FailedPrecondition,
         Unauthorized => Code::Unauthenticated,
         Forbidden => Code::PermissionDenied,
         UnknownCollection | UnknownId | NotFound => Code::NotFound,
@@ -39,7 +39,7 @@ pub fn grpc_code(c: ErrorCode) -> Code {
         Overloaded => Code::ResourceExhausted,
         // The server's own `--request-timeout-ms` (the client's deadline is
         // `deadline_exceeded`): transient, like every 503.
-        Timeout | ShardUnavailable | NotReady => Code::Unavailable,
+        Timeout | ShardUnavailable | NotReady | LogUnavailable => Code::Unavailable,
     }
 }
 
@@ -51,6 +51,7 @@ fn retryable(c: ErrorCode) -> bool {
             | ErrorCode::Timeout
             | ErrorCode::ShardUnavailable
             | ErrorCode::NotReady
+            | ErrorCode::LogUnavailable
     )
 }
 

@@ -6,7 +6,7 @@
 //! slots for emerging creators); `select` enforces them while it picks from candidates it
 //! keeps widening until the list is full or the collection is exhausted.
 
-use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_core::format::NONE_U32;
 
 /// Per-item admission test.
@@ -32,7 +32,10 @@ impl HardFilter {
     }
 
     #[inline]
-    pub fn accepts(&self, c: &Collection, row: u32) -> bool {
+    pub fn accepts(&self, c: View<'_>, row: u32) -> bool {
+        if !c.is_live(row) {
+            return false;
+        }
         if !self.exclude.is_empty() && self.exclude.binary_search(&row).is_ok() {
             return false;
         }
@@ -61,16 +64,16 @@ impl HardFilter {
         true
     }
 
-    /// Rows worth scanning exhaustively when the filter lets few through, or None when a
-    /// graph walk is the better plan. An allow-list is counted exactly from the creators'
+    /// Base rows worth scanning exhaustively when the filter lets few through, or None when
+    /// a graph walk is the better plan (a delta's items are always scanned). An allow-list is counted exactly from the creators'
     /// postings; other filters are estimated on an even sample of 1,024 rows.
-    pub fn small_candidate_set(&self, c: &Collection, threshold: usize) -> Option<Vec<u32>> {
+    pub fn small_candidate_set(&self, c: View<'_>, threshold: usize) -> Option<Vec<u32>> {
         if let Some(allow) = &self.allow_creators {
-            let total: usize = allow.iter().map(|&a| c.creator_items(a).len()).sum();
+            let total: usize = allow.iter().map(|&a| c.base.creator_items(a).len()).sum();
             if total <= threshold {
                 let mut rows: Vec<u32> = allow
                     .iter()
-                    .flat_map(|&a| c.creator_items(a).iter().copied())
+                    .flat_map(|&a| c.base.creator_items(a).iter().copied())
                     .filter(|&r| self.accepts(c, r))
                     .collect();
                 rows.sort_unstable();
@@ -80,7 +83,7 @@ impl HardFilter {
         if self.is_trivial() {
             return None;
         }
-        let n = c.len();
+        let n = c.base.len();
         if self.allow_creators.is_none()
             && self.deny_creators.is_empty()
             && self.min_popularity.is_none()
@@ -123,7 +126,7 @@ impl Emerging {
     }
 
     /// Whether `row`'s creator is emerging (unknown popularity → not emerging).
-    pub fn eligible(&self, c: &Collection, row: u32) -> bool {
+    pub fn eligible(&self, c: View<'_>, row: u32) -> bool {
         c.creator_index(row)
             .and_then(|ci| c.creator_popularity(ci))
             .is_some_and(|p| p <= self.max_popularity)
@@ -146,6 +149,7 @@ pub const QUOTA_WINDOW: usize = 10;
 mod tests {
     use super::*;
     use crate::testing::{at, collection, Item};
+    use earshot_core::collection::Collection;
     use earshot_core::metric::Metric;
 
     /// Rows 0…9: creators "a" (even) and "b" (odd), popularity = row; row 10: no creator,
@@ -163,7 +167,9 @@ mod tests {
     }
 
     fn admitted(f: &HardFilter, c: &Collection) -> Vec<u32> {
-        (0..c.len() as u32).filter(|&r| f.accepts(c, r)).collect()
+        (0..c.len() as u32)
+            .filter(|&r| f.accepts(c.into(), r))
+            .collect()
     }
 
     #[test]
@@ -214,28 +220,37 @@ mod tests {
     fn small_candidate_sets_are_exact() {
         let (_dir, c) = fixture();
         let a = c.creators.find("a").unwrap();
-        assert_eq!(HardFilter::default().small_candidate_set(&c, 100), None);
+        assert_eq!(
+            HardFilter::default().small_candidate_set((&c).into(), 100),
+            None
+        );
         // An allow-list counts its creators' items.
         let f = HardFilter {
             allow_creators: Some(vec![a]),
             exclude: vec![2],
             ..Default::default()
         };
-        assert_eq!(f.small_candidate_set(&c, 5), Some(vec![0, 4, 6, 8]));
+        assert_eq!(
+            f.small_candidate_set((&c).into(), 5),
+            Some(vec![0, 4, 6, 8])
+        );
         // Exclusions alone: 11 − 2 rows left.
         let f = HardFilter {
             exclude: vec![0, 1],
             ..Default::default()
         };
-        assert_eq!(f.small_candidate_set(&c, 8), None);
-        assert_eq!(f.small_candidate_set(&c, 9), Some((2..11).collect()));
+        assert_eq!(f.small_candidate_set((&c).into(), 8), None);
+        assert_eq!(
+            f.small_candidate_set((&c).into(), 9),
+            Some((2..11).collect())
+        );
         // Other filters are estimated; on 11 rows the sample is every row.
         let f = HardFilter {
             min_popularity: Some(8.0),
             ..Default::default()
         };
-        assert_eq!(f.small_candidate_set(&c, 2), Some(vec![8, 9]));
-        assert_eq!(f.small_candidate_set(&c, 1), None);
+        assert_eq!(f.small_candidate_set((&c).into(), 2), Some(vec![8, 9]));
+        assert_eq!(f.small_candidate_set((&c).into(), 1), None);
     }
 
     #[test]
@@ -247,9 +262,9 @@ mod tests {
             min_share: 0.3,
             boost: 0.0,
         };
-        assert!(e.eligible(&c, 0));
-        assert!(!e.eligible(&c, 1));
-        assert!(!e.eligible(&c, 10), "no creator: not emerging");
+        assert!(e.eligible((&c).into(), 0));
+        assert!(!e.eligible((&c).into(), 1));
+        assert!(!e.eligible((&c).into(), 10), "no creator: not emerging");
         assert_eq!(e.slots(10), 3);
         assert_eq!(e.slots(4), 2, "rounded up");
         let all = Emerging {

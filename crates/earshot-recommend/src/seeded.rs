@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_core::search::Hit;
 
 use crate::constraints::{HardFilter, Shape, QUOTA_WINDOW};
@@ -59,7 +59,7 @@ pub struct SeededSelection {
 /// If the list comes out short while the seeds' lists were cut off, k′ grows ×4 (up to an
 /// exact scan).
 pub fn recommend(
-    c: &Collection,
+    c: View<'_>,
     taste: &Taste,
     strategy: Strategy,
     filter: &HardFilter,
@@ -70,7 +70,7 @@ pub fn recommend(
     let fan = strategy
         .fan_out()
         .expect("seeded::recommend takes a seed-based strategy");
-    let metric = c.manifest.metric;
+    let metric = c.base.manifest.metric;
     let mut seeds: Vec<Seed> = Vec::with_capacity(fan.items.min(64) * 2);
     taste.seeds(fan.items, &mut seeds);
     // Shaped lists need a deeper pool, as in `select::initial_pool_size`.
@@ -109,8 +109,8 @@ pub fn recommend(
             let lists: Vec<&[Hit]> = b.bounds.windows(2).map(|w| &b.hits[w[0]..w[1]]).collect();
             let sim = |d| crate::strategy::similarity(metric, d);
             b.aggregator
-                .aggregate(c, sim, strategy, &b.weights, &lists, &mut b.pool);
-            let selection = select::pick(c, &[1.0], std::slice::from_ref(&b.pool), shape);
+                .aggregate(&c, sim, strategy, &b.weights, &lists, &mut b.pool);
+            let selection = select::pick(&c, &[1.0], std::slice::from_ref(&b.pool), shape);
             let exhausted = !cut || per_item >= MAX_WALK.max(c.len());
             if selection.picks.len() >= shape.k || exhausted {
                 let support = if explain {

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::centroids::share_slots;
 use super::constraints::{Emerging, HardFilter, Shape, QUOTA_WINDOW};
-use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_core::search::{with_scratch, Hit};
 
 /// One query vector and its share of the slots.
@@ -55,7 +55,7 @@ pub struct Selection {
 }
 
 /// What picking needs to know about candidate rows: who made each one, and how popular that
-/// creator is. Implemented by [`Collection`] (rows of the collection) and by a router's pool
+/// creator is. Implemented by a collection's [`View`] (its rows and the write log's items) and by a router's pool
 /// merged from several shards (positions in the pool).
 pub trait Candidates {
     /// A key of `row`'s creator (equal keys = the same creator), or None when unknown.
@@ -64,7 +64,20 @@ pub trait Candidates {
     fn creator_popularity_of(&self, row: u32) -> Option<f32>;
 }
 
-impl Candidates for Collection {
+impl Candidates for earshot_core::collection::Collection {
+    #[inline]
+    fn creator_key(&self, row: u32) -> Option<u32> {
+        self.creator_index(row)
+    }
+
+    #[inline]
+    fn creator_popularity_of(&self, row: u32) -> Option<f32> {
+        self.creator_index(row)
+            .and_then(|ci| self.creator_popularity(ci))
+    }
+}
+
+impl Candidates for View<'_> {
     #[inline]
     fn creator_key(&self, row: u32) -> Option<u32> {
         self.creator_index(row)
@@ -110,7 +123,7 @@ fn scan_threshold(n: usize) -> usize {
 /// The `size` nearest admissible items to `query`, nearest first. The second value says
 /// whether the pool is complete (fewer admissible items exist than were asked for).
 fn pool(
-    c: &Collection,
+    c: View<'_>,
     query: &[f32],
     filter: &HardFilter,
     size: usize,
@@ -124,22 +137,22 @@ fn pool(
 /// [`pool`] appended to `out` (which may already hold other pools): the buffer of a batch
 /// of walks. Returns whether this pool is complete.
 pub(crate) fn pool_into(
-    c: &Collection,
+    c: View<'_>,
     query: &[f32],
     filter: &HardFilter,
     size: usize,
     ef: usize,
     out: &mut Vec<Hit>,
 ) -> bool {
-    let g = c.graph();
+    let g = c.base.graph();
     let start = out.len();
-    let small = filter.small_candidate_set(c, scan_threshold(c.len()));
+    let small = filter.small_candidate_set(c, scan_threshold(c.base.len()));
     with_scratch(|s| match small {
         Some(rows) => g.scan(query, size, rows.into_iter(), s, out),
         None if size > MAX_WALK => g.scan(
             query,
             size,
-            (0..c.len() as u32).filter(|&r| filter.accepts(c, r)),
+            (0..c.base.len() as u32).filter(|&r| filter.accepts(c, r)),
             s,
             out,
         ),
@@ -148,17 +161,19 @@ pub(crate) fn pool_into(
             size,
             ef.max(size),
             |r| filter.accepts(c, r),
-            !filter.is_trivial(),
+            !filter.is_trivial() || c.has_tombstones(),
             s,
             out,
         ),
     });
+    // The write log's items (if any) are scanned and merged in.
+    c.merge_delta_scan(query, size, |r| filter.accepts(c, r), start, out);
     out.len() - start < size
 }
 
 /// Picks up to `shape.k` items for `probes` under `filter` and `shape`.
 pub fn recommend(
-    c: &Collection,
+    c: View<'_>,
     probes: &[Probe],
     filter: &HardFilter,
     shape: &Shape,
@@ -177,7 +192,7 @@ pub fn recommend(
                 hits
             })
             .collect();
-        let selection = pick(c, &weights, &pools, shape);
+        let selection = pick(&c, &weights, &pools, shape);
         let exhausted = complete || size >= c.len();
         if selection.picks.len() >= k || exhausted {
             return selection;
@@ -416,7 +431,7 @@ mod tests {
             (0..20).map(|x| at(x as f32, "a", 1.0)).collect(),
         );
         let s = recommend(
-            &c,
+            (&c).into(),
             &[probe(0.0, 1.0)],
             &HardFilter::default(),
             &shape(5),
@@ -448,7 +463,13 @@ mod tests {
             max_per_creator: Some(2),
             emerging: None,
         };
-        let s = recommend(&c, &[probe(0.0, 1.0)], &HardFilter::default(), &shape, 16);
+        let s = recommend(
+            (&c).into(),
+            &[probe(0.0, 1.0)],
+            &HardFilter::default(),
+            &shape,
+            16,
+        );
         assert_eq!(rows(&s), [0, 1, 6, 7]);
         assert_eq!(s.picks[2].moved_by, ["max_per_creator"]);
         assert!(s.picks[3].moved_by.is_empty());
@@ -471,7 +492,7 @@ mod tests {
         };
         let run = |boost| {
             recommend(
-                &c,
+                (&c).into(),
                 &[probe(0.0, 1.0)],
                 &HardFilter::default(),
                 &shape(boost),
@@ -506,7 +527,7 @@ mod tests {
             }),
         };
         let s = recommend(
-            &c,
+            (&c).into(),
             &[probe(0.0, 1.0)],
             &HardFilter::default(),
             &shape(0.5),
@@ -518,7 +539,7 @@ mod tests {
         assert_eq!(s.picks[2].moved_by, ["emerging_quota"]);
         // Three slots asked for, two emerging items exist: two reserved, the rest nearest.
         let s = recommend(
-            &c,
+            (&c).into(),
             &[probe(0.0, 1.0)],
             &HardFilter::default(),
             &shape(0.75),
@@ -536,7 +557,7 @@ mod tests {
             .collect();
         let (_dir, c) = collection(Metric::L2, items);
         let probes = [probe(0.0, 3.0), probe(100.0, 1.0)];
-        let s = recommend(&c, &probes, &HardFilter::default(), &shape(4), 16);
+        let s = recommend((&c).into(), &probes, &HardFilter::default(), &shape(4), 16);
         // Sorted by distance to their own probe, ties by row.
         assert_eq!(rows(&s), [0, 10, 1, 2]);
         let probe_of: Vec<usize> = s.picks.iter().map(|p| p.probe).collect();
@@ -570,7 +591,7 @@ mod tests {
             emerging: None,
         };
         let probes = [probe(0.0, 1.0), probe(1000.0, 1.0)];
-        let s = recommend(&c, &probes, &HardFilter::default(), &shape, 16);
+        let s = recommend((&c).into(), &probes, &HardFilter::default(), &shape, 16);
         let taken: Vec<(u32, usize, bool)> = s
             .picks
             .iter()
@@ -616,7 +637,13 @@ mod tests {
                 boost: 0.0,
             }),
         };
-        let want = recommend(&c, &[probe(0.0, 1.0)], &HardFilter::default(), &shape, 16);
+        let want = recommend(
+            (&c).into(),
+            &[probe(0.0, 1.0)],
+            &HardFilter::default(),
+            &shape,
+            16,
+        );
         let hits: Vec<Hit> = (0..18)
             .map(|r| Hit {
                 row: r,
@@ -659,7 +686,7 @@ mod tests {
             min_popularity: Some(8.0),
             ..Default::default()
         };
-        let s = recommend(&c, &[probe(0.0, 1.0)], &filter, &shape(3), 16);
+        let s = recommend((&c).into(), &[probe(0.0, 1.0)], &filter, &shape(3), 16);
         assert_eq!(rows(&s), [8, 12, 14]);
     }
 
@@ -673,7 +700,7 @@ mod tests {
             allow_creators: Some(vec![c.creators.find("rare").unwrap()]),
             ..Default::default()
         };
-        let s = recommend(&c, &[probe(0.0, 1.0)], &filter, &shape(5), 16);
+        let s = recommend((&c).into(), &[probe(0.0, 1.0)], &filter, &shape(5), 16);
         assert_eq!(rows(&s), [7, 27]);
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_core::metric::Metric;
 
 use crate::centroids::{self, Cluster};
@@ -34,6 +35,13 @@ pub trait HistoryVectors {
 }
 
 impl HistoryVectors for Collection {
+    #[inline]
+    fn history_vector(&self, row: u32) -> &[f32] {
+        self.vector(row)
+    }
+}
+
+impl HistoryVectors for View<'_> {
     #[inline]
     fn history_vector(&self, row: u32) -> &[f32] {
         self.vector(row)
@@ -131,8 +139,8 @@ impl<'a> Taste<'a> {
 
     /// One probe per taste centroid, as queries of `c` (which must share the source
     /// collection's dimension). Zero centroids give no probes.
-    pub fn probes(&self, c: &Collection, centroids: usize) -> Result<Vec<Probe>, TasteError> {
-        self.probes_in(c.manifest.metric, c.dim(), centroids)
+    pub fn probes(&self, c: View<'_>, centroids: usize) -> Result<Vec<Probe>, TasteError> {
+        self.probes_in(c.base.manifest.metric, c.dim(), centroids)
     }
 
     /// [`Taste::probes`] for a collection known only by its metric and dimension (a router's
@@ -233,7 +241,7 @@ mod tests {
         let (_dir, c) = fixture();
         // Scaled to 1/3 and 1: the mean is (1/3·[1,0] + [0,1]) / (4/3).
         let t = Taste::new(&c, &[ev(0, 1.0), ev(2, 3.0)]).unwrap();
-        let p = t.probes(&c, 1).unwrap();
+        let p = t.probes((&c).into(), 1).unwrap();
         assert_eq!(p.len(), 1);
         assert!((p[0].query[0] - 0.25).abs() < 1e-6 && (p[0].query[1] - 0.75).abs() < 1e-6);
         assert!((p[0].weight - 4.0 / 3.0).abs() < 1e-6);
@@ -243,17 +251,17 @@ mod tests {
     fn centroids_split_the_positive_items() {
         let (_dir, c) = fixture();
         let t = Taste::new(&c, &[ev(0, 1.0), ev(2, 1.0)]).unwrap();
-        let p = t.probes(&c, 2).unwrap();
+        let p = t.probes((&c).into(), 2).unwrap();
         let queries: Vec<&[f32]> = p.iter().map(|p| p.query.as_slice()).collect();
         assert_eq!(queries, [[1.0, 0.0], [0.0, 1.0]]);
         assert_eq!(
-            t.probes(&c, 3).err(),
+            t.probes((&c).into(), 3).err(),
             Some(TasteError::TooManyCentroids {
                 asked: 3,
                 available: 2
             })
         );
-        assert!(t.probes(&c, 0).unwrap().is_empty());
+        assert!(t.probes((&c).into(), 0).unwrap().is_empty());
     }
 
     #[test]
@@ -261,10 +269,10 @@ mod tests {
         let (_dir, c) = fixture();
         // t = P − β·N with β = 1/(1+1): [1,0] − ½·[0,2] = [1,−1].
         let t = Taste::new(&c, &[ev(0, 1.0), ev(3, -1.0)]).unwrap();
-        assert_eq!(t.probes(&c, 1).unwrap()[0].query, [1.0, -1.0]);
+        assert_eq!(t.probes((&c).into(), 1).unwrap()[0].query, [1.0, -1.0]);
         // [1,0] − ½·[2,0] = 0: no direction left to search under dot.
         let t = Taste::new(&c, &[ev(0, 1.0), ev(1, -1.0)]).unwrap();
-        assert_eq!(t.probes(&c, 1).err(), Some(TasteError::Degenerate));
+        assert_eq!(t.probes((&c).into(), 1).err(), Some(TasteError::Degenerate));
     }
 
     #[test]
@@ -300,13 +308,13 @@ mod tests {
             let (_dir, c) = collection(metric, items);
             let t = Taste::new(&c, &[ev(1, 1.0)]).unwrap();
             assert_eq!(
-                t.probes(&c, 1).err(),
+                t.probes((&c).into(), 1).err(),
                 Some(TasteError::Degenerate),
                 "{metric:?}"
             );
             // A repeated item is one point, still a taste.
             let t = Taste::new(&c, &[ev(0, 1.0), ev(0, 1.0)]).unwrap();
-            assert!(t.probes(&c, 1).is_ok());
+            assert!(t.probes((&c).into(), 1).is_ok());
         }
     }
 
@@ -315,10 +323,10 @@ mod tests {
         let (_dir, c) = fixture();
         // Rows [2,0] and [0,2]: two centroids of norm 2, each searched as a unit vector.
         let t = Taste::new(&c, &[ev(1, 1.0), ev(3, 1.0)]).unwrap();
-        let p = t.probes(&c, 2).unwrap();
+        let p = t.probes((&c).into(), 2).unwrap();
         assert_eq!(p[0].query, [1.0, 0.0]);
         assert_eq!(p[1].query, [0.0, 1.0]);
         // One centroid keeps the mean as it is (today's scores).
-        assert_eq!(t.probes(&c, 1).unwrap()[0].query, [1.0, 1.0]);
+        assert_eq!(t.probes((&c).into(), 1).unwrap()[0].query, [1.0, 1.0]);
     }
 }

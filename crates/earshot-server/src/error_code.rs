@@ -45,6 +45,8 @@ error_codes! {
     InvalidK = 400, "invalid_k", "`k` out of the bounds above";
     InvalidEf = 400, "invalid_ef", "`ef` out of the bounds above";
     InvalidBatch = 400, "invalid_batch", "a batch of 0 or more than 256 queries";
+    InvalidWriteBatch = 400, "invalid_write_batch",
+        "a write (`/admin/{collection}/items`) of 0 or more than 1,000 items or IDs, or one ID twice";
     InvalidIds = 400, "invalid_ids", "an items lookup of 0 or more than 1,000 IDs";
     InvalidCentroids = 400, "invalid_centroids", "`centroids` out of the bounds above";
     InvalidMaxPerCreator = 400, "invalid_max_per_creator", "`max_per_creator` is 0";
@@ -68,6 +70,8 @@ error_codes! {
     MethodNotAllowed = 405, "method_not_allowed", "the route does not take that method";
     VersionUnavailable = 409, "version_unavailable",
         "`x-earshot-version` names a version of the collection this server does not have loaded (the message lists those it has)";
+    WritesDisabled = 409, "writes_disabled",
+        "a write to a server without a write log (writes need `serve --store URL`)";
     PayloadTooLarge = 413, "payload_too_large", "body over 4 MiB";
     HistoryTooLarge = 413, "history_too_large", "history over 10,000 items";
     UnsupportedMediaType = 415, "unsupported_media_type",
@@ -78,6 +82,8 @@ error_codes! {
         "vector length ≠ the collection's dimension (or history collection of another dimension)";
     InvalidVector = 422, "invalid_vector",
         "NaN, ±inf, values overflowing f32, a norm over 1e15 under `l2` / `dot`, or a zero vector under `cosine` / `dot`";
+    InvalidItem = 422, "invalid_item",
+        "an upserted item whose ID is empty, over 1,024 bytes or holds a control character, or whose popularity is not finite and ≥ 0";
     EmptyHistory = 422, "empty_history", "empty history";
     InvalidWeight = 422, "invalid_weight", "a history weight ≤ 0 or not finite";
     UnknownEvent = 422, "unknown_event", "an `event` that is not play, like, save, share, skip or dislike";
@@ -106,6 +112,8 @@ error_codes! {
         "the request did not finish within `--request-timeout-ms` (with `Retry-After: 1`)";
     ShardUnavailable = 503, "shard_unavailable",
         "`earshot route` only: no live replica of a shard the query needs (unless `allow_partial`)";
+    LogUnavailable = 503, "log_unavailable",
+        "the write log's object store did not take a write: it is not written (with `Retry-After: 1`)";
     NotReady = 503, "not_ready",
         "`/readyz` while starting up, shutting down, or waiting for an expected collection";
 }

@@ -35,6 +35,7 @@ pub mod registry;
 pub mod routes;
 pub mod sidecar;
 pub mod state;
+pub mod writes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -152,6 +153,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(from_fn_with_state(state.keys.clone(), auth::query));
     let admin = Router::new()
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/log/poll", post(writes::http::poll))
+        .route(
+            "/admin/{collection}/items",
+            post(writes::http::upsert)
+                .delete(writes::http::delete)
+                // Write batches are larger than queries (1,000 items of up to 1,024 dims).
+                .layer(DefaultBodyLimit::max(writes::http::MAX_WRITE_BODY_BYTES)),
+        )
         .route_layer(from_fn_with_state(state.keys.clone(), auth::admin));
     // Probes and metrics stay open and outside the limiter.
     let app = Router::new()
@@ -262,8 +271,10 @@ pub async fn serve_with_sidecars(
     let limiter = overload::Limiter::new(ops.limits.clone(), &mut metrics);
     let recall = recall::Checker::new(&ops.recall, &mut metrics)?;
     let store = metrics::StoreMetrics::default();
+    let log_metrics = writes::LogMetrics::default();
     if ops.allow_empty {
         store.register(&mut metrics.registry);
+        log_metrics.register(&mut metrics.registry);
     }
     let registry = Arc::new(Registry::open(
         &opts.index_root,
@@ -290,6 +301,8 @@ pub async fn serve_with_sidecars(
         expected: Default::default(),
         wait_for_collections: ops.allow_empty,
         store,
+        writes: Default::default(),
+        log_metrics,
     });
     state.expect(ops.expect.iter().cloned());
     started_hook(state.clone());

@@ -24,7 +24,7 @@ use crate::api::{
     FilterSpec, HistoryItem, ReloadOutcome, SimilarBody,
 };
 use crate::error_code::ErrorCode::{self, *};
-use crate::{admin, routes};
+use crate::{admin, routes, writes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,9 @@ use crate::{admin, routes};
         routes::readyz,
         routes::metrics,
         admin::reload,
+        writes::http::upsert,
+        writes::http::delete,
+        writes::http::poll,
         serve,
     ),
     components(schemas(
@@ -66,6 +69,7 @@ use crate::{admin, routes};
     tags(
         (name = "query", description = "The query API (`/v1/*`): API key when keys are configured, bounded concurrency"),
         (name = "operations", description = "Probes, metrics, this document and admin endpoints"),
+        (name = "writes", description = "Upserts and deletes through the write log (`/admin/*`: admin key; `serve --store` only)"),
     )
 )]
 pub struct ApiDoc;
@@ -234,6 +238,40 @@ pub const OPERATION_ERRORS: &[(&str, &[Documented])] = &[
         ],
     ),
     (
+        "upsert",
+        &[
+            (
+                InvalidWriteBatch,
+                " (0 or more than 1,000 items, or one ID twice)",
+            ),
+            (WritesDisabled, ""),
+            (UnknownCollection, ""),
+            (PayloadTooLarge, " (over 64 MiB)"),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, ""),
+            (DimensionMismatch, ""),
+            (InvalidVector, ""),
+            (InvalidItem, ""),
+            (LogUnavailable, ""),
+        ],
+    ),
+    (
+        "delete",
+        &[
+            (
+                InvalidWriteBatch,
+                " (0 or more than 1,000 IDs, or one ID twice)",
+            ),
+            (WritesDisabled, ""),
+            (UnknownCollection, ""),
+            (UnsupportedMediaType, ""),
+            (InvalidRequest, ""),
+            (InvalidItem, ""),
+            (LogUnavailable, ""),
+        ],
+    ),
+    ("poll", &[(WritesDisabled, "")]),
+    (
         "readyz",
         &[(
             NotReady,
@@ -266,7 +304,10 @@ struct OperationErrors;
 impl Modify for OperationErrors {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for op in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
                 let Some((_, errors)) = OPERATION_ERRORS
                     .iter()
                     .find(|(id, _)| op.operation_id.as_deref() == Some(*id))
@@ -470,7 +511,7 @@ impl Modify for Layers {
         for (path, item) in doc.paths.paths.iter_mut() {
             let query_api = path.starts_with("/v1/");
             let admin_api = path.starts_with("/admin/");
-            for op in [&mut item.get, &mut item.post] {
+            for op in [&mut item.get, &mut item.post, &mut item.delete] {
                 let Some(op) = op.as_mut() else { continue };
                 let responses = &mut op.responses.responses;
                 for r in responses.values_mut() {
@@ -538,7 +579,10 @@ impl Modify for CollectionNames {
             }
         }
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for op in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
                 for p in op.parameters.iter_mut().flatten() {
                     if let RefOr::T(p) = p {
                         if p.name == "collection" {

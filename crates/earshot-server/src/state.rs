@@ -26,6 +26,10 @@ pub struct AppState {
     pub wait_for_collections: bool,
     /// The store sync's counters (registered in `/metrics` in store mode only).
     pub store: StoreMetrics,
+    /// The write path and log tail (store mode: set by the binary once it has the store).
+    pub writes: std::sync::OnceLock<Arc<crate::writes::Writes>>,
+    /// The write log's metrics (registered in `/metrics` in store mode only).
+    pub log_metrics: crate::writes::LogMetrics,
 }
 
 impl AppState {
@@ -72,6 +76,12 @@ impl AppState {
         if self.wait_for_collections && self.live().versions.is_empty() {
             return Some(("no collection loaded yet".into(), Vec::new()));
         }
+        if self.writes.get().is_some_and(|w| !w.caught_up()) {
+            return Some((
+                "applying the write log up to the head seen at start".into(),
+                Vec::new(),
+            ));
+        }
         None
     }
 
@@ -113,6 +123,8 @@ mod tests {
             expected: Default::default(),
             wait_for_collections: true,
             store,
+            writes: Default::default(),
+            log_metrics: Default::default(),
         }
     }
 

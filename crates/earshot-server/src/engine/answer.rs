@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use earshot_core::collection::Collection;
+use earshot_core::delta::{Delta, View};
 use earshot_recommend::select::Pick;
 
 use crate::api::{Explanation, Item, ListExplanation, ResultItem};
@@ -10,6 +11,8 @@ use crate::api::{Explanation, Item, ListExplanation, ResultItem};
 /// Results of one query, still borrowing from the collection until rendered.
 pub struct Answer {
     pub collection: Arc<Collection>,
+    /// The write log's changes the answer was computed over (None: none).
+    pub delta: Option<Arc<Delta>>,
     pub picks: Vec<Pick>,
     /// Emerging-quota slots asked for and actually reserved.
     pub quota: (usize, usize),
@@ -36,9 +39,14 @@ pub struct Seeded {
 }
 
 impl Answer {
+    /// The rows the picks index: the version, with the write log's items after its own.
+    pub fn view(&self) -> View<'_> {
+        View::new(&self.collection, self.delta.as_deref())
+    }
+
     /// The queried item as stored, for a pool-mode `similar`.
     pub fn query_item(&self) -> Option<Item<'_>> {
-        self.item.map(|row| super::item(&self.collection, row))
+        self.item.map(|row| super::item(self.view(), row))
     }
 
     pub fn list_explanation(&self) -> Option<ListExplanation> {
@@ -53,7 +61,7 @@ impl Answer {
     }
 
     pub fn items(&self) -> Vec<ResultItem<'_>> {
-        let c = &self.collection;
+        let c = self.view();
         let dist = c.dist();
         self.picks
             .iter()

@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 
-use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_recommend::history::{self, Evidence};
 use earshot_recommend::select::Probe;
 use earshot_recommend::taste::{Taste, TasteError};
@@ -15,12 +15,9 @@ use crate::error_code::ErrorCode;
 use crate::limits::{MAX_CENTROIDS, MAX_HISTORY};
 
 /// Resolves the history to rows of `source` and signed evidence weights.
-pub(super) fn evidence(
-    source: &Collection,
-    req: &TasteRequest,
-) -> Result<Vec<Evidence>, QueryError> {
+pub(super) fn evidence(source: View<'_>, req: &TasteRequest) -> Result<Vec<Evidence>, QueryError> {
     let clock = check_history(req)?;
-    weigh_history(req, &clock, &source.name, |id| source.row_of(id))
+    weigh_history(req, &clock, &source.base.name, |id| source.row_of(id))
 }
 
 /// The history's `half_life` and `now`, once [`check_history`] has accepted them.
@@ -134,12 +131,12 @@ fn parse_time(t: &str, field: &dyn Display) -> Result<jiff::Timestamp, QueryErro
 
 /// One probe of `c` per taste centroid of the evidence (rows of `source`).
 pub(super) fn probes(
-    c: &Collection,
-    source: &Collection,
+    c: View<'_>,
+    source: View<'_>,
     evidence: &[Evidence],
     centroids: Option<usize>,
 ) -> Result<Vec<Probe>, QueryError> {
-    let taste = Taste::new(source, evidence).map_err(taste_error)?;
+    let taste = Taste::new(&source, evidence).map_err(taste_error)?;
     let n = check_centroids(centroids)?;
     taste.probes(c, n).map_err(taste_error)
 }

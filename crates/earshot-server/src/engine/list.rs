@@ -1,7 +1,7 @@
 //! The list options every query takes (`k`, `ef`, `exclude`, `filter`, `max_per_creator`,
 //! `emerging`), validated into the constraints [`earshot_recommend::select`] enforces.
 
-use earshot_core::collection::Collection;
+use earshot_core::delta::View;
 use earshot_recommend::constraints::{Emerging, HardFilter, Shape};
 
 use super::error::QueryError;
@@ -12,7 +12,7 @@ use crate::limits::{DEFAULT_K, MAX_BOOST, MAX_EF, MAX_EXCLUDE, MAX_K};
 /// The hard filter (with `always_exclude` rows left out), the list's shape and the beam
 /// width of `spec` on `c` (`default_ef` when it gives none).
 pub(super) fn constraints(
-    c: &Collection,
+    c: View<'_>,
     spec: &ListSpec,
     default_ef: usize,
     always_exclude: &[u32],
@@ -20,8 +20,8 @@ pub(super) fn constraints(
     let (shape, ef) = check_list(
         spec,
         default_ef,
-        &c.name,
-        c.manifest.has_popularity && c.creator_count() != 0,
+        &c.base.name,
+        c.base.manifest.has_popularity && c.base.creator_count() != 0,
     )?;
     let mut filter = HardFilter::default();
     let mut exclude: Vec<u32> = always_exclude.to_vec();
@@ -37,7 +37,7 @@ pub(super) fn constraints(
     filter.exclude = exclude;
     if let Some(f) = spec.filter {
         let creators = |names: &[String]| -> Vec<u32> {
-            let mut v: Vec<u32> = names.iter().filter_map(|n| c.creators.find(n)).collect();
+            let mut v: Vec<u32> = names.iter().filter_map(|n| c.creator_named(n)).collect();
             v.sort_unstable();
             v.dedup();
             v

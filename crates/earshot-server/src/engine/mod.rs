@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use earshot_core::collection::Collection;
+use earshot_core::delta::{Delta, View};
 use earshot_core::layout::check_name;
 use earshot_core::metric::Metric;
 use earshot_recommend::constraints::{HardFilter, Shape};
@@ -38,6 +39,8 @@ pub use history::taste_error;
 /// The served collections (read-only once loaded).
 pub struct Engine {
     pub collections: BTreeMap<String, Arc<Collection>>,
+    /// The write log applied over each collection's version (absent: nothing applied).
+    pub deltas: BTreeMap<String, Arc<Delta>>,
     pub default_ef: usize,
     /// Samples answers for the live recall estimate (`--recall-sample-rate`; None: off).
     pub recall: Option<Sampler>,
@@ -48,31 +51,47 @@ impl Engine {
         find_collection(&self.collections, name)
     }
 
+    /// The collection named `name` and the write log's changes over it.
+    pub fn target(
+        &self,
+        name: &str,
+    ) -> Result<(&Arc<Collection>, Option<&Arc<Delta>>), QueryError> {
+        let c = self.collection(name)?;
+        Ok((c, self.deltas.get(name).filter(|d| !d.is_empty())))
+    }
+
+    /// The collection named `name` as queries see it (the write log applied).
+    pub fn view(&self, name: &str) -> Result<View<'_>, QueryError> {
+        let (c, d) = self.target(name)?;
+        Ok(View::new(c, d.map(|d| &**d)))
+    }
+
     pub fn similar(
         &self,
         collection: &str,
         id: &str,
         req: &SimilarRequest,
     ) -> Result<Answer, QueryError> {
-        let c = self.collection(collection)?;
+        let (c, d) = self.target(collection)?;
+        let v = View::new(c, d.map(|d| &**d));
         let pool = check_pool(
             req.pool,
             req.max_per_creator.is_some() || req.emerging.is_some(),
         )?;
-        let row = c.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
-        let (mut filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[row])?;
+        let row = v.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
+        let (mut filter, shape, ef) = list::constraints(v, &req.spec(), self.default_ef, &[row])?;
         if req.exclude_same_creator.unwrap_or(false) {
-            if let Some(cr) = c.creator_index(row) {
+            if let Some(cr) = v.creator_index(row) {
                 if let Err(at) = filter.deny_creators.binary_search(&cr) {
                     filter.deny_creators.insert(at, cr);
                 }
             }
         }
         let probes = vec![Probe {
-            query: c.vector(row).to_vec(),
+            query: v.vector(row).to_vec(),
             weight: 1.0,
         }];
-        let mut answer = self.answer(c, probes, &filter, &shape, ef, req.explain);
+        let mut answer = self.answer((c, d), probes, &filter, &shape, ef, req.explain);
         answer.pool = pool;
         // The router searches the other shards with this item's vector: it comes with the
         // owner's own pool, one exchange instead of two.
@@ -87,24 +106,25 @@ impl Engine {
     }
 
     pub fn search(&self, req: &SearchRequest) -> Result<Answer, QueryError> {
-        let c = self.collection(&req.collection)?;
+        let (c, d) = self.target(&req.collection)?;
         let pool = check_pool(
             req.pool,
             req.max_per_creator.is_some() || req.emerging.is_some(),
         )?;
-        let (filter, shape, ef) = list::constraints(c, &req.spec(), self.default_ef, &[])?;
+        let v = View::new(c, d.map(|d| &**d));
+        let (filter, shape, ef) = list::constraints(v, &req.spec(), self.default_ef, &[])?;
         let query = query::prepare(c, &req.vector).map_err(|e| vector_error(c, e))?;
         let probes = vec![Probe { query, weight: 1.0 }];
-        let mut answer = self.answer(c, probes, &filter, &shape, ef, req.explain);
+        let mut answer = self.answer((c, d), probes, &filter, &shape, ef, req.explain);
         answer.pool = pool;
         Ok(answer)
     }
 
     /// One item as stored: metadata and vector.
     pub fn item<'a>(&'a self, collection: &str, id: &str) -> Result<Item<'a>, QueryError> {
-        let c = self.collection(collection)?;
-        let row = c.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
-        Ok(item(c, row))
+        let v = self.view(collection)?;
+        let row = v.row_of(id).ok_or_else(|| unknown_id(collection, id))?;
+        Ok(item(v, row))
     }
 
     /// Several items as stored, and the IDs the collection does not have (1 to
@@ -123,12 +143,12 @@ impl Engine {
                 ),
             ));
         }
-        let c = self.collection(collection)?;
+        let v = self.view(collection)?;
         let mut items = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            match c.row_of(id) {
-                Some(row) => items.push(item(c, row)),
+            match v.row_of(id) {
+                Some(row) => items.push(item(v, row)),
                 None => missing.push(id.as_str()),
             }
         }
@@ -137,13 +157,14 @@ impl Engine {
 
     pub fn taste(&self, collection: &str, req: &TasteRequest) -> Result<Answer, QueryError> {
         check_taste_collection(req, collection)?;
-        let c = self.collection(collection)?;
-        let source = match &req.history_collection {
-            Some(name) => self.collection(name)?,
-            None => c,
+        let (c, d) = self.target(collection)?;
+        let v = View::new(c, d.map(|d| &**d));
+        let (source, source_view) = match &req.history_collection {
+            Some(name) => (self.collection(name)?, self.view(name)?),
+            None => (c, v),
         };
         check_history_dim((&source.name, source.dim()), (&c.name, c.dim()))?;
-        let evidence = history::evidence(source, req)?;
+        let evidence = history::evidence(source_view, req)?;
         let strategy = strategy::check_strategy(req)?;
         // History IDs only mean something to exclude when they index the queried collection.
         let same = Arc::ptr_eq(source, c);
@@ -153,18 +174,19 @@ impl Engine {
             Vec::new()
         };
         let (filter, shape, ef) =
-            list::constraints(c, &req.spec(), self.default_ef, &history_rows)?;
+            list::constraints(v, &req.spec(), self.default_ef, &history_rows)?;
         if strategy == Strategy::Mean {
-            let probes = history::probes(c, source, &evidence, req.centroids)?;
-            return Ok(self.answer(c, probes, &filter, &shape, ef, req.explain));
+            let probes = history::probes(v, source_view, &evidence, req.centroids)?;
+            return Ok(self.answer((c, d), probes, &filter, &shape, ef, req.explain));
         }
-        let taste = Taste::new(&**source, &evidence).map_err(taste_error)?;
+        let taste = Taste::new(&source_view, &evidence).map_err(taste_error)?;
         let explain = req.explain.unwrap_or(false);
-        let s = seeded::recommend(c, &taste, strategy, &filter, &shape, ef, explain)
+        let s = seeded::recommend(v, &taste, strategy, &filter, &shape, ef, explain)
             .map_err(taste_error)?;
         let quota = (s.selection.quota_requested, s.selection.quota_reserved);
         Ok(Answer {
             collection: c.clone(),
+            delta: d.cloned(),
             picks: s.selection.picks,
             quota,
             explain,
@@ -177,7 +199,12 @@ impl Engine {
                 support: s
                     .support
                     .iter()
-                    .map(|sp| (sp.seeds, sp.strongest.map(|r| source.id(r).to_string())))
+                    .map(|sp| {
+                        (
+                            sp.seeds,
+                            sp.strongest.map(|r| source_view.id(r).to_string()),
+                        )
+                    })
                     .collect(),
             }),
         })
@@ -190,17 +217,18 @@ impl Engine {
 
     fn answer(
         &self,
-        c: &Arc<Collection>,
+        (c, d): (&Arc<Collection>, Option<&Arc<Delta>>),
         probes: Vec<Probe>,
         filter: &HardFilter,
         shape: &Shape,
         ef: usize,
         explain: Option<bool>,
     ) -> Answer {
-        let sel = recommend(c, &probes, filter, shape, ef);
+        let sel = recommend(View::new(c, d.map(|d| &**d)), &probes, filter, shape, ef);
         // A list straight from one walk (no shape constraint reordered it) is what the live
-        // recall estimate measures.
-        if let Some(s) = &self.recall {
+        // recall estimate measures; the estimate is of the version's graph, so answers
+        // merged with the write log's items are not sampled.
+        if let (Some(s), None) = (&self.recall, d) {
             let plain = shape.max_per_creator.is_none() && shape.emerging.is_none();
             if plain && probes.len() == 1 && s.pick() {
                 let rows = sel.picks.iter().map(|p| p.row);
@@ -209,6 +237,7 @@ impl Engine {
         }
         Answer {
             collection: c.clone(),
+            delta: d.cloned(),
             picks: sel.picks,
             quota: (sel.quota_requested, sel.quota_reserved),
             explain: explain.unwrap_or(false),
@@ -314,7 +343,7 @@ pub fn check_history_dim(source: (&str, usize), target: (&str, usize)) -> Result
     Ok(())
 }
 
-pub fn item(c: &Collection, row: u32) -> Item<'_> {
+pub fn item(c: View<'_>, row: u32) -> Item<'_> {
     Item {
         id: c.id(row),
         creator: c.creator(row),

@@ -20,7 +20,7 @@ pub(super) fn recall(s: &Sample) -> Option<f64> {
         if s.filter.is_trivial() {
             g.scan(&s.query, s.k, 0..n, scratch, &mut exact)
         } else {
-            let rows = (0..n).filter(|&r| s.filter.accepts(c, r));
+            let rows = (0..n).filter(|&r| s.filter.accepts(c.into(), r));
             g.scan(&s.query, s.k, rows, scratch, &mut exact)
         }
     });
@@ -29,7 +29,7 @@ pub(super) fn recall(s: &Sample) -> Option<f64> {
         .served
         .iter()
         .take(s.k)
-        .filter(|&&r| r < n && s.filter.accepts(c, r))
+        .filter(|&&r| r < n && s.filter.accepts(c.into(), r))
         .filter(|&&r| g.dist.distance(&s.query, g.vector(r)) <= kth)
         .count();
     Some(found.min(exact.len()) as f64 / exact.len() as f64)

@@ -29,6 +29,7 @@ use axum::http::HeaderValue;
 use serde::Serialize;
 
 use earshot_core::collection::{sanity_check, Collection};
+use earshot_core::delta::Delta;
 use earshot_core::format::{names, Verify};
 use earshot_core::layout::compact_time;
 
@@ -39,6 +40,14 @@ use crate::metrics::CollectionLabel;
 use crate::recall::Sampler;
 pub use metrics::{SwapMetrics, VersionLabel};
 pub use scan::Identity;
+
+/// Builds the write log's delta over a version before it is swapped in (implemented by
+/// `crate::writes`; called on the reload thread, so it may block on the store).
+pub trait DeltaSource: Send + Sync {
+    /// The delta over `c` (version `version`), or None when the log adds nothing.
+    fn delta_for(&self, c: &Collection, version: &str) -> Result<Option<Delta>, String>;
+}
+
 use scan::{scan, Candidate};
 
 /// What requests read: the engine over one consistent set of collections, which version
@@ -64,6 +73,7 @@ impl Live {
     /// with it in place of its collection's current version.
     fn new(
         collections: BTreeMap<String, Arc<Collection>>,
+        deltas: BTreeMap<String, Arc<Delta>>,
         versions: BTreeMap<String, Served>,
         retained: BTreeMap<String, Vec<(Served, Arc<Collection>, Instant)>>,
         default_ef: usize,
@@ -80,8 +90,15 @@ impl Live {
                         Retained {
                             served,
                             // Only the version in service is sampled for recall.
+                            // A pinned version answers without the write log (its delta
+                            // was dropped with the swap); other collections keep theirs.
                             engine: Engine {
                                 collections: pinned,
+                                deltas: deltas
+                                    .iter()
+                                    .filter(|(n, _)| **n != name)
+                                    .map(|(n, d)| (n.clone(), d.clone()))
+                                    .collect(),
                                 default_ef,
                                 recall: None,
                             },
@@ -95,6 +112,7 @@ impl Live {
         Self {
             engine: Engine {
                 collections,
+                deltas,
                 default_ef,
                 recall: recall.clone(),
             },
@@ -284,6 +302,8 @@ pub struct Registry {
     metrics: SwapMetrics,
     /// Held for the whole of a reload: reloads run one at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Builds the write log's delta over a version about to be swapped in (`--store`).
+    delta_source: std::sync::OnceLock<Arc<dyn DeltaSource>>,
     /// What was last refused or reported missing per collection (a target's identity or the
     /// problem's text): the watch poll neither retries nor re-reports it.
     reported: Mutex<HashMap<String, String>>,
@@ -356,6 +376,7 @@ impl Registry {
             root: root.to_path_buf(),
             live: ArcSwap::from_pointee(Live::new(
                 collections,
+                BTreeMap::new(),
                 versions,
                 BTreeMap::new(),
                 opts.default_ef,
@@ -367,8 +388,41 @@ impl Registry {
             retain_previous: opts.retain_previous,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+            delta_source: std::sync::OnceLock::new(),
             reported,
         })
+    }
+
+    /// Has every swapped-in version get the write log applied over it by `source` before
+    /// it serves (set once; later calls are ignored).
+    pub fn set_delta_source(&self, source: Arc<dyn DeltaSource>) {
+        let _ = self.delta_source.set(source);
+    }
+
+    /// Swaps in `delta` over collection `name` if it still serves the version the delta was
+    /// built over (false: a swap came first, and the caller builds again). Waits for a
+    /// reload in progress; never blocks queries.
+    pub async fn set_delta(&self, name: &str, delta: Arc<Delta>) -> bool {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.live();
+        if current.versions.get(name).map(|s| s.version.as_str())
+            != Some(delta.base_version.as_str())
+        {
+            return false;
+        }
+        let mut deltas = current.engine.deltas.clone();
+        deltas.insert(name.to_string(), delta);
+        let old = self.live.swap(Arc::new(Live::new(
+            current.engine.collections.clone(),
+            deltas,
+            current.versions.clone(),
+            current.retained_parts(),
+            self.default_ef,
+            &self.recall,
+        )));
+        drop(current);
+        crate::background::reap("earshot-unmap", old);
+        true
     }
 
     /// The current snapshot (lock-free; keeps it alive while held).
@@ -431,6 +485,7 @@ impl Registry {
         retained.retain(|_, list| !list.is_empty());
         let old = self.live.swap(Arc::new(Live::new(
             current.engine.collections.clone(),
+            current.engine.deltas.clone(),
             current.versions.clone(),
             retained,
             self.default_ef,
@@ -451,6 +506,7 @@ impl Registry {
             }
         };
         let mut collections = current.engine.collections.clone();
+        let mut deltas = current.engine.deltas.clone();
         let mut versions = current.versions.clone();
         let mut retained = current.retained_parts();
         let mut changed = false;
@@ -533,6 +589,21 @@ impl Registry {
                     let kept = retained.entry(c.name.clone()).or_default();
                     // A roll-back makes a retained version current again.
                     kept.retain(|(s, _, _)| s.version != served.version);
+                    // The write log over the new version: what it does not fold in yet.
+                    deltas.remove(&c.name);
+                    if let Some(source) = self.delta_source.get() {
+                        match source.delta_for(&col, &served.version) {
+                            Ok(Some(d)) => {
+                                deltas.insert(c.name.clone(), Arc::new(d));
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(
+                                collection = %c.name,
+                                version = %served.version,
+                                "write log not applied to the new version yet: {e}"
+                            ),
+                        }
+                    }
                     let replaced = collections.insert(c.name.clone(), Arc::new(col));
                     let previous = versions.insert(c.name.clone(), served);
                     if let (Some(col), Some(prev)) = (replaced, previous) {
@@ -591,6 +662,7 @@ impl Registry {
             // low-priority reaper, never by the query that happens to let go of it last.
             let old = self.live.swap(Arc::new(Live::new(
                 collections,
+                deltas,
                 versions,
                 retained,
                 self.default_ef,

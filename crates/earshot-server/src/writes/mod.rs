@@ -1,0 +1,350 @@
+//! Writes between builds (README "Writes"; docs/format.md "Write log"): upserts and deletes
+//! are appended to the collection's log in the object store and acknowledged only then;
+//! every replica tails the log and applies it to an in-memory [`Delta`] over the version it
+//! serves, which queries search beside the mapped version (`earshot_core::delta::View`).
+//!
+//! This crate does not reach object storage: the binary hands it a [`LogStore`] (backed by
+//! `earshot-store`). The tail runs on the tokio runtime; applying segments (a copy of the
+//! delta, then the new segments) runs on a low-priority background thread.
+
+pub mod http;
+mod metrics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use earshot_core::collection::Collection;
+use earshot_core::delta::Delta;
+use earshot_core::format::log::{Ops, Segment};
+use earshot_core::shard::shard_of;
+
+use crate::registry::{DeltaSource, Registry};
+
+pub use metrics::LogMetrics;
+
+/// A boxed future (the trait below is object-safe without an async-trait crate).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the write log lives: `earshot-store`'s `Log`, joined in by the binary.
+pub trait LogStore: Send + Sync + 'static {
+    /// Appends `ops` to `collection`'s log; returns the segment's number once durable.
+    /// `after` is a number known to be taken (0 if none known).
+    fn append<'a>(
+        &'a self,
+        collection: &'a str,
+        ops: Ops,
+        after: u64,
+    ) -> BoxFuture<'a, anyhow::Result<u64>>;
+    /// Segment `seq` of `collection`'s log, or None when it does not exist (yet).
+    fn read<'a>(
+        &'a self,
+        collection: &'a str,
+        seq: u64,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Arc<Segment>>>>;
+    /// The newest segment's number (0: empty log).
+    fn head<'a>(&'a self, collection: &'a str) -> BoxFuture<'a, anyhow::Result<u64>>;
+}
+
+/// How the tail runs.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Look for new segments this often (`--log-poll-ms`, default 1 s).
+    pub poll: Duration,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Segments read most per collection in one round (the rest follow in the next).
+const MAX_SEGMENTS_PER_ROUND: usize = 4096;
+
+/// The write path and the tail of every served collection's log.
+pub struct Writes {
+    log: Arc<dyn LogStore>,
+    registry: Weak<Registry>,
+    opts: WriteOptions,
+    /// Per collection, the segments read so far that some served version may still need.
+    cache: Mutex<HashMap<String, BTreeMap<u64, Arc<Segment>>>>,
+    /// Highest segment number known taken, per collection (the next append's hint).
+    heads: Mutex<HashMap<String, u64>>,
+    /// Set once every collection's log was applied up to the head seen at start.
+    caught_up: AtomicBool,
+    poke: tokio::sync::Notify,
+    runtime: tokio::runtime::Handle,
+    pub metrics: LogMetrics,
+}
+
+impl Writes {
+    /// The write path over `registry`'s collections; call [`Writes::start`] to tail.
+    pub fn new(
+        log: Arc<dyn LogStore>,
+        registry: &Arc<Registry>,
+        opts: WriteOptions,
+        metrics: LogMetrics,
+    ) -> Arc<Self> {
+        let w = Arc::new(Self {
+            log,
+            registry: Arc::downgrade(registry),
+            opts,
+            cache: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
+            caught_up: AtomicBool::new(false),
+            poke: tokio::sync::Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
+            metrics,
+        });
+        registry.set_delta_source(w.clone());
+        w
+    }
+
+    /// Whether `/readyz` may say ready: every log applied up to its head at start.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Look for new segments now (after a write here, or `POST /admin/log/poll`).
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Tails every served collection's log until the process ends.
+    pub fn start(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (done, collections) = this.round().await;
+                if done && collections > 0 && !this.caught_up() {
+                    this.caught_up.store(true, Ordering::Release);
+                    tracing::info!("write log applied up to its head on every collection");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(this.opts.poll) => {}
+                    _ = this.poke.notified() => {}
+                }
+            }
+        });
+    }
+
+    /// Appends `ops` to `collection`'s log (acknowledged once this returns Ok).
+    pub async fn append(&self, collection: &str, ops: Ops) -> anyhow::Result<u64> {
+        let after = self.head_hint(collection);
+        let seq = self.log.append(collection, ops, after).await?;
+        self.metrics
+            .writes
+            .get_or_create(&crate::metrics::CollectionLabel {
+                collection: collection.to_string(),
+            })
+            .inc();
+        self.note_head(collection, seq);
+        self.poke();
+        Ok(seq)
+    }
+
+    fn head_hint(&self, collection: &str) -> u64 {
+        let heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        heads.get(collection).copied().unwrap_or(0)
+    }
+
+    fn note_head(&self, collection: &str, seq: u64) {
+        let mut heads = self.heads.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = heads.entry(collection.to_string()).or_default();
+        *h = (*h).max(seq);
+        self.metrics.head(collection, *h);
+    }
+
+    /// One tail round over every served collection: whether each is at its log's head (no
+    /// error), and how many there are.
+    async fn round(self: &Arc<Self>) -> (bool, usize) {
+        let Some(registry) = self.registry.upgrade() else {
+            return (false, 0);
+        };
+        let live = registry.live();
+        let mut all = true;
+        for (name, c) in &live.engine.collections {
+            let Some(served) = live.versions.get(name) else {
+                continue;
+            };
+            let base = c.manifest.log_through.unwrap_or(0);
+            let applied = live
+                .engine
+                .deltas
+                .get(name)
+                .filter(|d| d.base_version == served.version)
+                .map_or(base, |d| d.applied);
+            match self.read_from(name, applied + 1).await {
+                Ok(0) => self
+                    .metrics
+                    .applied(name, applied, self.head_hint(name), None),
+                Ok(_) => {
+                    let this = self.clone();
+                    let (c, version) = (c.clone(), served.version.clone());
+                    let prev = live.engine.deltas.get(name).cloned();
+                    let built = crate::background::run("earshot-log-apply", move || {
+                        this.build_delta(&c, &version, prev.as_deref())
+                    })
+                    .await;
+                    match built {
+                        Some(Ok(d)) => {
+                            let (seq, at) = (d.applied, d.applied_written_at_ms);
+                            self.metrics.delta(name, &d);
+                            if registry.set_delta(name, Arc::new(d)).await {
+                                self.metrics
+                                    .applied(name, seq, self.head_hint(name), Some(at));
+                            } else {
+                                all = false; // a swap came first: next round
+                            }
+                        }
+                        Some(Err(e)) => {
+                            all = false;
+                            self.metrics.error(name);
+                            tracing::error!(collection = %name, "write log not applied: {e}");
+                        }
+                        None => all = false,
+                    }
+                }
+                Err(e) => {
+                    all = false;
+                    self.metrics.error(name);
+                    tracing::warn!(collection = %name, "cannot read the write log: {e:#}; retrying");
+                }
+            }
+        }
+        (all, live.versions.len())
+    }
+
+    /// Reads segments `from…` of `name` into the cache until the first absent one; returns
+    /// how many were read. A gap (segment `from` absent while the log holds later ones: it
+    /// was pruned because a newer version folds it in) is an error until that version is
+    /// swapped in.
+    async fn read_from(&self, name: &str, from: u64) -> anyhow::Result<usize> {
+        let mut seq = from;
+        let mut read = 0;
+        while read < MAX_SEGMENTS_PER_ROUND {
+            if let Some(s) = self.cached(name, seq) {
+                let _ = s;
+                seq += 1;
+                read += 1;
+                continue;
+            }
+            match self.log.read(name, seq).await? {
+                Some(s) => {
+                    self.cache_put(name, s);
+                    self.note_head(name, seq);
+                    seq += 1;
+                    read += 1;
+                }
+                None => {
+                    if read == 0 {
+                        let head = self.log.head(name).await?;
+                        if head > seq {
+                            anyhow::bail!(
+                                "segment {seq} is gone from the log (head {head}): it was pruned; waiting for the version that folds it in"
+                            );
+                        }
+                        self.note_head(name, head);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn cached(&self, name: &str, seq: u64) -> Option<Arc<Segment>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(name)?.get(&seq).cloned()
+    }
+
+    fn cache_put(&self, name: &str, s: Arc<Segment>) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.entry(name.to_string()).or_default().insert(s.seq, s);
+    }
+
+    /// The delta over `c` with every cached segment after what `prev` (or the version)
+    /// applied. Blocking: reads missing segments from the store through the runtime.
+    fn build_delta(
+        &self,
+        c: &Collection,
+        version: &str,
+        prev: Option<&Delta>,
+    ) -> Result<Delta, String> {
+        let mut d = match prev.filter(|d| d.base_version == version) {
+            Some(d) => d.clone(),
+            None => Delta::new(c, version, c.manifest.log_through.unwrap_or(0)),
+        };
+        let shard = c.manifest.shard.as_ref().map(|s| (s.index, s.count));
+        loop {
+            let seq = d.applied + 1;
+            let s = match self.cached(&c.name, seq) {
+                Some(s) => s,
+                None => match self.runtime.block_on(self.log.read(&c.name, seq)) {
+                    Ok(Some(s)) => {
+                        self.cache_put(&c.name, s.clone());
+                        s
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("{e:#}")),
+                },
+            };
+            let owned = own_part(&s, shard);
+            d.apply(c, owned.as_ref().unwrap_or(&s))?;
+        }
+        d.seal(c);
+        // Segments every served version includes are no longer needed here.
+        self.trim_cache(&c.name, c.manifest.log_through.unwrap_or(0));
+        Ok(d)
+    }
+
+    fn trim_cache(&self, name: &str, through: u64) {
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        let live = registry.live();
+        let oldest = live
+            .retained
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.engine.collections.get(name))
+            .map(|c| c.manifest.log_through.unwrap_or(0))
+            .fold(through, u64::min);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = cache.get_mut(name) {
+            m.retain(|&seq, _| seq > oldest);
+        }
+    }
+}
+
+/// A shard replica keeps only the upserts of IDs it owns (deletes apply everywhere: an ID
+/// it does not hold is a no-op). None: the segment applies whole.
+fn own_part(s: &Segment, shard: Option<(u32, u32)>) -> Option<Segment> {
+    let (index, count) = shard?;
+    let Ops::Upsert { dim, items } = &s.ops else {
+        return None;
+    };
+    let items = items
+        .iter()
+        .filter(|it| shard_of(&it.id, count) == index)
+        .cloned()
+        .collect();
+    Some(Segment {
+        ops: Ops::Upsert { dim: *dim, items },
+        ..s.clone()
+    })
+}
+
+impl DeltaSource for Writes {
+    fn delta_for(&self, c: &Collection, version: &str) -> Result<Option<Delta>, String> {
+        let d = self.build_delta(c, version, None)?;
+        Ok((!d.is_empty() || d.applied > c.manifest.log_through.unwrap_or(0)).then_some(d))
+    }
+}

@@ -1,0 +1,300 @@
+//! Writes between builds, end to end: two replicas serve a published version from a real S3
+//! server (s3s-fs); upserts and deletes sent to one are acknowledged once in the store's
+//! write log and show up in (or vanish from) the answers of both; a replica started later
+//! applies the log before it says ready; bad writes are refused whole, naming the item.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use earshot_testkit::S3Server;
+use serde_json::{json, Value};
+
+const DIM: usize = 16;
+
+fn publish_tracks(s3: &S3Server, dir: &Path) -> Catalogue {
+    let cat = catalogue(3, 2_000, DIM, 8, 20, 1000, 1000);
+    let (npy, csv) = cat.write(dir, "tracks");
+    let out = dir.join("built").join("tracks");
+    earshot(build_args(&npy, Some(&csv), "cosine", &out)).assert_ok();
+    earshot_env(
+        [
+            OsString::from("publish"),
+            out.into(),
+            "--store".into(),
+            s3.url("fleet").into(),
+            "--version".into(),
+            "v1".into(),
+        ],
+        &s3.env(),
+    )
+    .assert_ok();
+    cat
+}
+
+fn replica(s3: &S3Server, cache: &Path) -> Server {
+    let args: Vec<OsString> = [
+        "serve",
+        "--store",
+        &s3.url("fleet"),
+        "--index-root",
+        cache.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--log-poll-ms",
+        "100",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    Server::try_spawn_env(&args, &s3.env()).unwrap_or_else(|e| panic!("serve exited: {}", e.stderr))
+}
+
+fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ready(s: &Server) -> bool {
+    s.get("/readyz").status == 200
+}
+
+fn send(s: &Server, method: &str, body: &Value) -> Resp {
+    http(
+        method,
+        &s.url("/admin/tracks/items"),
+        &[("content-type", "application/json")],
+        Some(body.to_string().into_bytes()),
+    )
+}
+
+/// IDs of the `k` nearest to `v`.
+fn search(s: &Server, v: &[f32], k: usize, extra: Value) -> Vec<String> {
+    let mut body = json!({"collection": "tracks", "vector": v, "k": k});
+    if let Value::Object(m) = extra {
+        body.as_object_mut().unwrap().extend(m);
+    }
+    let r = s.post_json("/v1/search", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn metric(s: &Server, name: &str) -> f64 {
+    s.get("/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn writes_reach_every_replica_and_takedowns_vanish() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = publish_tracks(&s3, dir.path());
+    let a = replica(&s3, &dir.path().join("cache-a"));
+    let b = replica(&s3, &dir.path().join("cache-b"));
+    eventually("both ready", Duration::from_secs(60), || {
+        (ready(&a) && ready(&b)).then_some(())
+    });
+
+    // A new item, placed exactly where an existing one is: a search there finds it.
+    let target = cat.row(7).to_vec();
+    let r = send(
+        &a,
+        "POST",
+        &json!({"items": [{"id": "new-1", "vector": target, "creator": "brand-new", "popularity": 2.0}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seq = r.json()["seq"].as_u64().unwrap();
+    assert_eq!(seq, 1);
+    let acked = Instant::now();
+    for s in [&a, &b] {
+        eventually("the upsert is searchable", Duration::from_secs(10), || {
+            search(s, &target, 2, json!({}))
+                .contains(&"new-1".to_string())
+                .then_some(())
+        });
+        let item = s.get("/v1/tracks/new-1");
+        assert_eq!(item.status, 200, "{}", item.body);
+        assert_eq!(item.json()["creator"], "brand-new");
+        // The new creator is a filter like any other.
+        let only = search(
+            s,
+            &target,
+            5,
+            json!({"filter": {"creators": ["brand-new"]}}),
+        );
+        assert_eq!(only, ["new-1"]);
+    }
+    eprintln!(
+        "upsert visible on both replicas {:?} after the ack",
+        acked.elapsed()
+    );
+
+    // A takedown: the item nearest to its own vector disappears from every answer.
+    let gone = cat.ids[11].clone();
+    let its = cat.row(11).to_vec();
+    assert_eq!(search(&b, &its, 1, json!({}))[0], gone);
+    let r = send(&b, "DELETE", &json!({"ids": [gone, "never-existed"]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["seq"], 2);
+    for s in [&a, &b] {
+        eventually("the takedown is applied", Duration::from_secs(10), || {
+            (!search(s, &its, 50, json!({})).contains(&gone)).then_some(())
+        });
+        assert_eq!(s.get(&format!("/v1/tracks/{gone}")).status, 404);
+        let sim = s.get(&format!("/v1/tracks/{}/similar?k=50", cat.ids[12]));
+        assert_eq!(sim.status, 200);
+        assert!(!sim.body.contains(&format!("\"{gone}\"")), "{}", sim.body);
+    }
+
+    // An update moves an existing item: it is found at its new place, once.
+    let moved = cat.ids[20].clone();
+    let r = send(
+        &a,
+        "POST",
+        &json!({"items": [{"id": moved, "vector": cat.row(30)}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("the update is applied", Duration::from_secs(10), || {
+        let ids = search(&b, cat.row(30), 3, json!({}));
+        (ids.iter().filter(|i| **i == moved).count() == 1).then_some(())
+    });
+    assert!(metric(&b, "earshot_log_applied_segment{collection=\"tracks\"}") >= 3.0);
+    assert_eq!(
+        metric(&b, "earshot_delta_tombstones{collection=\"tracks\"}"),
+        2.0
+    );
+
+    // A replica started now applies the log before it says ready.
+    let c = replica(&s3, &dir.path().join("cache-c"));
+    eventually("the late replica is ready", Duration::from_secs(60), || {
+        ready(&c).then_some(())
+    });
+    assert!(search(&c, &target, 2, json!({})).contains(&"new-1".to_string()));
+    assert!(!search(&c, &its, 50, json!({})).contains(&gone));
+
+    // Bad writes are refused whole and change nothing.
+    let bad = |body: Value, status: u16, code: &str, words: &str| {
+        let r = send(&a, "POST", &body);
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], code, "{}", r.body);
+        assert!(r.body.contains(words), "{}", r.body);
+    };
+    let ok = json!({"id": "fine", "vector": vec![0.5f32; DIM]});
+    bad(
+        json!({"items": [ok, {"id": "short", "vector": [1.0, 2.0]}]}),
+        422,
+        "dimension_mismatch",
+        "items[1]",
+    );
+    bad(
+        json!({"items": [{"id": "z", "vector": vec![0.0f32; DIM]}]}),
+        422,
+        "invalid_vector",
+        "zero",
+    );
+    bad(
+        json!({"items": [{"id": "big", "vector": vec![1e39f64; DIM]}]}),
+        422,
+        "invalid_vector",
+        "finite",
+    );
+    bad(
+        json!({"items": [ok, ok]}),
+        400,
+        "invalid_write_batch",
+        "twice",
+    );
+    bad(
+        json!({"items": []}),
+        400,
+        "invalid_write_batch",
+        "1 to 1000",
+    );
+    bad(
+        json!({"items": [{"id": "", "vector": vec![0.5f32; DIM]}]}),
+        422,
+        "invalid_item",
+        "empty",
+    );
+    bad(
+        json!({"items": [{"id": "p", "vector": vec![0.5f32; DIM], "popularity": -1}]}),
+        422,
+        "invalid_item",
+        "popularity",
+    );
+    let r = http(
+        "POST",
+        &a.url("/admin/nope/items"),
+        &[("content-type", "application/json")],
+        Some(json!({"items": [ok]}).to_string().into_bytes()),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        a.get("/v1/tracks/fine").status,
+        404,
+        "a refused batch wrote nothing"
+    );
+    // Nothing refused reached the log.
+    assert_eq!(
+        metric(&a, "earshot_log_head_segment{collection=\"tracks\"}"),
+        3.0
+    );
+}
+
+#[test]
+fn a_server_without_a_store_refuses_writes_and_an_unreachable_store_acknowledges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(5, 300, DIM, 4, 10, 1000, 1000);
+    let (npy, csv) = cat.write(dir.path(), "tracks");
+    let root = dir.path().join("idx");
+    earshot(build_args(&npy, Some(&csv), "cosine", &root.join("tracks"))).assert_ok();
+    let plain = Server::start(&root, &[]);
+    let r = send(
+        &plain,
+        "POST",
+        &json!({"items": [{"id": "x", "vector": vec![0.5f32; DIM]}]}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "writes_disabled");
+
+    let mut s3 = S3Server::start();
+    let cat = publish_tracks(&s3, dir.path());
+    let a = replica(&s3, &dir.path().join("cache"));
+    eventually("ready", Duration::from_secs(60), || ready(&a).then_some(()));
+    s3.stop();
+    let r = send(
+        &a,
+        "POST",
+        &json!({"items": [{"id": "x", "vector": cat.row(0)}]}),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "log_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Queries go on while the store is down.
+    assert_eq!(search(&a, cat.row(0), 1, json!({}))[0], cat.ids[0]);
+    s3.restart().unwrap();
+    let r = send(
+        &a,
+        "POST",
+        &json!({"items": [{"id": "x", "vector": cat.row(0)}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["seq"], 1, "the refused write took no number");
+}
