@@ -107,8 +107,28 @@ pub struct PublishArgs {
 #[derive(Args)]
 pub struct BuildArgs {
     /// Vectors: .npy (float32, 2-D), .jsonl/.ndjson ({"id","vector","creator","popularity"}), or .fvecs.
-    #[arg(long)]
-    pub vectors: PathBuf,
+    #[arg(long, required_unless_present_any = ["base", "from_store"])]
+    pub vectors: Option<PathBuf>,
+    /// Compaction: build the next version from this built collection (a collection
+    /// directory or a versioned link) with the write log applied (--apply-log). Its metric,
+    /// IDs, creators, popularity and shard are kept.
+    #[arg(long, value_name = "DIR", requires = "apply_log",
+          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out", "from_store"])]
+    pub base: Option<PathBuf>,
+    /// Compaction: like --base, with the store's CURRENT version of URL/NAME as the base
+    /// (downloaded and verified into a hidden directory beside --out, deleted afterwards;
+    /// --shard I/N picks the shard of a sharded version).
+    #[arg(long, value_name = "URL/NAME", requires = "apply_log",
+          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out"])]
+    pub from_store: Option<String>,
+    /// Compaction: the write log to fold in (URL/NAME, e.g. s3://bucket/prefix/tracks):
+    /// segments after the base's log_through, up to --through, applied in order; the new
+    /// manifest records log_through (docs/format.md "Write log").
+    #[arg(long, value_name = "URL/NAME")]
+    pub apply_log: Option<String>,
+    /// With --apply-log: the last segment to apply (default: the log's newest at start).
+    #[arg(long, value_name = "P", requires = "apply_log")]
+    pub through: Option<u64>,
     /// CSV with a header row; row i describes vector row i (.npy/.fvecs only).
     #[arg(long)]
     pub meta: Option<PathBuf>,
@@ -121,8 +141,9 @@ pub struct BuildArgs {
     /// CSV column with each item's popularity (a number; empty = unknown).
     #[arg(long)]
     pub popularity_column: Option<String>,
-    #[arg(long, value_enum)]
-    pub metric: MetricArg,
+    /// With --base / --from-store: optional, and must be the base's.
+    #[arg(long, value_enum, required_unless_present_any = ["base", "from_store"])]
+    pub metric: Option<MetricArg>,
     /// Output collection directory; its name is the collection's name (e.g. indexes/tracks).
     #[arg(long)]
     pub out: PathBuf,

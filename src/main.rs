@@ -1,6 +1,7 @@
 //! The `earshot` binary: a thin CLI over the library.
 
 mod cli;
+mod compact;
 mod demo;
 mod store_mode;
 
@@ -76,9 +77,14 @@ fn main() -> ExitCode {
 }
 
 fn run_build(a: BuildArgs) -> anyhow::Result<()> {
-    let metric = Metric::from(a.metric);
+    if a.apply_log.is_some() {
+        return compact::run(a);
+    }
+    let (Some(vectors), Some(metric)) = (a.vectors.clone(), a.metric.map(Metric::from)) else {
+        anyhow::bail!("give --vectors and --metric (or --base DIR --apply-log URL/NAME)");
+    };
     let spec = InputSpec {
-        vectors: a.vectors.clone(),
+        vectors: vectors.clone(),
         meta: a.meta.clone(),
         id_column: a.id_column.clone(),
         creator_column: a.creator_column.clone(),
@@ -87,16 +93,8 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     if a.creators_out.is_some() && a.creator_column.is_none() && a.meta.is_some() {
         anyhow::bail!("--creators-out needs --creator-column");
     }
-    let params = GraphParams {
-        m: a.m,
-        ef_construction: a.ef_construction,
-        threads: a
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        builder: a.graph_builder.into(),
-        walk: a.build_walk.into(),
-    };
-    tracing::info!("reading {}", a.vectors.display());
+    let params = graph_params(&a);
+    tracing::info!("reading {}", vectors.display());
     let data = build::input::load(&spec, metric)?;
     tracing::info!(rows = data.len(), dim = data.dim, "read inputs");
     let derived = match &a.creators_out {
@@ -104,8 +102,8 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         None => None,
     };
     let source = match &a.meta {
-        Some(m) => format!("{} + {}", a.vectors.display(), m.display()),
-        None => a.vectors.display().to_string(),
+        Some(m) => format!("{} + {}", vectors.display(), m.display()),
+        None => vectors.display().to_string(),
     };
     // Where each output goes is settled (and refused if it must be) before the long build.
     let out = writer::plan_output(&a.out, a.versioned, a.force)?;
@@ -140,6 +138,19 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The graph flags of `build`.
+pub(crate) fn graph_params(a: &BuildArgs) -> GraphParams {
+    GraphParams {
+        m: a.m,
+        ef_construction: a.ef_construction,
+        threads: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        builder: a.graph_builder.into(),
+        walk: a.build_walk.into(),
+    }
+}
+
 fn run_versions(link: &std::path::Path) -> anyhow::Result<()> {
     for v in layout::list_versions(link)? {
         let facts = match Manifest::read(&v.dir) {
@@ -156,7 +167,7 @@ fn run_versions(link: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// A runtime for the object-storage commands (object_store is async).
-fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn store_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -227,7 +238,7 @@ fn run_activate(link: &std::path::Path, version: &str, force: bool) -> anyhow::R
     Ok(())
 }
 
-fn report(out: &std::path::Path, m: &Manifest) {
+pub(crate) fn report(out: &std::path::Path, m: &Manifest) {
     tracing::info!(
         out = %out.display(),
         count = m.count,

@@ -1,5 +1,6 @@
 //! `earshot build`: inputs → HNSW graph → a collection directory.
 
+pub mod compact;
 pub mod creators;
 pub mod graph;
 pub mod hnsw;
@@ -59,7 +60,7 @@ pub fn build_collection(
     out: &Path,
     settings: &Settings,
 ) -> anyhow::Result<Manifest> {
-    build(data, out, settings, None)
+    build(data, out, settings, None, None)
 }
 
 /// Builds shard `shard` of `data` into `out`: only the rows whose ID
@@ -78,14 +79,17 @@ pub fn build_shard(
         !data.is_empty(),
         "shard {shard} holds none of the {n} input rows: use fewer shards for a catalogue this small"
     );
-    build(data, out, settings, Some((shard, popularity)))
+    build(data, out, settings, Some((shard, popularity)), None)
 }
 
+/// Builds `data` into `out`. A shard carries every creator's catalogue-wide popularity;
+/// `log_through` is the write log folded into the rows (`compact`), recorded in the manifest.
 fn build(
     mut data: Dataset,
     out: &Path,
     settings: &Settings,
     shard: Option<(ShardSpec, HashMap<String, f32>)>,
+    log_through: Option<u64>,
 ) -> anyhow::Result<Manifest> {
     let (metric, params, force, source) = (
         settings.metric,
@@ -193,7 +197,7 @@ fn build(
         source: source.to_string(),
         quantization: settings.quantize.then(|| "int8".to_string()),
         shard: shard.as_ref().map(|(spec, _)| spec.info()),
-        log_through: None,
+        log_through,
         files: Default::default(),
     };
     manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;

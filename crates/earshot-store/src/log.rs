@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use earshot_core::format::log::{parse_segment_name, segment_name, Ops, Segment};
+use earshot_core::format::{names, Manifest};
+use earshot_core::shard::ShardSpec;
 use futures_util::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -199,6 +201,69 @@ impl Log {
             }
         }
         Ok(deleted)
+    }
+}
+
+impl Store {
+    /// The `log_through` of a version in the store: from `NAME/V/manifest.json`, or shard
+    /// 0's for a sharded version (every shard of a build folds in the same log). `None`:
+    /// the version includes no write log.
+    pub async fn version_log_through(
+        &self,
+        name: &str,
+        version: &str,
+        shards: Option<u32>,
+    ) -> anyhow::Result<Option<u64>> {
+        check_name("collection", name)?;
+        check_name("version", version)?;
+        let shard_dir = shards.map(|count| ShardSpec { index: 0, count }.dir_name());
+        let mut parts = vec![name, version];
+        parts.extend(shard_dir.as_deref());
+        parts.push(names::MANIFEST);
+        let url = self.object_url(&parts);
+        let bytes = self
+            .os
+            .get(&self.key(&parts))
+            .await
+            .with_context(|| format!("cannot read {url}"))?
+            .bytes()
+            .await
+            .with_context(|| format!("cannot read {url}"))?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            object: url,
+            problem: format!("not a manifest: {e}"),
+        })?;
+        Ok(m.log_through)
+    }
+
+    /// Refuses a version that could not be served with the write log as it is now: one whose
+    /// `log_through` is `P` while segment `P + 1` is gone and later segments exist (the
+    /// writes in between would be lost). Checked before CURRENT moves to it.
+    pub async fn check_log_covers(
+        &self,
+        name: &str,
+        version: &str,
+        shards: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let through = self
+            .version_log_through(name, version, shards)
+            .await?
+            .unwrap_or(0);
+        let log = self.log(name)?;
+        let listed = log.list().await?;
+        match listed.iter().find(|&&s| s > through) {
+            Some(&next) if next != through + 1 => Err(StoreError::NotReady(format!(
+                "{} includes the write log through {through}, but the write log after {through} \
+                 was pruned ({} now starts at segment {next}); build a new version with \
+                 --apply-log (earshot build --base DIR --apply-log {}) and publish it: serving \
+                 this one would lose the writes in between",
+                self.object_url(&[name, version]),
+                self.object_url(&[name, LOG_DIR]),
+                self.object_url(&[name]),
+            ))
+            .into()),
+            _ => Ok(()),
+        }
     }
 }
 

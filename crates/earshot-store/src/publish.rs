@@ -72,6 +72,15 @@ pub struct PublishReport {
     /// Whether CURRENT points at this version now (a shard: only once every shard is
     /// complete).
     pub current: bool,
+    /// The write log was pruned through this segment after CURRENT moved (the previous
+    /// CURRENT's `log_through`, or this version's when there was none; docs/format.md
+    /// "Write log"); `None` when nothing was pruned.
+    pub log_pruned_through: Option<u64>,
+    /// Segments deleted by that pruning.
+    pub log_segments_pruned: usize,
+    /// Why pruning failed, when it did (the publish itself succeeded; the next one prunes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_prune_error: Option<String>,
 }
 
 impl PublishReport {
@@ -210,14 +219,17 @@ impl Store {
         }
         tracing::info!(store = self.url(), collection = name, version, shard = ?shard, "version uploaded");
 
-        let current = if !opts.make_current {
-            false
+        // `moved_from`: Some(what CURRENT held) when this publish moved it.
+        let (current, moved_from) = if !opts.make_current {
+            (false, None)
         } else if let Some(s) = shard {
             self.commit_if_all_shards(&name, &version, s.count).await?
         } else {
             let v = version.clone();
+            let mut before = None;
             let c = self
-                .move_current(&name, |_| {
+                .move_current(&name, |found| {
+                    before = Some(found.cloned());
                     Ok(Some(Current {
                         version: v.clone(),
                         shards: None,
@@ -226,8 +238,21 @@ impl Store {
                     }))
                 })
                 .await?;
-            c.version == version
+            (c.version == version, before)
         };
+        let mut pruned = (None, 0, None);
+        if let (Some(before), Some(through)) = (moved_from, manifest.log_through) {
+            match self.prune_log(&name, before.as_ref(), through).await {
+                Ok((p, n)) => pruned = (p, n, None),
+                Err(e) => {
+                    tracing::warn!(
+                        collection = name,
+                        "pruning the write log failed (the next publish prunes it): {e:#}"
+                    );
+                    pruned.2 = Some(format!("{e:#}"));
+                }
+            }
+        }
         Ok(PublishReport {
             store: self.url().to_string(),
             name,
@@ -237,7 +262,45 @@ impl Store {
             bytes,
             seconds: started.elapsed().as_secs_f64(),
             current,
+            log_pruned_through: pruned.0,
+            log_segments_pruned: pruned.1,
+            log_prune_error: pruned.2,
         })
+    }
+
+    /// After CURRENT moved from `before` to a version that includes the write log through
+    /// `through`: deletes the segments every version a replica may still serve includes —
+    /// through `before`'s `log_through` (replicas serve it until their next poll; older
+    /// versions are no longer served), or through `through` when there was no CURRENT.
+    /// Nothing when `before` includes no log. Returns what it pruned through and how many
+    /// segments it deleted.
+    async fn prune_log(
+        &self,
+        name: &str,
+        before: Option<&Current>,
+        through: u64,
+    ) -> anyhow::Result<(Option<u64>, usize)> {
+        let upto = match before {
+            None => through,
+            Some(prev) => match self
+                .version_log_through(name, &prev.version, prev.shards)
+                .await?
+            {
+                Some(p) => p.min(through),
+                None => return Ok((None, 0)),
+            },
+        };
+        if upto == 0 {
+            return Ok((None, 0));
+        }
+        let deleted = self.log(name)?.prune_through(upto).await?;
+        tracing::info!(
+            collection = name,
+            through = upto,
+            deleted,
+            "write log pruned"
+        );
+        Ok((Some(upto), deleted))
     }
 
     /// Refuses a version (or shard) that is already complete, or whose layout (sharded or
@@ -296,14 +359,14 @@ impl Store {
         Ok(())
     }
 
-    /// Moves CURRENT to `version` when all `count` shards of it have COMPLETE; `Ok(true)`
-    /// when CURRENT points at it afterwards.
+    /// Moves CURRENT to `version` when all `count` shards of it have COMPLETE; `true` when
+    /// CURRENT points at it afterwards, and what CURRENT held when this call moved it.
     async fn commit_if_all_shards(
         &self,
         name: &str,
         version: &str,
         count: u32,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<(bool, Option<Option<Current>>)> {
         let mut done = 0;
         for i in 0..count {
             let dir = ShardSpec { index: i, count }.dir_name();
@@ -327,13 +390,16 @@ impl Store {
                 count,
                 "shard uploaded; CURRENT waits for the others"
             );
-            return Ok(false);
+            return Ok((false, None));
         }
+        let mut before = None;
         let c = self
             .move_current(name, |found| {
                 if found.is_some_and(|c| c.version == version && c.shards == Some(count)) {
+                    before = None;
                     return Ok(None);
                 }
+                before = Some(found.cloned());
                 Ok(Some(Current {
                     version: version.to_string(),
                     shards: Some(count),
@@ -342,7 +408,7 @@ impl Store {
                 }))
             })
             .await?;
-        Ok(c.version == version)
+        Ok((c.version == version, before))
     }
 }
 

@@ -407,6 +407,8 @@ impl Store {
             }
             v.clone()
         };
+        self.check_log_covers(name, &target.version, target.shards)
+            .await?;
         let wanted = target.version.clone();
         self.move_current(name, |found| {
             if found.is_some_and(|c| c.version == wanted) {
