@@ -46,7 +46,10 @@ pub fn start_writes(state: &Arc<AppState>, store: Store, poll: Duration) {
     let writes = Writes::new(
         Arc::new(StoreLog(store)),
         &state.registry,
-        WriteOptions { poll },
+        WriteOptions {
+            poll,
+            indexer: Some(Arc::new(earshot_build::graph::delta_graph)),
+        },
         state.log_metrics.clone(),
     );
     let _ = state.writes.set(writes.clone());

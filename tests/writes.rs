@@ -298,3 +298,108 @@ fn a_server_without_a_store_refuses_writes_and_an_unreachable_store_acknowledges
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["seq"], 1, "the refused write took no number");
 }
+
+#[test]
+fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = publish_tracks(&s3, dir.path());
+    let a = replica(&s3, &dir.path().join("cache"));
+    eventually("ready", Duration::from_secs(60), || ready(&a).then_some(()));
+
+    // 600 new items: more than the delta scans exactly, so a graph is built over them.
+    let mut rng = Rng::new(77);
+    let new: Vec<(String, Vec<f32>)> = (0..600)
+        .map(|i| (format!("fresh-{i}"), normalized(&rng.gauss_vec(DIM, 1.0))))
+        .collect();
+    let items: Vec<Value> = new
+        .iter()
+        .map(|(id, v)| json!({"id": id, "vector": v, "creator": "newcomer", "popularity": 1.0}))
+        .collect();
+    let r = send(&a, "POST", &json!({ "items": items }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("the delta is indexed", Duration::from_secs(60), || {
+        (metric(&a, "earshot_delta_indexed_items{collection=\"tracks\"}") == 600.0).then_some(())
+    });
+    assert_eq!(
+        metric(&a, "earshot_delta_items{collection=\"tracks\"}"),
+        600.0
+    );
+
+    // Recall@10 over catalogue + delta against an exact scan of both.
+    let mut all: Vec<(String, Vec<f32>)> = (0..cat.len())
+        .map(|i| (cat.ids[i].clone(), normalized(cat.row(i))))
+        .collect();
+    all.extend(new.iter().cloned());
+    let (mut found, mut total) = (0, 0);
+    for q in 0..60 {
+        let v = if q % 2 == 0 {
+            new[q * 7].1.clone()
+        } else {
+            normalized(&rng.gauss_vec(DIM, 1.0))
+        };
+        let mut exact: Vec<(f64, &str)> = all
+            .iter()
+            .map(|(id, w)| (-dot64(&v, w), id.as_str()))
+            .collect();
+        exact.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let got = search(&a, &v, 10, json!({"ef": 64}));
+        if q % 2 == 0 {
+            assert_eq!(got[0], new[q * 7].0, "an upserted item is its own nearest");
+        }
+        total += 10;
+        found += exact[..10]
+            .iter()
+            .filter(|(_, id)| got.iter().any(|g| g == id))
+            .count();
+    }
+    let recall = found as f64 / total as f64;
+    eprintln!("recall@10 over catalogue + indexed delta: {recall:.3}");
+    assert!(recall >= 0.95, "recall@10 {recall}");
+
+    // Compaction folds the log into v2; the replica swaps to it and drops its delta.
+    let v2 = dir.path().join("v2").join("tracks");
+    earshot_env(
+        [
+            OsString::from("build"),
+            "--base".into(),
+            dir.path().join("built").join("tracks").into(),
+            "--apply-log".into(),
+            format!("{}/tracks", s3.url("fleet")).into(),
+            "--out".into(),
+            v2.clone().into(),
+        ],
+        &s3.env(),
+    )
+    .assert_ok();
+    earshot_env(
+        [
+            OsString::from("publish"),
+            v2.into(),
+            "--store".into(),
+            s3.url("fleet").into(),
+            "--version".into(),
+            "v2".into(),
+        ],
+        &s3.env(),
+    )
+    .assert_ok();
+    eventually("v2 answers", Duration::from_secs(60), || {
+        let r = a.post_json(
+            "/v1/search",
+            &json!({"collection": "tracks", "vector": new[3].1, "k": 1}),
+        );
+        (r.header("x-earshot-version") == Some("v2")).then_some(())
+    });
+    assert_eq!(
+        metric(&a, "earshot_delta_items{collection=\"tracks\"}"),
+        0.0
+    );
+    assert_eq!(search(&a, &new[3].1, 1, json!({}))[0], new[3].0);
+    // A write after the swap lands on top of v2.
+    let r = send(&a, "DELETE", &json!({"ids": [new[3].0]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("deleted on top of v2", Duration::from_secs(10), || {
+        (search(&a, &new[3].1, 1, json!({}))[0] != new[3].0).then_some(())
+    });
+}

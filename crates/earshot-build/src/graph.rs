@@ -219,3 +219,31 @@ fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
         max_level,
     }
 }
+
+/// A graph over a write log's delta items (`earshot_core::delta`), built like a version's
+/// (native builder, one thread: it runs beside the queries at low priority).
+pub fn delta_graph(
+    vectors: &[f32],
+    dim: usize,
+    metric: Metric,
+    m: usize,
+    ef_construction: usize,
+) -> anyhow::Result<earshot_core::delta::DeltaGraph> {
+    let params = GraphParams {
+        m,
+        ef_construction,
+        threads: 1,
+        builder: GraphBuilder::Native,
+        walk: BuildWalk::F32,
+    };
+    let g = build(vectors, dim, metric, params, &|_| {})?;
+    Ok(earshot_core::delta::DeltaGraph {
+        level0: g.level0,
+        level0_degree: g.level0_degree,
+        upper: g.upper,
+        upper_degree: g.upper_degree,
+        upper_start: g.upper_start,
+        entry_point: g.entry_point,
+        max_level: g.max_level,
+    })
+}

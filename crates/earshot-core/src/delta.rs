@@ -4,17 +4,51 @@
 //!
 //! A delta is immutable once sealed: a replica applies new segments to a copy and swaps it
 //! in (queries hold an `Arc` of the one they started with), so reads never lock. Its items
-//! are searched by an exact scan: deltas stay small because compaction folds them into the
-//! next version (docs/format.md "Write log").
+//! are append-only (an update or delete marks the old item dead), so a [`DeltaGraph`] built
+//! off the query path over the first items stays valid for every later delta: queries walk
+//! it and scan only the items appended since exactly. Deltas stay small because compaction
+//! folds them into the next version (docs/format.md "Write log").
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::collection::Collection;
 use crate::distance::{normalize, DistanceFn};
 use crate::format::log::{Ops, Segment};
 use crate::format::NONE_U32;
 use crate::metric::Metric;
-use crate::search::Hit;
+use crate::search::{with_scratch, Graph, Hit};
+
+/// An HNSW graph over a delta's first items, in the served layout (`search::links`).
+pub struct DeltaGraph {
+    /// Level-0 link blocks, one per item.
+    pub level0: Vec<u32>,
+    /// Link slots per level-0 block.
+    pub level0_degree: usize,
+    /// Upper-level link blocks.
+    pub upper: Vec<u32>,
+    /// Link slots per upper-level block.
+    pub upper_degree: usize,
+    /// Each item's first upper block (`NONE_U32`: level 0 only); its length is the number
+    /// of items the graph covers.
+    pub upper_start: Vec<u32>,
+    /// Where walks start.
+    pub entry_point: u32,
+    /// The top level.
+    pub max_level: u32,
+}
+
+impl DeltaGraph {
+    /// Items it covers (the delta's first ones).
+    pub fn len(&self) -> usize {
+        self.upper_start.len()
+    }
+
+    /// Whether it covers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.upper_start.is_empty()
+    }
+}
 
 /// Upserts and deletes applied over one version of a collection.
 #[derive(Clone)]
@@ -34,6 +68,10 @@ pub struct Delta {
     creators: Vec<u32>,
     popularity: Vec<f32>,
     by_id: HashMap<String, u32>,
+    /// Delta items superseded or deleted since they were appended.
+    dead_items: Vec<bool>,
+    live_items: usize,
+    graph: Option<Arc<DeltaGraph>>,
     tombstones: Vec<u64>,
     dead: usize,
     new_creators: Vec<String>,
@@ -60,6 +98,9 @@ impl Delta {
             creators: Vec::new(),
             popularity: Vec::new(),
             by_id: HashMap::new(),
+            dead_items: Vec::new(),
+            live_items: 0,
+            graph: None,
             tombstones: vec![0; base.len().div_ceil(64)],
             dead: 0,
             new_creators: Vec::new(),
@@ -71,7 +112,37 @@ impl Delta {
 
     /// Items held in memory (upserted and not deleted since).
     pub fn items(&self) -> usize {
+        self.live_items
+    }
+
+    /// Items appended so far, dead ones included (the delta's row space).
+    pub fn appended(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Items appended after the graph (if any) was built: they are scanned exactly.
+    pub fn unindexed(&self) -> usize {
+        self.ids.len() - self.graph.as_ref().map_or(0, |g| g.len())
+    }
+
+    /// The first `n` items' vectors (prepared: unit length under cosine), to build a graph.
+    pub fn vectors_prefix(&self, n: usize) -> &[f32] {
+        &self.vectors[..n * self.dim]
+    }
+
+    /// Vector dimension and metric.
+    pub fn shape(&self) -> (usize, Metric) {
+        (self.dim, self.metric)
+    }
+
+    /// Uses `g`, a graph over this delta's first `g.len()` items (built from
+    /// [`vectors_prefix`](Self::vectors_prefix) of this or an earlier delta over the same
+    /// version). Ignored when it covers more items than exist or fewer than the current one.
+    pub fn attach_graph(&mut self, g: Arc<DeltaGraph>) {
+        let current = self.graph.as_ref().map_or(0, |c| c.len());
+        if g.len() <= self.ids.len() && g.len() > current {
+            self.graph = Some(g);
+        }
     }
 
     /// Base rows hidden (deleted or superseded).
@@ -81,7 +152,7 @@ impl Delta {
 
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.dead == 0
+        self.live_items == 0 && self.dead == 0
     }
 
     /// Bytes it holds in memory, roughly (for metrics).
@@ -148,27 +219,25 @@ impl Delta {
                 for (it, v) in items.iter().zip(prepared) {
                     let creator = self.creator_key(base, &it.creator);
                     let pop = it.popularity.unwrap_or(f32::NAN);
-                    if let Some(&i) = self.by_id.get(&it.id) {
-                        let i = i as usize;
-                        self.vectors[i * self.dim..(i + 1) * self.dim].copy_from_slice(&v);
-                        self.creators[i] = creator;
-                        self.popularity[i] = pop;
-                    } else {
-                        if let Some(row) = base.row_of(&it.id) {
-                            self.kill(row);
-                        }
-                        self.by_id.insert(it.id.clone(), self.ids.len() as u32);
-                        self.ids.push(it.id.clone());
-                        self.vectors.extend_from_slice(&v);
-                        self.creators.push(creator);
-                        self.popularity.push(pop);
+                    // Items are append-only: an update retires the old item.
+                    if let Some(i) = self.by_id.remove(&it.id) {
+                        self.retire(i as usize);
+                    } else if let Some(row) = base.row_of(&it.id) {
+                        self.kill(row);
                     }
+                    self.by_id.insert(it.id.clone(), self.ids.len() as u32);
+                    self.ids.push(it.id.clone());
+                    self.vectors.extend_from_slice(&v);
+                    self.creators.push(creator);
+                    self.popularity.push(pop);
+                    self.dead_items.push(false);
+                    self.live_items += 1;
                 }
             }
             Ops::Delete { ids } => {
                 for id in ids {
                     if let Some(i) = self.by_id.remove(id) {
-                        self.remove_item(i as usize);
+                        self.retire(i as usize);
                     }
                     if let Some(row) = base.row_of(id) {
                         self.kill(row);
@@ -181,17 +250,11 @@ impl Delta {
         Ok(())
     }
 
-    fn remove_item(&mut self, i: usize) {
-        let last = self.ids.len() - 1;
-        self.ids.swap_remove(i);
-        self.creators.swap_remove(i);
-        self.popularity.swap_remove(i);
-        if i != last {
-            let (d, src) = (self.dim, last * self.dim);
-            self.vectors.copy_within(src..src + d, i * d);
-            self.by_id.insert(self.ids[i].clone(), i as u32);
+    fn retire(&mut self, i: usize) {
+        if !self.dead_items[i] {
+            self.dead_items[i] = true;
+            self.live_items -= 1;
         }
-        self.vectors.truncate(last * self.dim);
     }
 
     /// Recomputes what queries read about creators: each touched creator's popularity (base
@@ -213,7 +276,7 @@ impl Delta {
             }
         }
         for (i, &c) in self.creators.iter().enumerate() {
-            if c == NONE_U32 {
+            if c == NONE_U32 || self.dead_items[i] {
                 continue;
             }
             let p = pop.entry(c).or_insert_with(|| {
@@ -268,7 +331,7 @@ impl<'a> View<'a> {
 
     /// Items a query can return.
     pub fn live_len(&self) -> usize {
-        self.len() - self.delta.map_or(0, |d| d.dead)
+        self.base.len() + self.delta.map_or(0, |d| d.live_items) - self.delta.map_or(0, |d| d.dead)
     }
 
     /// Vector dimension.
@@ -302,7 +365,10 @@ impl<'a> View<'a> {
             Some(d) if row < d.base_rows => {
                 d.tombstones[row as usize / 64] & (1 << (row % 64)) == 0
             }
-            Some(d) => ((row - d.base_rows) as usize) < d.ids.len(),
+            Some(d) => d
+                .dead_items
+                .get((row - d.base_rows) as usize)
+                .is_some_and(|dead| !dead),
             None => (row as usize) < self.base.len(),
         }
     }
@@ -389,23 +455,45 @@ impl<'a> View<'a> {
         base.filter(|&r| self.is_live(r)).chain(delta)
     }
 
-    /// The delta's items accepted by `accept`, nearest first, appended to `out` — merged
-    /// with what `out[start..]` already holds and cut to the `size` nearest.
-    pub fn merge_delta_scan(
+    /// The delta's `size` nearest items that `accept` (given view rows) lets through —
+    /// walked in its graph with beam `ef`, the items appended since scanned exactly — merged
+    /// with what `out[start..]` already holds, nearest first, cut to `size`.
+    pub fn merge_delta(
         &self,
         query: &[f32],
         size: usize,
+        ef: usize,
         accept: impl Fn(u32) -> bool,
         start: usize,
         out: &mut Vec<Hit>,
     ) {
         let Some(d) = self.delta else { return };
-        if d.ids.is_empty() {
+        if d.live_items == 0 {
             return;
         }
-        let dist = self.base.dist();
-        for (i, v) in d.vectors.chunks_exact(d.dim).enumerate() {
-            let row = d.base_rows + i as u32;
+        let dist = *self.base.dist();
+        let n = d.base_rows;
+        let covered = d.graph.as_ref().map_or(0, |g| g.len());
+        if let Some(g) = &d.graph {
+            let graph = Graph {
+                vectors: &d.vectors[..covered * d.dim],
+                dim: d.dim,
+                level0: &g.level0,
+                level0_degree: g.level0_degree,
+                upper: &g.upper,
+                upper_degree: g.upper_degree,
+                upper_start: &g.upper_start,
+                entry_point: g.entry_point,
+                max_level: g.max_level,
+                dist,
+                quant: None,
+            };
+            let from = out.len();
+            with_scratch(|s| graph.search(query, size, ef, |i| accept(n + i), true, s, out));
+            out[from..].iter_mut().for_each(|h| h.row += n);
+        }
+        for (i, v) in d.vectors.chunks_exact(d.dim).enumerate().skip(covered) {
+            let row = n + i as u32;
             if accept(row) {
                 out.push(Hit {
                     dist: dist.distance(query, v),

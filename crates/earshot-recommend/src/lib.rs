@@ -4,7 +4,8 @@
 //! become queries (`query`),
 //! and result lists obey constraints (`constraints`) that are applied while candidates are
 //! gathered, never by cutting a top-k afterwards (`select`). Pure functions over a
-//! [`Collection`](earshot_core::collection::Collection): no I/O, no HTTP.
+//! collection's [`View`](earshot_core::delta::View) — the mapped version with the write log's
+//! delta over it: no I/O, no HTTP.
 
 pub mod centroids;
 pub mod constraints;
@@ -15,5 +16,7 @@ pub mod select;
 pub mod strategy;
 pub mod taste;
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod testing;

@@ -167,7 +167,14 @@ pub(crate) fn pool_into(
         ),
     });
     // The write log's items (if any) are scanned and merged in.
-    c.merge_delta_scan(query, size, |r| filter.accepts(c, r), start, out);
+    c.merge_delta(
+        query,
+        size,
+        ef.max(size),
+        |r| filter.accepts(c, r),
+        start,
+        out,
+    );
     out.len() - start < size
 }
 

@@ -20,6 +20,7 @@ pub struct LogMetrics {
     pub lag_seconds: Family<CollectionLabel, Gauge<f64, AtomicU64>>,
     pub delta_items: Family<CollectionLabel, Gauge>,
     pub delta_tombstones: Family<CollectionLabel, Gauge>,
+    pub delta_indexed: Family<CollectionLabel, Gauge>,
     pub delta_bytes: Family<CollectionLabel, Gauge>,
     pub errors: Family<CollectionLabel, Counter>,
     pub writes: Family<CollectionLabel, Counter>,
@@ -64,6 +65,11 @@ impl LogMetrics {
             self.delta_tombstones.clone(),
         );
         r.register(
+            "delta_indexed_items",
+            "Delta items covered by its graph (the rest are scanned exactly)",
+            self.delta_indexed.clone(),
+        );
+        r.register(
             "delta_bytes",
             "Memory the write log's delta holds, roughly",
             self.delta_bytes.clone(),
@@ -106,6 +112,9 @@ impl LogMetrics {
         self.delta_tombstones
             .get_or_create(&label(c))
             .set(d.tombstones() as i64);
+        self.delta_indexed
+            .get_or_create(&label(c))
+            .set((d.appended() - d.unindexed()) as i64);
         self.delta_bytes
             .get_or_create(&label(c))
             .set(d.heap_bytes() as i64);

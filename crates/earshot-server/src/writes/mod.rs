@@ -10,7 +10,7 @@
 pub mod http;
 mod metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use earshot_core::collection::Collection;
-use earshot_core::delta::Delta;
+use earshot_core::delta::{Delta, DeltaGraph};
 use earshot_core::format::log::{Ops, Segment};
+use earshot_core::metric::Metric;
 use earshot_core::shard::shard_of;
 
 use crate::registry::{DeltaSource, Registry};
@@ -49,20 +50,32 @@ pub trait LogStore: Send + Sync + 'static {
     fn head<'a>(&'a self, collection: &'a str) -> BoxFuture<'a, anyhow::Result<u64>>;
 }
 
+/// Builds a graph over a delta's items: (prepared vectors, dim, metric, m, ef_construction).
+/// The binary passes `earshot_build::graph::delta_graph` (this crate does not build graphs).
+pub type Indexer =
+    Arc<dyn Fn(&[f32], usize, Metric, usize, usize) -> anyhow::Result<DeltaGraph> + Send + Sync>;
+
 /// How the tail runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriteOptions {
     /// Look for new segments this often (`--log-poll-ms`, default 1 s).
     pub poll: Duration,
+    /// Builds the delta's graph (None: the delta is always scanned exactly).
+    pub indexer: Option<Indexer>,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             poll: Duration::from_secs(1),
+            indexer: None,
         }
     }
 }
+
+/// The delta's graph is rebuilt once more than this many items (or an eighth of those it
+/// covers, if more) were appended after it: below that an exact scan is as fast as a walk.
+const SCAN_ITEMS: usize = 256;
 
 /// Segments read most per collection in one round (the rest follow in the next).
 const MAX_SEGMENTS_PER_ROUND: usize = 4096;
@@ -76,6 +89,10 @@ pub struct Writes {
     cache: Mutex<HashMap<String, BTreeMap<u64, Arc<Segment>>>>,
     /// Highest segment number known taken, per collection (the next append's hint).
     heads: Mutex<HashMap<String, u64>>,
+    /// Per collection, the newest graph over its delta (the version it was built over).
+    graphs: Mutex<HashMap<String, (String, Arc<DeltaGraph>)>>,
+    /// Collections whose delta graph is being built.
+    indexing: Mutex<HashSet<String>>,
     /// Set once every collection's log was applied up to the head seen at start.
     caught_up: AtomicBool,
     poke: tokio::sync::Notify,
@@ -97,6 +114,8 @@ impl Writes {
             opts,
             cache: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
+            graphs: Mutex::new(HashMap::new()),
+            indexing: Mutex::new(HashSet::new()),
             caught_up: AtomicBool::new(false),
             poke: tokio::sync::Notify::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -180,23 +199,35 @@ impl Writes {
                 .get(name)
                 .filter(|d| d.base_version == served.version)
                 .map_or(base, |d| d.applied);
+            let current = live
+                .engine
+                .deltas
+                .get(name)
+                .filter(|d| d.base_version == served.version);
+            let graph_waiting = current.is_some_and(|d| self.newer_graph(name, d));
             match self.read_from(name, applied + 1).await {
-                Ok(0) => self
-                    .metrics
-                    .applied(name, applied, self.head_hint(name), None),
+                Ok(0) if !graph_waiting => {
+                    self.metrics
+                        .applied(name, applied, self.head_hint(name), None);
+                    if let Some(d) = current {
+                        self.maybe_index(c, d);
+                    }
+                }
                 Ok(_) => {
                     let this = self.clone();
-                    let (c, version) = (c.clone(), served.version.clone());
+                    let (col, version) = (c.clone(), served.version.clone());
                     let prev = live.engine.deltas.get(name).cloned();
                     let built = crate::background::run("earshot-log-apply", move || {
-                        this.build_delta(&c, &version, prev.as_deref())
+                        this.build_delta(&col, &version, prev.as_deref())
                     })
                     .await;
                     match built {
                         Some(Ok(d)) => {
                             let (seq, at) = (d.applied, d.applied_written_at_ms);
                             self.metrics.delta(name, &d);
-                            if registry.set_delta(name, Arc::new(d)).await {
+                            let d = Arc::new(d);
+                            self.maybe_index(c, &d);
+                            if registry.set_delta(name, d).await {
                                 self.metrics
                                     .applied(name, seq, self.head_hint(name), Some(at));
                             } else {
@@ -219,6 +250,69 @@ impl Writes {
             }
         }
         (all, live.versions.len())
+    }
+
+    /// Whether a graph newer than `d`'s waits to be attached.
+    fn newer_graph(&self, name: &str, d: &Delta) -> bool {
+        let graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
+        graphs.get(name).is_some_and(|(v, g)| {
+            *v == d.base_version
+                && g.len() > d.appended() - d.unindexed()
+                && g.len() <= d.appended()
+        })
+    }
+
+    /// Starts building a graph over `d`'s items on a low-priority thread when too many are
+    /// scanned exactly; the next round attaches it.
+    fn maybe_index(self: &Arc<Self>, c: &Arc<Collection>, d: &Arc<Delta>) {
+        let Some(indexer) = self.opts.indexer.clone() else {
+            return;
+        };
+        let covered = d.appended() - d.unindexed();
+        if d.unindexed() <= SCAN_ITEMS.max(covered / 8) {
+            return;
+        }
+        let name = c.name.clone();
+        if !self
+            .indexing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone())
+        {
+            return;
+        }
+        let (this, d) = (self.clone(), d.clone());
+        let h = &c.manifest.hnsw;
+        let (m, ef_c) = (h.upper_degree as usize, h.ef_construction as usize);
+        let spawned = std::thread::Builder::new()
+            .name("earshot-delta-index".into())
+            .spawn(move || {
+                crate::background::lower_this_thread();
+                let n = d.appended();
+                let (dim, metric) = d.shape();
+                let started = std::time::Instant::now();
+                match indexer(d.vectors_prefix(n), dim, metric, m, ef_c) {
+                    Ok(g) => {
+                        let ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(collection = %name, items = n, ms, "write-log delta indexed");
+                        this.graphs
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(name.clone(), (d.base_version.clone(), Arc::new(g)));
+                    }
+                    Err(e) => {
+                        tracing::error!(collection = %name, "cannot index the write-log delta: {e:#}")
+                    }
+                }
+                this.indexing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&name);
+                this.poke();
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the delta indexer: {e}");
+        }
     }
 
     /// Reads segments `from…` of `name` into the cache until the first absent one; returns
@@ -299,6 +393,16 @@ impl Writes {
             d.apply(c, owned.as_ref().unwrap_or(&s))?;
         }
         d.seal(c);
+        let graph = self
+            .graphs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&c.name)
+            .filter(|(v, _)| v == version)
+            .map(|(_, g)| g.clone());
+        if let Some(g) = graph {
+            d.attach_graph(g);
+        }
         // Segments every served version includes are no longer needed here.
         self.trim_cache(&c.name, c.manifest.log_through.unwrap_or(0));
         Ok(d)
@@ -345,6 +449,7 @@ fn own_part(s: &Segment, shard: Option<(u32, u32)>) -> Option<Segment> {
 impl DeltaSource for Writes {
     fn delta_for(&self, c: &Collection, version: &str) -> Result<Option<Delta>, String> {
         let d = self.build_delta(c, version, None)?;
+        self.metrics.delta(&c.name, &d);
         Ok((!d.is_empty() || d.applied > c.manifest.log_through.unwrap_or(0)).then_some(d))
     }
 }
