@@ -403,3 +403,124 @@ fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
         (search(&a, &new[3].1, 1, json!({}))[0] != new[3].0).then_some(())
     });
 }
+
+#[test]
+fn writes_through_the_router_reach_the_owner_shard() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(9, 1_500, DIM, 6, 20, 1000, 1000);
+    let (npy, csv) = cat.write(dir.path(), "tracks");
+    for i in 0..2 {
+        let out = dir.path().join(format!("s{i}")).join("tracks");
+        let mut args = build_args(&npy, Some(&csv), "cosine", &out);
+        args.extend(["--shard".into(), format!("{i}/2").into()]);
+        earshot(args).assert_ok();
+        earshot_env(
+            [
+                OsString::from("publish"),
+                out.into(),
+                "--store".into(),
+                s3.url("fleet").into(),
+                "--version".into(),
+                "v1".into(),
+            ],
+            &s3.env(),
+        )
+        .assert_ok();
+    }
+    let shards: Vec<Server> = (0..2)
+        .map(|i| {
+            let cache = dir.path().join(format!("cache{i}"));
+            let args: Vec<OsString> = [
+                "serve",
+                "--store",
+                &s3.url("fleet"),
+                "--index-root",
+                cache.to_str().unwrap(),
+                "--addr",
+                "127.0.0.1:0",
+                "--shard",
+                &format!("{i}/2"),
+                "--log-poll-ms",
+                "100",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            Server::try_spawn_env(&args, &s3.env()).unwrap_or_else(|e| panic!("{}", e.stderr))
+        })
+        .collect();
+    eventually("shards ready", Duration::from_secs(60), || {
+        shards.iter().all(ready).then_some(())
+    });
+    let topo = dir.path().join("topology.toml");
+    std::fs::write(
+        &topo,
+        format!(
+            "[collections.tracks]\nshards = [[\"http://{}\"], [\"http://{}\"]]\n",
+            shards[0].addr, shards[1].addr
+        ),
+    )
+    .unwrap();
+    let router = Server::start_route(&topo, &["--health-interval", "0.3"]);
+    eventually("router ready", Duration::from_secs(30), || {
+        ready(&router).then_some(())
+    });
+
+    // Ten new items through the router: each lands on the shard that owns it, and the router
+    // finds every one.
+    let mut rng = Rng::new(5);
+    let new: Vec<(String, Vec<f32>)> = (0..10)
+        .map(|i| {
+            (
+                format!("via-router-{i}"),
+                normalized(&rng.gauss_vec(DIM, 1.0)),
+            )
+        })
+        .collect();
+    let items: Vec<Value> = new
+        .iter()
+        .map(|(id, v)| json!({"id": id, "vector": v, "creator": "routed"}))
+        .collect();
+    let r = send(&router, "POST", &json!({ "items": items }));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["count"], 10);
+    for (id, v) in &new {
+        let owner = earshot_core::shard::shard_of(id, 2) as usize;
+        eventually("the owner shard has it", Duration::from_secs(10), || {
+            (shards[owner].get(&format!("/v1/tracks/{id}")).status == 200).then_some(())
+        });
+        assert_eq!(
+            shards[1 - owner].get(&format!("/v1/tracks/{id}")).status,
+            404
+        );
+        assert_eq!(search(&router, v, 1, json!({}))[0], *id);
+    }
+    // A takedown through the router hides the item on its shard.
+    let r = send(&router, "DELETE", &json!({"ids": [new[0].0]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually("gone through the router", Duration::from_secs(10), || {
+        (search(&router, &new[0].1, 1, json!({}))[0] != new[0].0).then_some(())
+    });
+    // The shards' own validation answers through the router.
+    let r = send(
+        &router,
+        "POST",
+        &json!({"items": [{"id": "x", "vector": [1.0]}]}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "dimension_mismatch");
+    let r = send(
+        &router,
+        "POST",
+        &json!({"items": [{"id": "x", "vector": vec![0.5f32; DIM]}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(
+        "POST",
+        &router.url("/admin/nope/items"),
+        &[("content-type", "application/json")],
+        Some(b"{\"items\": []}".to_vec()),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+}

@@ -233,6 +233,7 @@ impl Cluster {
             path: "/v1/collections".into(),
             body: None,
             version: None,
+            auth: None,
         };
         let asks = c
             .shards

@@ -371,6 +371,46 @@ pub async fn batch(
     ))
 }
 
+/// `POST`/`DELETE /admin/{collection}/items`: a write goes to the collection's one write log,
+/// which every shard tails (each applying the IDs it owns), so one replica of one shard
+/// takes it — shard 0's, another of its replicas if one is down. The caller's credentials go
+/// with it (shards check the admin key), and the shard's answer comes back as it is.
+/// Upserts and deletes are idempotent: a write retried (or hedged) on another replica at
+/// worst appends the same batch twice.
+pub async fn write(
+    State(state): St,
+    method: Method,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(collection) = path?;
+    // The router checks what it can without the collection (media type, size, JSON); the
+    // shard validates the items and answers.
+    let bytes = body.as_ref().ok().cloned();
+    body_value(&headers, body)?;
+    let body = bytes.unwrap_or_default();
+    let cluster = &state.cluster;
+    let c = cluster.routed(&collection)?;
+    let auth = [
+        header::AUTHORIZATION,
+        header::HeaderName::from_static("x-api-key"),
+    ]
+    .into_iter()
+    .find_map(|name| headers.get(&name).map(|v| (name, v.clone())));
+    let req = UpRequest {
+        method,
+        path: format!(
+            "/admin/{}/items",
+            percent_encoding::utf8_percent_encode(&collection, SEGMENT)
+        ),
+        body: Some(body),
+        version: None,
+        auth,
+    };
+    passthrough(cluster, c, 0, &req).await
+}
+
 /// `GET /v1/{collection}/{id}`: the owner shard's answer, as it is.
 pub async fn item(
     State(state): St,
@@ -389,6 +429,7 @@ pub async fn item(
         ),
         body: None,
         version: None,
+        auth: None,
     };
     passthrough(cluster, c, owner, &req).await
 }

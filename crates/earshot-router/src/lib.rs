@@ -81,9 +81,24 @@ pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) ->
             state.limiter.clone(),
             earshot_server::overload::limit,
         ))
-        .route_layer(from_fn_with_state(keys, earshot_server::auth::query));
+        .route_layer(from_fn_with_state(
+            keys.clone(),
+            earshot_server::auth::query,
+        ));
+    // Writes are forwarded with the caller's admin key, which the router checks first too.
+    let admin = Router::new()
+        .route(
+            "/admin/{collection}/items",
+            post(http::write)
+                .delete(http::write)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    earshot_server::writes::http::MAX_WRITE_BODY_BYTES,
+                )),
+        )
+        .route_layer(from_fn_with_state(keys, earshot_server::auth::admin));
     let app = Router::new()
         .merge(v1)
+        .merge(admin)
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))

@@ -254,6 +254,8 @@ pub struct UpRequest {
     pub body: Option<Bytes>,
     /// Answer from this version only.
     pub version: Option<Arc<str>>,
+    /// The caller's own credentials (a write's admin key), sent instead of the shard key.
+    pub auth: Option<(header::HeaderName, HeaderValue)>,
 }
 
 /// A shard's answer.
@@ -453,8 +455,13 @@ impl Shard {
         if let Some(v) = &req.version {
             b = b.header(VERSION_HEADER, v.as_ref());
         }
-        if let Some(k) = &opts.shard_key {
-            b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        match &req.auth {
+            Some((name, value)) => b = b.header(name, value),
+            None => {
+                if let Some(k) = &opts.shard_key {
+                    b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+                }
+            }
         }
         let request = match b.body(Full::new(req.body.clone().unwrap_or_default())) {
             Ok(x) => x,

@@ -268,6 +268,7 @@ impl Exec<'_> {
             path,
             body: Some(Bytes::from(body)),
             version: self.pin.clone(),
+            auth: None,
         }
     }
 
