@@ -17,7 +17,7 @@ use crate::distance::{normalize, DistanceFn};
 use crate::format::log::{Ops, Segment};
 use crate::format::NONE_U32;
 use crate::metric::Metric;
-use crate::search::{with_scratch, Graph, Hit};
+use crate::search::{with_scratch, Graph, Hit, Quantized};
 
 /// An HNSW graph over a delta's first items, in the served layout (`search::links`).
 pub struct DeltaGraph {
@@ -68,6 +68,11 @@ pub struct Delta {
     creators: Vec<u32>,
     popularity: Vec<f32>,
     by_id: HashMap<String, u32>,
+    /// 8-bit codes of the items under the version's own scale and offset (empty when the
+    /// version has none), and each item's exact ‖x‖²: the delta's walk reads what the
+    /// version's does.
+    codes: Vec<i8>,
+    sqnorms: Vec<f32>,
     /// Delta items superseded or deleted since they were appended.
     dead_items: Vec<bool>,
     live_items: usize,
@@ -98,6 +103,8 @@ impl Delta {
             creators: Vec::new(),
             popularity: Vec::new(),
             by_id: HashMap::new(),
+            codes: Vec::new(),
+            sqnorms: Vec::new(),
             dead_items: Vec::new(),
             live_items: 0,
             graph: None,
@@ -159,6 +166,8 @@ impl Delta {
     pub fn heap_bytes(&self) -> usize {
         self.vectors.len() * 4
             + self.ids.iter().map(|s| 2 * s.len() + 64).sum::<usize>()
+            + self.codes.len()
+            + self.sqnorms.len() * 4
             + self.tombstones.len() * 8
             + self.creators.len() * 8
     }
@@ -227,6 +236,10 @@ impl Delta {
                     }
                     self.by_id.insert(it.id.clone(), self.ids.len() as u32);
                     self.ids.push(it.id.clone());
+                    if let Some(q) = base.graph().quant {
+                        crate::quant::encode_into(&v, q.scale, q.offset, &mut self.codes);
+                    }
+                    self.sqnorms.push(crate::distance::dot(&v, &v));
                     self.vectors.extend_from_slice(&v);
                     self.creators.push(creator);
                     self.popularity.push(pop);
@@ -474,6 +487,12 @@ impl<'a> View<'a> {
         let dist = *self.base.dist();
         let n = d.base_rows;
         let covered = d.graph.as_ref().map_or(0, |g| g.len());
+        // The version's walk with beam `ef` examines about the `ef` nearest rows of the whole
+        // catalogue, of which about the delta's share are delta items: a beam of four times
+        // that share (at least `size`) keeps the merged list's recall at the version's, at a
+        // fraction of a full walk's cost (measured: BENCHMARKS.md §11).
+        let share = d.live_items as f64 / self.live_len().max(1) as f64;
+        let ef = size.max((ef as f64 * share * 4.0).ceil() as usize);
         if let Some(g) = &d.graph {
             let graph = Graph {
                 vectors: &d.vectors[..covered * d.dim],
@@ -486,7 +505,12 @@ impl<'a> View<'a> {
                 entry_point: g.entry_point,
                 max_level: g.max_level,
                 dist,
-                quant: None,
+                // The version's codes and scale: a walk over 8-bit codes, re-ranked exactly.
+                quant: self.base.graph().quant.map(|q| Quantized {
+                    codes: &d.codes[..covered * d.dim],
+                    sqnorms: &d.sqnorms[..covered],
+                    ..q
+                }),
             };
             let from = out.len();
             with_scratch(|s| graph.search(query, size, ef, |i| accept(n + i), true, s, out));

@@ -49,6 +49,16 @@ pub fn quantize(vectors: &[f32], dim: usize) -> (Params, Vec<i8>) {
     (Params { scale, offset }, codes)
 }
 
+/// Appends the codes of `v` under fitted `scale` and `offset` (values outside the fitted
+/// range clamp to ±127: the walk's distance is approximate anyway, and re-ranking is exact).
+pub fn encode_into(v: &[f32], scale: &[f32], offset: &[f32], out: &mut Vec<i8>) {
+    out.extend(
+        v.iter()
+            .zip(scale.iter().zip(offset))
+            .map(|(x, (s, o))| ((x - o) / s).round().clamp(-127.0, 127.0) as i8),
+    );
+}
+
 /// A query prepared for one collection's codes.
 pub struct PreparedQuery {
     /// `q_d · scale_d`

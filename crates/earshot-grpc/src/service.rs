@@ -16,6 +16,7 @@ use earshot_server::extract::{Pin, VERSION_HEADER};
 use earshot_server::metrics::GrpcLabels;
 use earshot_server::registry::Live;
 use earshot_server::state::AppState;
+use earshot_server::writes::http::{write_delete, write_upsert, WriteItem, WriteResponse};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -321,6 +322,36 @@ impl pb::earshot_server::Earshot for Earshot {
         crate::stream::open(&self.state, req).await
     }
 
+    async fn upsert(
+        &self,
+        req: Request<pb::UpsertRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.write("Upsert", req, |state, m| async move {
+            let items = m
+                .items
+                .into_iter()
+                .map(|it| WriteItem {
+                    id: it.id,
+                    vector: it.vector,
+                    creator: it.creator,
+                    popularity: it.popularity,
+                })
+                .collect();
+            write_upsert(&state, m.collection, items).await
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.write("Delete", req, |state, m| async move {
+            write_delete(&state, m.collection, m.ids).await
+        })
+        .await
+    }
+
     async fn get_item(
         &self,
         req: Request<pb::GetItemRequest>,
@@ -334,6 +365,67 @@ impl pb::earshot_server::Earshot for Earshot {
             }))
         })
         .await
+    }
+}
+
+impl Earshot {
+    /// One write: the admin key (without keys: loopback callers only, as HTTP's `/admin/*`),
+    /// then the HTTP API's own validation and append; counted in the gRPC metrics.
+    async fn write<M, F>(
+        &self,
+        method: &'static str,
+        req: Request<M>,
+        write: impl FnOnce(Arc<AppState>, M) -> F,
+    ) -> Result<Response<pb::WriteResponse>, Status>
+    where
+        F: std::future::Future<Output = Result<WriteResponse, ApiError>>,
+    {
+        let started = Instant::now();
+        let loopback = req.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        let (metadata, _, msg) = req.into_parts();
+        let headers = metadata.into_headers();
+        let (id, span) = request_span(&headers, method);
+        let result = async {
+            if self.state.keys.is_empty() && !loopback {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "writes answer loopback clients only when no API keys are configured",
+                ));
+            }
+            check_key(&self.state.keys, &headers, Role::Admin)?;
+            write(self.state.clone(), msg).await
+        }
+        .instrument(span)
+        .await;
+        let result = match result {
+            Ok(w) => {
+                let mut r = Response::new(pb::WriteResponse {
+                    collection: w.collection,
+                    seq: w.seq,
+                    count: w.count as u32,
+                });
+                r.metadata_mut().as_mut().insert(REQUEST_ID, id);
+                Ok(r)
+            }
+            Err(e) => {
+                let mut s = status::from_api(&e);
+                s.metadata_mut().as_mut().insert(REQUEST_ID, id);
+                Err(s)
+            }
+        };
+        let code = result
+            .as_ref()
+            .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        let labels = GrpcLabels {
+            method,
+            code: status::code_name(code),
+        };
+        let m = &self.state.metrics;
+        m.grpc_latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        m.grpc_requests.get_or_create(&labels).inc();
+        result
     }
 }
 

@@ -87,13 +87,22 @@ pub async fn upsert(
     AppJson(req): AppJson<UpsertRequest>,
 ) -> Result<Response, ApiError> {
     let Path(collection) = path?;
-    let writes = writes(&state)?;
+    answer(write_upsert(&state, collection, req.items).await)
+}
+
+/// Validates `items` for `collection` and appends them (both transports' upsert).
+pub async fn write_upsert(
+    state: &AppState,
+    collection: String,
+    items: Vec<WriteItem>,
+) -> Result<WriteResponse, ApiError> {
+    let writes = writes(state)?;
     let live = state.live();
     let c = live.engine.collection(&collection)?;
-    check_count(req.items.len(), "items")?;
-    let mut seen = HashSet::with_capacity(req.items.len());
-    let mut items = Vec::with_capacity(req.items.len());
-    for (i, it) in req.items.into_iter().enumerate() {
+    check_count(items.len(), "items")?;
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut prepared = Vec::with_capacity(items.len());
+    for (i, it) in items.into_iter().enumerate() {
         check_id(&it.id, i)?;
         if !seen.insert(it.id.clone()) {
             return Err(ApiError::new(
@@ -116,17 +125,17 @@ pub async fn upsert(
                 ),
             ));
         }
-        items.push(LogItem {
+        prepared.push(LogItem {
             id: it.id,
             vector: it.vector,
             creator: it.creator,
             popularity: it.popularity,
         });
     }
-    let count = items.len();
+    let count = prepared.len();
     let ops = Ops::Upsert {
         dim: c.dim(),
-        items,
+        items: prepared,
     };
     drop(live);
     append(&writes, collection, ops, count).await
@@ -149,11 +158,20 @@ pub async fn delete(
     AppJson(req): AppJson<DeleteRequest>,
 ) -> Result<Response, ApiError> {
     let Path(collection) = path?;
-    let writes = writes(&state)?;
+    answer(write_delete(&state, collection, req.ids).await)
+}
+
+/// Validates `ids` for `collection` and appends their deletion (both transports' delete).
+pub async fn write_delete(
+    state: &AppState,
+    collection: String,
+    ids: Vec<String>,
+) -> Result<WriteResponse, ApiError> {
+    let writes = writes(state)?;
     state.live().engine.collection(&collection)?;
-    check_count(req.ids.len(), "ids")?;
-    let mut seen = HashSet::with_capacity(req.ids.len());
-    for (i, id) in req.ids.iter().enumerate() {
+    check_count(ids.len(), "ids")?;
+    let mut seen = HashSet::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
         check_id(id, i)?;
         if !seen.insert(id.as_str()) {
             return Err(ApiError::new(
@@ -162,8 +180,22 @@ pub async fn delete(
             ));
         }
     }
-    let count = req.ids.len();
-    append(&writes, collection, Ops::Delete { ids: req.ids }, count).await
+    let count = ids.len();
+    append(&writes, collection, Ops::Delete { ids }, count).await
+}
+
+/// A write's answer, or its error (`log_unavailable` with `Retry-After: 1`).
+fn answer(r: Result<WriteResponse, ApiError>) -> Result<Response, ApiError> {
+    match r {
+        Ok(w) => Ok(Json(w).into_response()),
+        Err(e) if e.code == ErrorCode::LogUnavailable => {
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `POST /admin/log/poll`: look for new log segments now instead of at the next poll.
@@ -193,24 +225,19 @@ async fn append(
     collection: String,
     ops: Ops,
     count: usize,
-) -> Result<Response, ApiError> {
+) -> Result<WriteResponse, ApiError> {
     match writes.append(&collection, ops).await {
-        Ok(seq) => Ok(Json(WriteResponse {
+        Ok(seq) => Ok(WriteResponse {
             collection,
             seq,
             count,
-        })
-        .into_response()),
+        }),
         Err(e) => {
             tracing::warn!(collection = %collection, "write not acknowledged: {e:#}");
-            let mut r = ApiError::new(
+            Err(ApiError::new(
                 ErrorCode::LogUnavailable,
                 format!("the write log did not take the batch, so it is not written: {e:#}; retry"),
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-            Ok(r)
+            ))
         }
     }
 }
