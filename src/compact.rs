@@ -63,10 +63,19 @@ fn compact(
             c.metric()
         );
     }
-    let listed = rt.block_on(log.list())?;
+    let mut listed = rt.block_on(log.list())?;
     let head = listed.last().copied().unwrap_or(0);
     let from = c.log_through().unwrap_or(0);
     let through = a.through.unwrap_or(head);
+    // A listing taken while writers append may miss a segment it shows a later one of (a
+    // store listing a directory as it changes): ask for the missing numbers one by one
+    // before calling them a gap.
+    for seq in from + 1..=through.min(head) {
+        if listed.binary_search(&seq).is_err() && rt.block_on(log.exists(seq))? {
+            let at = listed.partition_point(|&s| s < seq);
+            listed.insert(at, seq);
+        }
+    }
     let log_dir = format!("{log_url}/{}", earshot_store::LOG_DIR);
     check_range(from, through, &listed, &log_dir)?;
     if through == from {

@@ -90,9 +90,13 @@ impl Log {
                 | Err(object_store::Error::Precondition { .. }) => {
                     tracing::debug!(collection = self.name, seq, attempt, "log number taken");
                     seq = self.head().await?.max(seq) + 1;
-                    // Give the other writers room when many append at once.
+                    // Give the other writers room when many append at once: a jitter of this
+                    // task's own (the clock's nanoseconds), so tasks do not retry in step.
                     if attempt > 2 {
-                        let jitter = (std::process::id() as u64 + attempt as u64 * 7) % 20;
+                        let nanos = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos() as u64);
+                        let jitter = (nanos ^ seq.wrapping_mul(0x9e37_79b9)) % 20;
                         tokio::time::sleep(Duration::from_millis(2 + jitter)).await;
                     }
                 }
@@ -144,7 +148,8 @@ impl Log {
             })
     }
 
-    async fn exists(&self, seq: u64) -> anyhow::Result<bool> {
+    /// Whether segment `seq` exists (one HEAD request).
+    pub async fn exists(&self, seq: u64) -> anyhow::Result<bool> {
         let key = self.store.key(&[&self.name, LOG_DIR, &segment_name(seq)]);
         match self.store.os.head(&key).await {
             Ok(_) => Ok(true),

@@ -559,6 +559,21 @@ impl Registry {
             });
             match checked {
                 Ok((col, served)) => {
+                    // The write log over the new version: what it does not fold in yet.
+                    deltas.remove(&c.name);
+                    if let Some(source) = self.delta_source.get() {
+                        match source.delta_for(&col, &served.version) {
+                            Ok(Some(d)) => {
+                                deltas.insert(c.name.clone(), Arc::new(d));
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(
+                                collection = %c.name,
+                                version = %served.version,
+                                "write log not applied to the new version yet: {e}"
+                            ),
+                        }
+                    }
                     let ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
                         collection = %c.name,
@@ -589,21 +604,6 @@ impl Registry {
                     let kept = retained.entry(c.name.clone()).or_default();
                     // A roll-back makes a retained version current again.
                     kept.retain(|(s, _, _)| s.version != served.version);
-                    // The write log over the new version: what it does not fold in yet.
-                    deltas.remove(&c.name);
-                    if let Some(source) = self.delta_source.get() {
-                        match source.delta_for(&col, &served.version) {
-                            Ok(Some(d)) => {
-                                deltas.insert(c.name.clone(), Arc::new(d));
-                            }
-                            Ok(None) => {}
-                            Err(e) => tracing::error!(
-                                collection = %c.name,
-                                version = %served.version,
-                                "write log not applied to the new version yet: {e}"
-                            ),
-                        }
-                    }
                     let replaced = collections.insert(c.name.clone(), Arc::new(col));
                     let previous = versions.insert(c.name.clone(), served);
                     if let (Some(col), Some(prev)) = (replaced, previous) {

@@ -78,7 +78,7 @@ impl Default for WriteOptions {
 const SCAN_ITEMS: usize = 256;
 
 /// Segments read most per collection in one round (the rest follow in the next).
-const MAX_SEGMENTS_PER_ROUND: usize = 4096;
+const MAX_SEGMENTS_PER_ROUND: usize = 256;
 
 /// The write path and the tail of every served collection's log.
 pub struct Writes {
@@ -87,6 +87,8 @@ pub struct Writes {
     opts: WriteOptions,
     /// Per collection, the segments read so far that some served version may still need.
     cache: Mutex<HashMap<String, BTreeMap<u64, Arc<Segment>>>>,
+    /// Serialises this server's appends per collection.
+    append_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Highest segment number known taken, per collection (the next append's hint).
     heads: Mutex<HashMap<String, u64>>,
     /// Per collection, the newest graph over its delta (the version it was built over).
@@ -114,6 +116,7 @@ impl Writes {
             opts,
             cache: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
+            append_locks: Mutex::new(HashMap::new()),
             graphs: Mutex::new(HashMap::new()),
             indexing: Mutex::new(HashSet::new()),
             caught_up: AtomicBool::new(false),
@@ -155,6 +158,16 @@ impl Writes {
 
     /// Appends `ops` to `collection`'s log (acknowledged once this returns Ok).
     pub async fn append(&self, collection: &str, ops: Ops) -> anyhow::Result<u64> {
+        // One append in flight per collection on this server: concurrent ones would race
+        // for the same number and all but one retry (each with a listing of the log).
+        let lock = self
+            .append_locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(collection.to_string())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
         let after = self.head_hint(collection);
         let seq = self.log.append(collection, ops, after).await?;
         self.metrics
@@ -213,14 +226,18 @@ impl Writes {
                         self.maybe_index(c, d);
                     }
                 }
-                Ok(_) => {
+                Ok(read) => {
                     let this = self.clone();
                     let (col, version) = (c.clone(), served.version.clone());
                     let prev = live.engine.deltas.get(name).cloned();
-                    let built = crate::background::run("earshot-log-apply", move || {
-                        this.build_delta(&col, &version, prev.as_deref())
+                    let through = applied + read as u64;
+                    // Applying is cheap and what freshness waits for: a blocking-pool thread at
+                    // normal priority (the graph, the expensive part, is built at nice 19).
+                    let built = tokio::task::spawn_blocking(move || {
+                        this.build_delta(&col, &version, prev.as_deref(), through)
                     })
-                    .await;
+                    .await
+                    .ok();
                     match built {
                         Some(Ok(d)) => {
                             let (seq, at) = (d.applied, d.applied_written_at_ms);
@@ -339,6 +356,18 @@ impl Writes {
                 None => {
                     if read == 0 {
                         let head = self.log.head(name).await?;
+                        // A store may list a segment before an earlier one reads back (one
+                        // being written as it lists): look once more before calling it pruned.
+                        if head > seq {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if let Some(s) = self.log.read(name, seq).await? {
+                                self.cache_put(name, s);
+                                self.note_head(name, seq);
+                                seq += 1;
+                                read += 1;
+                                continue;
+                            }
+                        }
                         if head > seq {
                             anyhow::bail!(
                                 "segment {seq} is gone from the log (head {head}): it was pruned; waiting for the version that folds it in"
@@ -363,20 +392,22 @@ impl Writes {
         cache.entry(name.to_string()).or_default().insert(s.seq, s);
     }
 
-    /// The delta over `c` with every cached segment after what `prev` (or the version)
-    /// applied. Blocking: reads missing segments from the store through the runtime.
+    /// The delta over `c` with the segments after what `prev` (or the version) applied, up
+    /// to `through` — never further, so a log growing faster than it is read still gets
+    /// applied in steps. Blocking: reads segments not cached from the store.
     fn build_delta(
         &self,
         c: &Collection,
         version: &str,
         prev: Option<&Delta>,
+        through: u64,
     ) -> Result<Delta, String> {
         let mut d = match prev.filter(|d| d.base_version == version) {
             Some(d) => d.clone(),
             None => Delta::new(c, version, c.manifest.log_through.unwrap_or(0)),
         };
         let shard = c.manifest.shard.as_ref().map(|s| (s.index, s.count));
-        loop {
+        while d.applied < through {
             let seq = d.applied + 1;
             let s = match self.cached(&c.name, seq) {
                 Some(s) => s,
@@ -448,7 +479,9 @@ fn own_part(s: &Segment, shard: Option<(u32, u32)>) -> Option<Segment> {
 
 impl DeltaSource for Writes {
     fn delta_for(&self, c: &Collection, version: &str) -> Result<Option<Delta>, String> {
-        let d = self.build_delta(c, version, None)?;
+        // Up to the newest segment this server has seen: what it acknowledged or applied
+        // before the swap is in the new version's view from its first query.
+        let d = self.build_delta(c, version, None, self.head_hint(&c.name))?;
         self.metrics.delta(&c.name, &d);
         Ok((!d.is_empty() || d.applied > c.manifest.log_through.unwrap_or(0)).then_some(d))
     }
