@@ -1,21 +1,9 @@
 #!/usr/bin/env python3
-"""Fresh catalogue (issue 13): writes through the store's write log, measured on simulated hosts.
-
-A store (s3s-fs) and two replicas (`earshot serve --store`), each on its own host (tools/fleet
-netns.py: namespaces, route checks, process tracking and teardown). The writer runs on replica
-r0's host and writes to its server over that namespace's own loopback (`/admin/*` answers
-loopback clients without API keys; `bench-http` cannot send a key, so the servers run without
-keys, bound to 0.0.0.0 inside namespaces that have no default route). Queries: `earshot
-bench-http` from the client host, half of the measured capacity split over the two replicas.
-
-    F="python3 tools/fleet/fresh.py --earshot /tmp/fresh/bin/earshot --data synth|yes"
-    $F prep         # base = first 90 % of the rows (built), pool = the other 10 % (the writes)
-    $F freshness    # ack -> visible on every replica; takedowns checked per answer
-    $F durability   # kill -9 writer server / replica / store (30 s) mid-write; every replica checked
-    $F soak         # queries + 200 writes/s, compaction + publish + swap in the middle
-
-Results: JSON in $WORK/results/*.json (default /tmp/fresh). The `agent-*` subcommands run inside
-a namespace (started by the above); do not run them by hand.
+"""Fresh catalogue (issue 13): writes through the store's write log on simulated hosts (netns.py):
+a store (s3s-fs), replicas r0 and r1, a client, a publisher. The writer runs on r0's host and
+writes to r0 over that namespace's loopback (no API keys: `bench-http` cannot send one); see
+README.md here. `prep` (base = first 90 % of rows, pool = the rest), `freshness`, `durability`,
+`soak`; results as JSON in $WORK/results/. `agent-*` run inside a namespace, started by the others.
 """
 import argparse
 import array
@@ -28,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -103,8 +92,8 @@ def cmd_prep(a):
     ds = DataSet(a)
     os.makedirs(ds.dir, exist_ok=True)
     if a.data == "synth" and not os.path.exists(ds.src_vec):
-        run_local([a.earshot, "generate", "--out", os.path.dirname(ds.src_vec), "--tracks", str(a.synth_rows),
-                   "--dim", "64", "--queries", "10", "--seed", "7"])
+        subprocess.run([a.earshot, "generate", "--out", os.path.dirname(ds.src_vec), "--tracks", str(a.synth_rows),
+                   "--dim", "64", "--queries", "10", "--seed", "7"], check=True)
     f, (n, dim) = npy_header(ds.src_vec)
     n0 = int(n * 0.9)
     write_npy(os.path.join(ds.dir, "base.npy"), n0, dim, f.read(n0 * dim * 4))
@@ -119,17 +108,12 @@ def cmd_prep(a):
     with open(os.path.join(ds.dir, "pool.csv"), "w", newline="", encoding="utf-8") as g:
         csv.writer(g).writerows([["id", "creator"]] + [[r[i], r[c]] for r in body[n0:]])
     t = time.time()
-    run_local([a.earshot, "build", "--vectors", os.path.join(ds.dir, "base.npy"), "--meta",
-               os.path.join(ds.dir, "base.csv"), "--id-column", ds.id_col, "--creator-column", ds.creator_col,
-               "--metric", "cosine", "--out", ds.base, "--quantize", "int8", "--m", "16",
-               "--ef-construction", "200", "--threads", "2"])
+    subprocess.run([a.earshot, "build", "--vectors", os.path.join(ds.dir, "base.npy"), "--meta",
+                    os.path.join(ds.dir, "base.csv"), "--id-column", ds.id_col, "--creator-column", ds.creator_col,
+                    "--metric", "cosine", "--out", ds.base, "--quantize", "int8", "--m", "16",
+                    "--ef-construction", "200", "--threads", "2"], check=True)
     print(json.dumps({"prep": a.data, "rows": n, "base_rows": n0, "pool_rows": n - n0, "dim": dim,
                       "build_s": round(time.time() - t, 1)}))
-
-
-def run_local(cmd):
-    import subprocess
-    subprocess.run(cmd, check=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,19 +385,10 @@ def cmd_agent_check(a):
         bad_vec = [i for i, d in present.items() if d > 1e-5]
         maxdiff = max(present.values(), default=0.0)
         miss = [i for r in recs if "ack" in r for i in r["ids"] if i not in present]
-        whole = absent = torn = 0
-        torn_ex = []
-        for r in recs:
-            if "ack" in r:
-                continue
-            k = sum(i in present for i in r["ids"])
-            if k == 0:
-                absent += 1
-            elif k == len(r["ids"]):
-                whole += 1
-            else:
-                torn += 1
-                torn_ex.append(r["b"])
+        found = [(r["b"], sum(i in present for i in r["ids"]), len(r["ids"])) for r in recs if "ack" not in r]
+        whole, absent = sum(k == n for _, k, n in found), sum(k == 0 for _, k, n in found)
+        torn_ex = [b for b, k, n in found if 0 < k < n]
+        torn = len(torn_ex)
         metrics = scrape(url, a.coll)
         out["replicas"][url] = {"acked_missing": len(miss), "acked_missing_examples": miss[:5],
                                 "wrong_vector": len(bad_vec), "max_abs_vector_diff": maxdiff,
@@ -743,36 +718,39 @@ def cmd_agent_version(a):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=os.environ.get("FRESH_WORK", "/tmp/fresh"))
-    p.add_argument("--earshot", default="/tmp/fresh/bin/earshot")
-    p.add_argument("--s3s", default="/tmp/s3s/bin/s3s-fs")
+    for flag, default, help_ in (
+            ("--work", os.environ.get("FRESH_WORK", "/tmp/fresh"), "logs, caches, store data, results"),
+            ("--earshot", "/tmp/fresh/bin/earshot", "a copy of the release binary"),
+            ("--s3s", "/tmp/s3s/bin/s3s-fs", "the s3s-fs binary"),
+            ("--data-root", "/tmp/fresh/data", "where prep puts base and pool")):
+        p.add_argument(flag, default=default, help=help_)
     p.add_argument("--data", default="synth", choices=["synth", "yes"])
-    p.add_argument("--data-root", default="/tmp/fresh/data", help="where prep puts base and pool")
-    p.add_argument("--synth-rows", type=int, default=5000)
-    p.add_argument("--log-poll-ms", type=int, default=1000)
-    p.add_argument("--capacity", type=float, default=0, help="skip the capacity search: this many requests/s")
-    p.add_argument("--sustain-p99-ms", type=float, default=50)
-    p.add_argument("--seconds", type=float, default=30, help="write load per run / phase")
-    p.add_argument("--max-seconds", type=float, default=400, help="soak: hard bound")
-    p.add_argument("--write-rate", type=float, default=200)
-    p.add_argument("--writer-threads", type=int, default=1, help="freshness: writes in flight at once")
-    p.add_argument("--write-batch", type=int, default=1, help="freshness, soak: items per write (rate stays items/s)")
-    p.add_argument("--takedowns", type=int, default=40)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batch-rate", type=float, default=10)
-    p.add_argument("--seed", type=int, default=13)
-    p.add_argument("--compact-at", type=float, default=5)
-    p.add_argument("--compact-threads", type=int, default=1)
-    p.add_argument("--slice-seconds", type=float, default=10)
-    # agent flags
+    for flag, t, default, help_ in (
+            ("--synth-rows", int, 5000, "prep --data synth: rows generated"),
+            ("--log-poll-ms", int, 1000, "serve --log-poll-ms"),
+            ("--capacity", float, 0, "skip the capacity search: this many requests/s"),
+            ("--sustain-p99-ms", float, 50, "capacity search: bench-http --sustain-p99-ms"),
+            ("--seconds", float, 30, "write load per run / durability phase; soak: at least this"),
+            ("--max-seconds", float, 400, "soak: hard bound"),
+            ("--write-rate", float, 200, "freshness, soak: items/s"),
+            ("--writer-threads", int, 1, "freshness: writer threads (one append in flight all the same)"),
+            ("--write-batch", int, 1, "freshness, soak: items per write (the rate stays items/s)"),
+            ("--takedowns", int, 40, "freshness: takedowns, one every --takedown-interval-s"),
+            ("--batch", int, 8, "durability: items per batch"),
+            ("--batch-rate", float, 10, "durability: batches/s"),
+            ("--seed", int, 13, "takedown choice, kill points"),
+            ("--compact-at", float, 5, "soak: seconds before the compaction starts"),
+            ("--compact-threads", int, 1, "soak: build --threads"),
+            ("--slice-seconds", float, 10, "soak: bench-http slice length"),
+            # agents
+            ("--rate", float, None, ""), ("--count", int, None, ""), ("--threads", int, None, ""),
+            ("--retries", int, None, ""), ("--sample", int, 10, "freshness: every n-th write is followed"),
+            ("--poll-s", float, 0.05, "freshness: visibility poll interval"),
+            ("--takedown-interval-s", float, 0.5, ""), ("--takedown-every-s", float, 0.2, ""),
+            ("--takedown-watch-s", float, 4.0, "")):
+        p.add_argument(flag, type=t, default=default, help=help_ or None)
     for f in ("coll", "pool", "replicas", "local", "out", "stop", "records", "base-csv", "id-column", "url", "tag"):
         p.add_argument("--" + f)
-    for f, t in (("rate", float), ("count", int), ("threads", int), ("retries", int), ("sample", int)):
-        p.add_argument("--" + f, type=t, default={"sample": 10}.get(f))
-    p.add_argument("--poll-s", type=float, default=0.05)
-    p.add_argument("--takedown-interval-s", type=float, default=0.5)
-    p.add_argument("--takedown-every-s", type=float, default=0.2)
-    p.add_argument("--takedown-watch-s", type=float, default=4.0)
     cmds = {"prep": cmd_prep, "freshness": cmd_freshness, "durability": cmd_durability, "soak": cmd_soak,
             "agent-write": cmd_agent_write, "agent-fresh": cmd_agent_fresh, "agent-check": cmd_agent_check,
             "agent-metrics": cmd_agent_metrics, "agent-version": cmd_agent_version}
