@@ -31,6 +31,14 @@ PORT = 7700
 ADMIN = threading.Lock()
 
 
+def run_threads(targets):
+    ts = [threading.Thread(target=t, daemon=True) for t in targets]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def now():
     return time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
 
@@ -197,26 +205,15 @@ class Writer:
                         break
                     if attempt < self.a.retries:
                         time.sleep(0.25)
+                sent = any(x["sent"] for x in rec["attempts"])
                 with self.lock:
-                    if "ack" in rec:
-                        self.stats["acked"] += 1
-                        self.stats["retried_ok"] += len(rec["attempts"]) > 1
-                    else:
-                        self.stats["failed"] += 1
-                        if any(x["sent"] for x in rec["attempts"]):
-                            self.stats["not_acked_sent"] += 1
-                        else:
-                            self.stats["refused"] += 1
+                    for key in (["acked"] + ["retried_ok"] * (len(rec["attempts"]) > 1) if "ack" in rec
+                                else ["failed", "not_acked_sent" if sent else "refused"]):
+                        self.stats[key] += 1
                 self.record(rec)
 
-        ts = [threading.Thread(target=worker, daemon=True) for _ in range(self.a.threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        self.stats["seconds"] = round(now() - t0, 2)
-        self.stats["batches_per_s"] = round(self.k / max(1e-9, now() - t0), 1)
-        return self.stats
+        run_threads([worker] * self.a.threads)
+        return dict(self.stats, seconds=round(now() - t0, 2), batches_per_s=round(self.k / (now() - t0), 1))
 
 
 def items_maker(a, pool):
@@ -333,21 +330,16 @@ def cmd_agent_fresh(a):
             w.join()
         res["takedowns_skipped"] = skipped
 
-    res = {}
-    stop_at = [0.0]
-    threads = [threading.Thread(target=poller, daemon=True), threading.Thread(target=taker, daemon=True)]
-    for t in threads:
-        t.start()
-    res["writes"] = Writer(a, items_maker(a, read_pool(a.pool)), on_ack=on_ack).run()
-    stop_at[0] = now()
-    stop.set()
-    for t in threads:
-        t.join()
-    res["visible_on_all_s"] = summary(lat)
-    res["poll_interval_s"] = a.poll_s
-    res["takedowns"] = len(takedowns)
-    res["takedown_answers"] = sum(t["answers"] for t in takedowns)
-    res["takedown_violations"] = sum(t["violations"] for t in takedowns)
+    res, stop_at = {}, [0.0]
+
+    def writer():
+        res["writes"] = Writer(a, items_maker(a, read_pool(a.pool)), on_ack=on_ack).run()
+        stop_at[0] = now()
+        stop.set()
+    run_threads([poller, taker, writer])
+    res.update(visible_on_all_s=summary(lat), poll_interval_s=a.poll_s, takedowns=len(takedowns),
+               takedown_answers=sum(t["answers"] for t in takedowns),
+               takedown_violations=sum(t["violations"] for t in takedowns))
     res["takedown_last_seen_after_ack_s"] = summary([t["last_seen_after_ack_s"] or 0.0 for t in takedowns])
     print(json.dumps(res), flush=True)
 
@@ -418,10 +410,6 @@ def scrape(url, coll):
     return keep
 
 
-def cmd_agent_metrics(a):
-    print(json.dumps({u: scrape(u, a.coll) for u in a.replicas.split(",")}), flush=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Orchestration (root namespace): the hosts, the store, the replicas, the loads, the faults.
 
@@ -489,18 +477,14 @@ class Run:
     def capacity(self):
         if self.a.capacity:
             return self.a.capacity
-        lines = self.bench(self.urls["r0"], ["--fractions", "0.5", "--duration", "5", "--sustain-p99-ms",
-                                             str(self.a.sustain_p99_ms)], timeout=600)
-        return [x for x in lines if "max_rps" in x][0]["max_rps"]
+        out = self.fleet.run("client", self.bench_cmd(self.urls["r0"], [
+            "--fractions", "0.5", "--duration", "5", "--sustain-p99-ms", str(self.a.sustain_p99_ms)]), timeout=600)
+        return [json.loads(x) for x in out.splitlines() if '"max_rps"' in x][0]["max_rps"]
 
     def bench_cmd(self, url, extra):
         self.fleet.check_route("client", urllib.parse.urlsplit(url).hostname)
         return [self.a.earshot, "bench-http", "--url", url, "--index", self.ds.base, "--k", "10", "--ef", "64",
                 "--timeout-ms", "5000"] + extra
-
-    def bench(self, url, extra, timeout):
-        out = self.fleet.run("client", self.bench_cmd(url, extra), timeout=timeout)
-        return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
 
     def bench_bg(self, rate, seconds, tag):
         """bench-http at rate/2 on each replica for `seconds`; returns the processes."""
@@ -511,9 +495,7 @@ class Run:
     @staticmethod
     def bench_result(p, timeout):
         p.popen.wait(timeout=timeout)
-        with open(p.log) as f:
-            got = [json.loads(x) for x in f.read().splitlines() if x.startswith("{") and "achieved_rps" in x]
-        return got[-1] if got else {"ok": 0, "errors": 0, "p99_us": None, "missing": p.log}
+        return last_json(p.log, "achieved_rps") or {"ok": 0, "errors": 0, "p99_us": None, "missing": p.log}
 
     def converge(self, timeout=120):
         """Waits until both replicas applied the same segment = the log head."""
@@ -525,6 +507,13 @@ class Run:
                 return m
             time.sleep(1)
         return m
+
+
+def last_json(path, key=""):
+    """The last JSON line (containing `key`) of a process's log, or None."""
+    with open(path) as f:
+        got = [x for x in f.read().splitlines() if x.startswith("{") and key in x]
+    return json.loads(got[-1]) if got else None
 
 
 def save(a, name, rec):
@@ -563,27 +552,19 @@ def cmd_durability(a):
     phases = []
     try:
         recs = []
-        for what in ("writer-server r0", "replica r1", "store"):
-            out = os.path.join(a.work, f"dur-{what.split()[-1]}.jsonl")
-            down = 30.0 if what == "store" else 3.0
-            secs = a.seconds + (down if what == "store" else 0)
-            tag = {"writer-server r0": "a", "replica r1": "b", "store": "c"}[what]
+        for what, victim, down, tag in (("writer-server r0", "r0", 3.0, "a"), ("replica r1", "r1", 3.0, "b"),
+                                         ("store", None, 30.0, "c")):
+            out = os.path.join(a.work, f"dur-{victim or 'store'}.jsonl")
+            secs = a.seconds + (0 if victim else down)
             w = run.agent("r0", "agent-write", run.writer_args(
                 out, rate=a.batch_rate, seconds=secs, batch=a.batch, threads=1, tag=tag), wait=False,
                 name=f"writer-{tag}")
             t0 = time.time()
-            at = rnd.uniform(3, a.seconds - 5)
-            time.sleep(at)
-            if what == "store":
-                run.store.kill()
-            else:
-                run.kill(what.split()[-1])
+            time.sleep(rnd.uniform(3, a.seconds - 5))
+            run.kill(victim) if victim else run.store.kill()
             killed = time.time() - t0
             time.sleep(down)
-            if what == "store":
-                run.store.start()
-            else:
-                run.serve(what.split()[-1])
+            run.serve(victim) if victim else run.store.start()
             back = time.time() - t0
             w.popen.wait(timeout=secs + 120)
             for u in run.urls.values():
@@ -591,8 +572,7 @@ def cmd_durability(a):
             ready = time.time() - t0
             metrics = run.converge()
             recs.append(out)
-            with open(w.log) as f:
-                wstats = [json.loads(x) for x in f.read().splitlines() if x.startswith("{")][-1]
+            wstats = last_json(w.log)
             check = run.agent("client", "agent-check", ["--records", out], timeout=600)
             phases.append({"kill": what, "killed_at_s": round(killed, 1), "restarted_at_s": round(back, 1),
                            "ready_at_s": round(ready, 1), "writer": wstats, "check": check,
@@ -673,8 +653,7 @@ def cmd_soak(a):
         stop.set()
         th.join()
         w.popen.wait(timeout=120)
-        with open(w.log) as f:
-            wstats = [json.loads(x) for x in f.read().splitlines() if x.startswith("{")][-1]
+        wstats = last_json(w.log)
         metrics = run.converge()
         check = run.agent("client", "agent-check", ["--records", out], timeout=900)
         win = (tpd, (max(swapped.values()) if swapped else tpd) + 2)
@@ -753,7 +732,7 @@ def main():
         p.add_argument("--" + f)
     cmds = {"prep": cmd_prep, "freshness": cmd_freshness, "durability": cmd_durability, "soak": cmd_soak,
             "agent-write": cmd_agent_write, "agent-fresh": cmd_agent_fresh, "agent-check": cmd_agent_check,
-            "agent-metrics": cmd_agent_metrics, "agent-version": cmd_agent_version}
+            "agent-metrics": lambda a: print(json.dumps({u: scrape(u, a.coll) for u in a.replicas.split(",")})), "agent-version": cmd_agent_version}
     p.add_argument("cmd", choices=list(cmds))
     a = p.parse_args()
     a.work = os.path.abspath(a.work)
