@@ -232,7 +232,7 @@ impl Writes {
                     let prev = live.engine.deltas.get(name).cloned();
                     let through = applied + read as u64;
                     // Applying is cheap and what freshness waits for: a blocking-pool thread at
-                    // normal priority (the graph, the expensive part, is built at nice 19).
+                    // normal priority, as is the graph (see `maybe_index`).
                     let built = tokio::task::spawn_blocking(move || {
                         this.build_delta(&col, &version, prev.as_deref(), through)
                     })
@@ -279,7 +279,7 @@ impl Writes {
         })
     }
 
-    /// Starts building a graph over `d`'s items on a low-priority thread when too many are
+    /// Starts building a graph over `d`'s items on a thread of its own when too many are
     /// scanned exactly; the next round attaches it.
     fn maybe_index(self: &Arc<Self>, c: &Arc<Collection>, d: &Arc<Delta>) {
         let Some(indexer) = self.opts.indexer.clone() else {
@@ -304,7 +304,9 @@ impl Writes {
         let spawned = std::thread::Builder::new()
             .name("earshot-delta-index".into())
             .spawn(move || {
-                crate::background::lower_this_thread();
+                // Normal priority: until the graph is in, every query scans the unindexed
+                // items exactly, which under load costs the queries far more than building
+                // it does (BENCHMARKS.md §11).
                 let n = d.appended();
                 let (dim, metric) = d.shape();
                 let started = std::time::Instant::now();
