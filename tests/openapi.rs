@@ -23,7 +23,7 @@ const REGENERATE: &str = "EARSHOT_WRITE_OPENAPI=1 cargo test --test openapi";
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 /// Where the router is built, and where the document lists the handlers.
 const ROUTER_SOURCE: &str = "crates/earshot-server/src/lib.rs";
-const OPENAPI_SOURCE: &str = "crates/earshot-server/src/openapi.rs";
+const OPENAPI_SOURCE: &str = "crates/earshot-server/src/openapi/mod.rs";
 
 static FIXTURE: OnceLock<Tracks> = OnceLock::new();
 

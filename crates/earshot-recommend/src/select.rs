@@ -64,19 +64,6 @@ pub trait Candidates {
     fn creator_popularity_of(&self, row: u32) -> Option<f32>;
 }
 
-impl Candidates for earshot_core::collection::Collection {
-    #[inline]
-    fn creator_key(&self, row: u32) -> Option<u32> {
-        self.creator_index(row)
-    }
-
-    #[inline]
-    fn creator_popularity_of(&self, row: u32) -> Option<f32> {
-        self.creator_index(row)
-            .and_then(|ci| self.creator_popularity(ci))
-    }
-}
-
 impl Candidates for View<'_> {
     #[inline]
     fn creator_key(&self, row: u32) -> Option<u32> {

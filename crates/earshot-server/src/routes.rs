@@ -1,5 +1,5 @@
 //! Thin HTTP handlers: parse, call the engine, render. The errors each operation documents
-//! are listed in `openapi.rs` (`OPERATION_ERRORS`).
+//! are listed in `openapi/errors.rs` (`OPERATION_ERRORS`).
 
 use std::sync::Arc;
 

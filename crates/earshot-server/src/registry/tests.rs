@@ -8,6 +8,7 @@ use earshot_core::metric::Metric;
 
 use super::scan::scan;
 use super::*;
+use crate::error_code::ErrorCode;
 
 /// Builds a 20-item collection of dimension `dim` into `out`.
 pub(crate) fn build(out: &Path, dim: usize) {
