@@ -348,23 +348,6 @@ fn missing_damaged_or_mismatched_segments_are_refused_by_name() {
     assert!(!out.exists(), "nothing is written by a refused compaction");
 }
 
-fn publish(s3: &S3Server, dir: &Path, version: &str) -> serde_json::Value {
-    let run = earshot_env(
-        [
-            OsString::from("publish"),
-            dir.into(),
-            "--store".into(),
-            s3.url("fleet").into(),
-            "--version".into(),
-            version.into(),
-        ],
-        &s3.env(),
-    );
-    run.assert_ok();
-    let line = run.stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("publish printed {line:?}: {e}"))
-}
-
 #[test]
 fn publish_prunes_the_log_and_activate_refuses_versions_it_no_longer_covers() {
     let s3 = S3Server::start();
@@ -377,7 +360,7 @@ fn publish_prunes_the_log_and_activate_refuses_versions_it_no_longer_covers() {
 
     let v1 = dir.path().join("v1/tracks");
     build_base(dir.path(), &v1);
-    let out = publish(&s3, &v1, "20260101T000000Z");
+    let out = publish_s3(&s3, &v1, "20260101T000000Z");
     assert_eq!(out["current"], true, "{out}");
     assert_eq!(out["log_pruned_through"], serde_json::Value::Null, "{out}");
     for i in 0..3 {
@@ -389,7 +372,7 @@ fn publish_prunes_the_log_and_activate_refuses_versions_it_no_longer_covers() {
     // it, so nothing may be pruned yet.
     let v2 = dir.path().join("v2/tracks");
     earshot_env(compact_args(&v1, &link, &v2), &s3.env()).assert_ok();
-    let out = publish(&s3, &v2, "20260102T000000Z");
+    let out = publish_s3(&s3, &v2, "20260102T000000Z");
     assert_eq!(out["log_pruned_through"], serde_json::Value::Null, "{out}");
     assert_eq!(segments(), [1, 2, 3]);
 
@@ -413,7 +396,7 @@ fn publish_prunes_the_log_and_activate_refuses_versions_it_no_longer_covers() {
         leftovers.is_empty(),
         "the downloaded base is removed: {leftovers:?}"
     );
-    let out = publish(&s3, &v3, "20260103T000000Z");
+    let out = publish_s3(&s3, &v3, "20260103T000000Z");
     assert_eq!(out["log_pruned_through"], 3, "{out}");
     assert_eq!(out["log_segments_pruned"], 3, "{out}");
     assert_eq!(segments(), [4, 5]);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -52,34 +51,13 @@ async fn upsert_and_delete_over_grpc() {
     let (npy, csv) = cat.write(dir.path(), "tracks");
     let built = dir.path().join("built").join("tracks");
     earshot(build_args(&npy, Some(&csv), "cosine", &built)).assert_ok();
-    earshot_env(
-        [
-            OsString::from("publish"),
-            built.into(),
-            "--store".into(),
-            s3.url("fleet").into(),
-        ],
-        &s3.env(),
-    )
-    .assert_ok();
+    publish_s3(&s3, &built, "v1");
     let cache = dir.path().join("cache");
-    let args: Vec<OsString> = [
-        "serve",
-        "--store",
-        &s3.url("fleet"),
-        "--index-root",
-        cache.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--log-poll-ms",
-        "100",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    let server = Server::try_spawn_env(&args, &s3.env()).unwrap_or_else(|e| panic!("{}", e.stderr));
+    let server = serve_s3(
+        &s3,
+        &cache,
+        &["--grpc-addr", "127.0.0.1:0", "--log-poll-ms", "100"],
+    );
     let start = Instant::now();
     while server.get("/readyz").status != 200 {
         assert!(start.elapsed() < Duration::from_secs(60), "not ready");

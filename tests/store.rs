@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,54 +29,6 @@ fn build(dir: &Path, name: &str, seed: u64, shard: Option<&str>) -> PathBuf {
     }
     earshot(args).assert_ok();
     out
-}
-
-fn publish(s3: &S3Server, dir: &Path, version: &str) -> serde_json::Value {
-    let run = earshot_env(
-        [
-            OsString::from("publish"),
-            dir.into(),
-            "--store".into(),
-            s3.url("fleet").into(),
-            "--version".into(),
-            version.into(),
-        ],
-        &s3.env(),
-    );
-    run.assert_ok();
-    let line = run.stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("publish printed {line:?}: {e}"))
-}
-
-fn serve_from(s3: &S3Server, cache: &Path, extra: &[&str]) -> Server {
-    let mut args: Vec<OsString> = vec![
-        "serve".into(),
-        "--store".into(),
-        s3.url("fleet").into(),
-        "--index-root".into(),
-        cache.into(),
-        "--addr".into(),
-        "127.0.0.1:0".into(),
-        "--watch-interval".into(),
-        "0.2".into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    match Server::try_spawn_env(&args, &s3.env()) {
-        Ok(s) => s,
-        Err(e) => panic!("serve --store exited: {}", e.stderr),
-    }
-}
-
-/// Polls `f` until it returns `Some` or `limit` passes.
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The version that answered a similar-items query for `id`.
@@ -107,12 +58,12 @@ fn publish_serve_swap_and_roll_back_over_s3() {
 
     // A replica started before anything is published is alive but not ready.
     let cache = dir.path().join("cache");
-    let server = serve_from(&s3, &cache, &[]);
+    let server = serve_s3(&s3, &cache, &[]);
     assert_eq!(http("GET", &server.url("/healthz"), &[], None).status, 200);
     let r = http("GET", &server.url("/readyz"), &[], None);
     assert_eq!(r.status, 503, "{}", r.body);
 
-    let out = publish(&s3, &v1, "20260101T000000Z");
+    let out = publish_s3(&s3, &v1, "20260101T000000Z");
     assert_eq!(out["current"], true, "{out}");
     assert_eq!(out["name"], "tracks");
     eventually(
@@ -124,7 +75,7 @@ fn publish_serve_swap_and_roll_back_over_s3() {
     assert_eq!(answering_version(&server, &id), "20260101T000000Z");
 
     // A new version: downloaded, verified and swapped in without a restart.
-    publish(&s3, &v2, "20260102T000000Z");
+    publish_s3(&s3, &v2, "20260102T000000Z");
     eventually("v2 served", Duration::from_secs(30), || {
         (answering_version(&server, &id) == "20260102T000000Z").then_some(())
     });
@@ -175,7 +126,7 @@ fn publish_serve_swap_and_roll_back_over_s3() {
         "sync errors are counted while the store is down"
     );
     s3.restart().unwrap();
-    publish(&s3, &v2, "20260103T000000Z");
+    publish_s3(&s3, &v2, "20260103T000000Z");
     eventually(
         "the next version after the store returns",
         Duration::from_secs(60),
@@ -194,17 +145,17 @@ fn sharded_versions_become_current_when_complete() {
     let link = format!("{}/tracks", s3.url("fleet"));
     // Two of three shards: uploaded, but CURRENT does not move.
     for s in &shards[..2] {
-        let out = publish(&s3, s, "20260101T000000Z");
+        let out = publish_s3(&s3, s, "20260101T000000Z");
         assert_eq!(out["current"], false, "{out}");
     }
     let cache0 = dir.path().join("cache0");
-    let replica0 = serve_from(&s3, &cache0, &["--shard", "0/3"]);
+    let replica0 = serve_s3(&s3, &cache0, &["--shard", "0/3"]);
     std::thread::sleep(Duration::from_millis(600));
     assert!(!ready(&replica0), "no CURRENT yet: not ready");
     let listed = earshot_env(["versions", "--store", &link], &s3.env());
     assert!(!listed.stdout.contains('*'), "{}", listed.stdout);
 
-    let out = publish(&s3, &shards[2], "20260101T000000Z");
+    let out = publish_s3(&s3, &shards[2], "20260101T000000Z");
     assert_eq!(
         out["current"], true,
         "the last shard completes the set: {out}"
@@ -224,7 +175,7 @@ fn sharded_versions_become_current_when_complete() {
     }
     // A replica configured for another shard count is refused with a message naming both.
     let cache_bad = dir.path().join("cache-bad");
-    let wrong = serve_from(&s3, &cache_bad, &["--shard", "0/2"]);
+    let wrong = serve_s3(&s3, &cache_bad, &["--shard", "0/2"]);
     std::thread::sleep(Duration::from_millis(800));
     assert!(!ready(&wrong));
     let log = wrong.stderr();

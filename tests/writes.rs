@@ -20,48 +20,12 @@ fn publish_tracks(s3: &S3Server, dir: &Path) -> Catalogue {
     let (npy, csv) = cat.write(dir, "tracks");
     let out = dir.join("built").join("tracks");
     earshot(build_args(&npy, Some(&csv), "cosine", &out)).assert_ok();
-    earshot_env(
-        [
-            OsString::from("publish"),
-            out.into(),
-            "--store".into(),
-            s3.url("fleet").into(),
-            "--version".into(),
-            "v1".into(),
-        ],
-        &s3.env(),
-    )
-    .assert_ok();
+    publish_s3(s3, &out, "v1");
     cat
 }
 
 fn replica(s3: &S3Server, cache: &Path) -> Server {
-    let args: Vec<OsString> = [
-        "serve",
-        "--store",
-        &s3.url("fleet"),
-        "--index-root",
-        cache.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--log-poll-ms",
-        "100",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    Server::try_spawn_env(&args, &s3.env()).unwrap_or_else(|e| panic!("serve exited: {}", e.stderr))
-}
-
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    serve_s3(s3, cache, &["--log-poll-ms", "100"])
 }
 
 fn ready(s: &Server) -> bool {
@@ -404,18 +368,7 @@ fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
         &s3.env(),
     )
     .assert_ok();
-    earshot_env(
-        [
-            OsString::from("publish"),
-            v2.into(),
-            "--store".into(),
-            s3.url("fleet").into(),
-            "--version".into(),
-            "v2".into(),
-        ],
-        &s3.env(),
-    )
-    .assert_ok();
+    publish_s3(&s3, &v2, "v2");
     eventually("v2 answers", Duration::from_secs(60), || {
         let r = a.post_json(
             "/v1/search",
@@ -447,39 +400,13 @@ fn writes_through_the_router_reach_the_owner_shard() {
         let mut args = build_args(&npy, Some(&csv), "cosine", &out);
         args.extend(["--shard".into(), format!("{i}/2").into()]);
         earshot(args).assert_ok();
-        earshot_env(
-            [
-                OsString::from("publish"),
-                out.into(),
-                "--store".into(),
-                s3.url("fleet").into(),
-                "--version".into(),
-                "v1".into(),
-            ],
-            &s3.env(),
-        )
-        .assert_ok();
+        publish_s3(&s3, &out, "v1");
     }
     let shards: Vec<Server> = (0..2)
         .map(|i| {
             let cache = dir.path().join(format!("cache{i}"));
-            let args: Vec<OsString> = [
-                "serve",
-                "--store",
-                &s3.url("fleet"),
-                "--index-root",
-                cache.to_str().unwrap(),
-                "--addr",
-                "127.0.0.1:0",
-                "--shard",
-                &format!("{i}/2"),
-                "--log-poll-ms",
-                "100",
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect();
-            Server::try_spawn_env(&args, &s3.env()).unwrap_or_else(|e| panic!("{}", e.stderr))
+            let shard = format!("{i}/2");
+            serve_s3(&s3, &cache, &["--shard", &shard, "--log-poll-ms", "100"])
         })
         .collect();
     eventually("shards ready", Duration::from_secs(60), || {

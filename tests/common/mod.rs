@@ -984,3 +984,56 @@ pub fn post_streaming(addr: &str, path: &str, content_type: &str, body: Vec<u8>)
         headers,
     }
 }
+
+// --- A real S3 server (earshot-testkit's s3s-fs on loopback): publish to it, serve from it
+
+/// `earshot publish DIR --store S3/fleet --version V`; the JSON line it prints.
+pub fn publish_s3(s3: &earshot_testkit::S3Server, dir: &Path, version: &str) -> serde_json::Value {
+    let run = earshot_env(
+        [
+            OsString::from("publish"),
+            dir.into(),
+            "--store".into(),
+            s3.url("fleet").into(),
+            "--version".into(),
+            version.into(),
+        ],
+        &s3.env(),
+    );
+    run.assert_ok();
+    let line = run.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("publish printed {line:?}: {e}"))
+}
+
+/// `earshot serve --store S3/fleet --index-root CACHE` on an ephemeral port (polling the
+/// store every 0.2 s), plus `extra` flags.
+pub fn serve_s3(s3: &earshot_testkit::S3Server, cache: &Path, extra: &[&str]) -> Server {
+    let mut args: Vec<OsString> = vec![
+        "serve".into(),
+        "--store".into(),
+        s3.url("fleet").into(),
+        "--index-root".into(),
+        cache.into(),
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+        "--watch-interval".into(),
+        "0.2".into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    match Server::try_spawn_env(&args, &s3.env()) {
+        Ok(s) => s,
+        Err(e) => panic!("serve --store exited: {}", e.stderr),
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some` or `limit` passes.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
