@@ -7,6 +7,7 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use earshot_core::distance;
 use earshot_core::format::NONE_U32;
 use earshot_core::metric::Metric;
+pub use earshot_core::search::FlatGraph;
 use earshot_core::search::{LinkLayout, MAX_LEVEL0_DEGREE};
 
 /// The largest `--m`: level 0 keeps 2·m links, and a search follows at most
@@ -57,39 +58,6 @@ impl GraphBuilder {
             GraphBuilder::Native => "native",
             GraphBuilder::HnswRs => "hnsw_rs",
         }
-    }
-}
-
-/// The graph in the served layout.
-pub struct FlatGraph {
-    /// Level-0 link blocks, one per row.
-    pub level0: Vec<u32>,
-    /// Link slots per level-0 block (2·m).
-    pub level0_degree: usize,
-    /// Upper-level link blocks.
-    pub upper: Vec<u32>,
-    /// Link slots per upper-level block (m).
-    pub upper_degree: usize,
-    /// Each row's first upper block, `NONE_U32` for rows only on level 0.
-    pub upper_start: Vec<u32>,
-    /// Where searches start (a node on the top level).
-    pub entry_point: u32,
-    /// The top level.
-    pub max_level: u32,
-}
-
-impl FlatGraph {
-    /// The shape of the link blocks.
-    pub fn layout(&self) -> LinkLayout {
-        LinkLayout {
-            level0_degree: self.level0_degree,
-            upper_degree: self.upper_degree,
-        }
-    }
-
-    /// Blocks in `upper`.
-    pub fn upper_blocks(&self) -> usize {
-        self.layout().upper_blocks(self.upper.len())
     }
 }
 
@@ -228,7 +196,7 @@ pub fn delta_graph(
     metric: Metric,
     m: usize,
     ef_construction: usize,
-) -> anyhow::Result<earshot_core::delta::DeltaGraph> {
+) -> anyhow::Result<FlatGraph> {
     let params = GraphParams {
         m,
         ef_construction,
@@ -236,14 +204,5 @@ pub fn delta_graph(
         builder: GraphBuilder::Native,
         walk: BuildWalk::F32,
     };
-    let g = build(vectors, dim, metric, params, &|_| {})?;
-    Ok(earshot_core::delta::DeltaGraph {
-        level0: g.level0,
-        level0_degree: g.level0_degree,
-        upper: g.upper,
-        upper_degree: g.upper_degree,
-        upper_start: g.upper_start,
-        entry_point: g.entry_point,
-        max_level: g.max_level,
-    })
+    build(vectors, dim, metric, params, &|_| {})
 }

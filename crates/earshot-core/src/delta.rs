@@ -4,7 +4,7 @@
 //!
 //! A delta is immutable once sealed: a replica applies new segments to a copy and swaps it
 //! in (queries hold an `Arc` of the one they started with), so reads never lock. Its items
-//! are append-only (an update or delete marks the old item dead), so a [`DeltaGraph`] built
+//! are append-only (an update or delete marks the old item dead), so a [`FlatGraph`] built
 //! off the query path over the first items stays valid for every later delta: queries walk
 //! it and scan only the items appended since exactly. Deltas stay small because compaction
 //! folds them into the next version (docs/format.md "Write log").
@@ -17,38 +17,7 @@ use crate::distance::{normalize, DistanceFn};
 use crate::format::log::{Ops, Segment};
 use crate::format::NONE_U32;
 use crate::metric::Metric;
-use crate::search::{with_scratch, Graph, Hit, Quantized};
-
-/// An HNSW graph over a delta's first items, in the served layout (`search::links`).
-pub struct DeltaGraph {
-    /// Level-0 link blocks, one per item.
-    pub level0: Vec<u32>,
-    /// Link slots per level-0 block.
-    pub level0_degree: usize,
-    /// Upper-level link blocks.
-    pub upper: Vec<u32>,
-    /// Link slots per upper-level block.
-    pub upper_degree: usize,
-    /// Each item's first upper block (`NONE_U32`: level 0 only); its length is the number
-    /// of items the graph covers.
-    pub upper_start: Vec<u32>,
-    /// Where walks start.
-    pub entry_point: u32,
-    /// The top level.
-    pub max_level: u32,
-}
-
-impl DeltaGraph {
-    /// Items it covers (the delta's first ones).
-    pub fn len(&self) -> usize {
-        self.upper_start.len()
-    }
-
-    /// Whether it covers nothing.
-    pub fn is_empty(&self) -> bool {
-        self.upper_start.is_empty()
-    }
-}
+use crate::search::{with_scratch, FlatGraph, Graph, Hit, Quantized};
 
 /// Upserts and deletes applied over one version of a collection.
 #[derive(Clone)]
@@ -76,7 +45,7 @@ pub struct Delta {
     /// Delta items superseded or deleted since they were appended.
     dead_items: Vec<bool>,
     live_items: usize,
-    graph: Option<Arc<DeltaGraph>>,
+    graph: Option<Arc<FlatGraph>>,
     tombstones: Vec<u64>,
     dead: usize,
     new_creators: Vec<String>,
@@ -145,7 +114,7 @@ impl Delta {
     /// Uses `g`, a graph over this delta's first `g.len()` items (built from
     /// [`vectors_prefix`](Self::vectors_prefix) of this or an earlier delta over the same
     /// version). Ignored when it covers more items than exist or fewer than the current one.
-    pub fn attach_graph(&mut self, g: Arc<DeltaGraph>) {
+    pub fn attach_graph(&mut self, g: Arc<FlatGraph>) {
         let current = self.graph.as_ref().map_or(0, |c| c.len());
         if g.len() <= self.ids.len() && g.len() > current {
             self.graph = Some(g);

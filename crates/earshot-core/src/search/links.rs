@@ -139,6 +139,49 @@ pub trait LinkSource {
     fn prefetch_links(&self, row: u32, level: u32);
 }
 
+/// A graph in the served layout, owned (a build's output; a write-log delta's graph).
+pub struct FlatGraph {
+    /// Level-0 link blocks, one per row.
+    pub level0: Vec<u32>,
+    /// Link slots per level-0 block (2·m).
+    pub level0_degree: usize,
+    /// Upper-level link blocks.
+    pub upper: Vec<u32>,
+    /// Link slots per upper-level block (m).
+    pub upper_degree: usize,
+    /// Each row's first upper block, `NONE_U32` for rows only on level 0.
+    pub upper_start: Vec<u32>,
+    /// Where searches start (a node on the top level).
+    pub entry_point: u32,
+    /// The top level.
+    pub max_level: u32,
+}
+
+impl FlatGraph {
+    /// The shape of the link blocks.
+    pub fn layout(&self) -> LinkLayout {
+        LinkLayout {
+            level0_degree: self.level0_degree,
+            upper_degree: self.upper_degree,
+        }
+    }
+
+    /// Rows it covers.
+    pub fn len(&self) -> usize {
+        self.upper_start.len()
+    }
+
+    /// Whether it covers no row.
+    pub fn is_empty(&self) -> bool {
+        self.upper_start.is_empty()
+    }
+
+    /// Blocks in `upper`.
+    pub fn upper_blocks(&self) -> usize {
+        self.layout().upper_blocks(self.upper.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ mod tests;
 
 use std::cell::RefCell;
 
-pub use links::{LinkLayout, LinkSource, MAX_LEVEL0_DEGREE};
+pub use links::{FlatGraph, LinkLayout, LinkSource, MAX_LEVEL0_DEGREE};
 pub use measure::{CodeMeasure, ExactMeasure, Measure};
 pub use walk::{Beam, Hit};
 

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use earshot_core::collection::Collection;
-use earshot_core::delta::{Delta, DeltaGraph};
+use earshot_core::delta::Delta;
 use earshot_core::format::log::{Ops, Segment};
 use earshot_core::metric::Metric;
+use earshot_core::search::FlatGraph;
 use earshot_core::shard::shard_of;
 
 use crate::registry::{DeltaSource, Registry};
@@ -53,7 +54,7 @@ pub trait LogStore: Send + Sync + 'static {
 /// Builds a graph over a delta's items: (prepared vectors, dim, metric, m, ef_construction).
 /// The binary passes `earshot_build::graph::delta_graph` (this crate does not build graphs).
 pub type Indexer =
-    Arc<dyn Fn(&[f32], usize, Metric, usize, usize) -> anyhow::Result<DeltaGraph> + Send + Sync>;
+    Arc<dyn Fn(&[f32], usize, Metric, usize, usize) -> anyhow::Result<FlatGraph> + Send + Sync>;
 
 /// How the tail runs.
 #[derive(Clone)]
@@ -92,7 +93,7 @@ pub struct Writes {
     /// Highest segment number known taken, per collection (the next append's hint).
     heads: Mutex<HashMap<String, u64>>,
     /// Per collection, the newest graph over its delta (the version it was built over).
-    graphs: Mutex<HashMap<String, (String, Arc<DeltaGraph>)>>,
+    graphs: Mutex<HashMap<String, (String, Arc<FlatGraph>)>>,
     /// Collections whose delta graph is being built.
     indexing: Mutex<HashSet<String>>,
     /// Set once every collection's log was applied up to the head seen at start.
