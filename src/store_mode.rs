@@ -48,7 +48,7 @@ pub fn start_writes(state: &Arc<AppState>, store: Store, poll: Duration) {
         &state.registry,
         WriteOptions {
             poll,
-            indexer: Some(Arc::new(earshot_build::graph::delta_graph)),
+            ..WriteOptions::default()
         },
         state.log_metrics.clone(),
     );

@@ -187,22 +187,3 @@ fn flatten(hnsw: &Hnsw<f32, BuildDistance>, n: usize, m: usize) -> FlatGraph {
         max_level,
     }
 }
-
-/// A graph over a write log's delta items (`earshot_core::delta`), built like a version's
-/// (native builder, one thread: it runs beside the queries at low priority).
-pub fn delta_graph(
-    vectors: &[f32],
-    dim: usize,
-    metric: Metric,
-    m: usize,
-    ef_construction: usize,
-) -> anyhow::Result<FlatGraph> {
-    let params = GraphParams {
-        m,
-        ef_construction,
-        threads: 1,
-        builder: GraphBuilder::Native,
-        walk: BuildWalk::F32,
-    };
-    build(vectors, dim, metric, params, &|_| {})
-}

@@ -9,6 +9,9 @@ pub mod progress;
 pub mod synthetic;
 pub mod writer;
 
+#[cfg(test)]
+mod overlay_tests;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;

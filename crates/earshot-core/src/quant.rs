@@ -12,6 +12,7 @@ use crate::metric::Metric;
 use crate::simd;
 
 /// Per-dimension scale and offset.
+#[derive(Clone, Debug)]
 pub struct Params {
     /// `scale_d = (max_d − min_d) / 254` (1 where that is zero or not finite).
     pub scale: Vec<f32>,

@@ -133,35 +133,22 @@ pub(crate) fn pool_into(
 ) -> bool {
     let g = c.base.graph();
     let start = out.len();
+    let accept = |r| filter.accepts(c, r);
     let small = filter.small_candidate_set(c, scan_threshold(c.base.len()));
-    with_scratch(|s| match small {
-        Some(rows) => g.scan(query, size, rows.into_iter(), s, out),
-        None if size > MAX_WALK => g.scan(
-            query,
-            size,
-            (0..c.base.len() as u32).filter(|&r| filter.accepts(c, r)),
-            s,
-            out,
-        ),
-        None => g.search(
-            query,
-            size,
-            ef.max(size),
-            |r| filter.accepts(c, r),
-            !filter.is_trivial() || c.has_tombstones(),
-            s,
-            out,
-        ),
-    });
-    // The write log's items (if any) are scanned and merged in.
-    c.merge_delta(
-        query,
-        size,
-        ef.max(size),
-        |r| filter.accepts(c, r),
-        start,
-        out,
-    );
+    // A scan covers the version's rows here and the write log's items below; a walk covers
+    // both (the items appended since its overlay was extended are scanned).
+    match small {
+        Some(rows) => with_scratch(|s| g.scan(query, size, rows.into_iter(), s, out)),
+        None if size > MAX_WALK => with_scratch(|s| {
+            let rows = (0..c.base.len() as u32).filter(|&r| accept(r));
+            g.scan(query, size, rows, s, out)
+        }),
+        None => {
+            c.search(query, size, ef.max(size), accept, !filter.is_trivial(), out);
+            return out.len() - start < size;
+        }
+    }
+    c.scan_delta(query, size, 0, accept, start, out);
     out.len() - start < size
 }
 

@@ -6,6 +6,7 @@
 //! - `walk.rs`: the greedy descent through the upper levels and the beam search ([`Beam`]);
 //! - `measure.rs`: exact f32 or 8-bit distances from the query to a row ([`Measure`]);
 //! - `visited.rs`: the epoch-tagged set of rows a walk has seen;
+//! - `overlay.rs`: new rows (the write log's items) joined to the mapped level 0 ([`Overlay`]);
 //! - this file: [`Graph`], a served collection's view, and the query entry points.
 //!
 //! Search state lives in a per-thread [`Scratch`] that is reused, so a query allocates
@@ -13,6 +14,7 @@
 
 mod links;
 mod measure;
+mod overlay;
 mod visited;
 mod walk;
 
@@ -23,13 +25,15 @@ use std::cell::RefCell;
 
 pub use links::{FlatGraph, LinkLayout, LinkSource, MAX_LEVEL0_DEGREE};
 pub use measure::{CodeMeasure, ExactMeasure, Measure};
-pub use walk::{Beam, Hit};
+pub use overlay::{InsertScratch, NewRows, Overlay};
+pub use walk::{select_neighbours, Beam, Hit};
 
 use crate::distance::DistanceFn;
 use crate::format::NONE_U32;
 use crate::metric::Metric;
 use crate::quant::PreparedQuery;
 use links::block_links;
+use overlay::{Joined, Split};
 
 /// How many rows ahead the exact re-ranking prefetches f32 vectors.
 const RERANK_AHEAD: usize = 2;
@@ -172,28 +176,79 @@ impl<'a> Graph<'a> {
         scratch: &mut Scratch,
         out: &mut Vec<Hit>,
     ) {
+        self.search_joined(None, query, k, ef, accept, filtered, scratch, out)
+    }
+
+    /// [`search`](Self::search) over this graph's rows and, with `joined`, the new rows an
+    /// [`Overlay`] links into it (rows `len()..`, `NewRows` covering at least the overlay's):
+    /// one walk over both.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_joined(
+        &self,
+        joined: Option<(&Overlay, NewRows<'a>)>,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: impl Fn(u32) -> bool,
+        filtered: bool,
+        scratch: &mut Scratch,
+        out: &mut Vec<Hit>,
+    ) {
         if self.is_empty() || k == 0 {
             return;
         }
         let ef = ef.max(k);
         let start = out.len();
         let Scratch { beam, prepared } = scratch;
+        let n = self.len() as u32;
         match self.quant {
             Some(q8) => {
                 prepared.prepare(query, q8.scale, q8.offset);
                 let measure = CodeMeasure::new(prepared, q8, self.dim);
-                self.walk(&measure, ef, &accept, filtered, beam);
+                match joined {
+                    None => self.walk(self, &measure, ef, &accept, filtered, beam),
+                    Some((overlay, rows)) => {
+                        let new = Quantized {
+                            codes: rows.codes,
+                            sqnorms: rows.sqnorms,
+                            ..q8
+                        };
+                        let split = Split {
+                            n,
+                            base: measure,
+                            new: CodeMeasure::new(prepared, new, self.dim),
+                        };
+                        let links = Joined {
+                            graph: self,
+                            overlay,
+                        };
+                        self.walk(&links, &split, ef, &accept, filtered, beam);
+                    }
+                }
                 // Exact re-ranking of the beam's survivors. Their f32 rows are cold (the walk
                 // read only codes), so each is prefetched a few rows ahead of its distance.
                 out.extend(beam.drain());
                 let dim = self.dim;
-                let fetch = |h: &Hit| prefetch_range(self.vectors, h.row as usize * dim, dim);
+                let new_rows = joined.map_or(&[][..], |(_, r)| r.vectors);
+                let row_of = |row: u32| -> &[f32] {
+                    if row < n {
+                        self.vector(row)
+                    } else {
+                        let j = (row - n) as usize * dim;
+                        &new_rows[j..j + dim]
+                    }
+                };
+                let fetch = |h: &Hit| {
+                    if h.row < n {
+                        prefetch_range(self.vectors, h.row as usize * dim, dim)
+                    }
+                };
                 out[start..].iter().take(RERANK_AHEAD).for_each(fetch);
                 for i in start..out.len() {
                     if let Some(h) = out.get(i + RERANK_AHEAD) {
                         fetch(h);
                     }
-                    out[i].dist = self.dist.distance(query, self.vector(out[i].row));
+                    out[i].dist = self.dist.distance(query, row_of(out[i].row));
                 }
             }
             None => {
@@ -203,7 +258,24 @@ impl<'a> Graph<'a> {
                     dim: self.dim,
                     dist: self.dist,
                 };
-                self.walk(&measure, ef, &accept, filtered, beam);
+                match joined {
+                    None => self.walk(self, &measure, ef, &accept, filtered, beam),
+                    Some((overlay, rows)) => {
+                        let split = Split {
+                            n,
+                            base: measure,
+                            new: ExactMeasure {
+                                vectors: rows.vectors,
+                                ..measure
+                            },
+                        };
+                        let links = Joined {
+                            graph: self,
+                            overlay,
+                        };
+                        self.walk(&links, &split, ef, &accept, filtered, beam);
+                    }
+                }
                 out.extend(beam.drain());
             }
         }
@@ -211,23 +283,25 @@ impl<'a> Graph<'a> {
         out.truncate(start + k);
     }
 
-    /// Descends from the entry point to level 0 and walks it; leaves up to `ef` accepted
-    /// rows in `beam`.
+    /// Descends from the entry point through the upper levels and walks level 0 as `level0`
+    /// links it (this graph's own, or joined to new rows); leaves up to `ef` accepted rows in
+    /// `beam`.
     fn walk(
         &self,
+        level0: &impl LinkSource,
         measure: &impl Measure,
         ef: usize,
         accept: &impl Fn(u32) -> bool,
         filtered: bool,
         beam: &mut Beam,
     ) {
-        beam.reset(self.len());
+        beam.reset(level0.node_count());
         let entry = Hit {
             dist: measure.distance(self.entry_point),
             row: self.entry_point,
         };
         let entry = beam.descend(self, entry, (1..=self.max_level).rev(), measure);
-        beam.walk(self, 0, entry, ef, measure, accept, filtered);
+        beam.walk(level0, 0, entry, ef, measure, accept, filtered);
     }
 
     /// Exact search by scanning `rows` (used for small filtered sets and for ground truth).

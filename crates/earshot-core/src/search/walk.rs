@@ -188,3 +188,30 @@ impl Beam {
         }
     }
 }
+
+/// hnswlib's `getNeighborsByHeuristic2`, shared by the builder and the write log's
+/// [`Overlay`](super::Overlay): from `sorted` (closest first, distances to the base point)
+/// keep a candidate only if it is closer to the base than to every one kept so far, up to
+/// `max` — links that spread in different directions. Pruned candidates are not used to fill
+/// the list up (tried under inner product: Last.fm recall then stalled at 0.993 for every
+/// ef ≥ 64, against 1.000 without). `between(a, b)` is the exact distance of two rows.
+pub fn select_neighbours(
+    sorted: &[Hit],
+    max: usize,
+    out: &mut Vec<Hit>,
+    between: impl Fn(u32, u32) -> f32,
+) {
+    out.clear();
+    if sorted.len() <= max {
+        out.extend_from_slice(sorted);
+        return;
+    }
+    for &c in sorted {
+        if out.len() >= max {
+            break;
+        }
+        if out.iter().all(|k| between(c.row, k.row) >= c.dist) {
+            out.push(c);
+        }
+    }
+}

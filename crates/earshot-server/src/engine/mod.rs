@@ -91,14 +91,6 @@ impl Engine {
             query: v.vector(row).to_vec(),
             weight: 1.0,
         }];
-        // An item of the write log's delta is not in the version's graph: for that graph it
-        // is an out-of-sample query, whose walk needs a wider beam for the recall an item's
-        // own query gets (BENCHMARKS.md §11).
-        let ef = if (row as usize) < c.len() {
-            ef
-        } else {
-            (2 * ef).min(crate::limits::MAX_EF)
-        };
         let mut answer = self.answer((c, d), probes, &filter, &shape, ef, req.explain);
         answer.pool = pool;
         // The router searches the other shards with this item's vector: it comes with the

@@ -66,7 +66,7 @@ impl LogMetrics {
         );
         r.register(
             "delta_indexed_items",
-            "Delta items covered by its graph (the rest are scanned exactly)",
+            "Delta items linked into the version's graph (the rest are scanned exactly)",
             self.delta_indexed.clone(),
         );
         r.register(
@@ -114,10 +114,10 @@ impl LogMetrics {
             .set(d.tombstones() as i64);
         self.delta_indexed
             .get_or_create(&label(c))
-            .set((d.appended() - d.unindexed()) as i64);
+            .set(d.linked() as i64);
         self.delta_bytes
             .get_or_create(&label(c))
-            .set(d.heap_bytes() as i64);
+            .set((d.heap_bytes() + d.links().map_or(0, |o| o.heap_bytes())) as i64);
     }
 
     pub(super) fn error(&self, c: &str) {

@@ -5,7 +5,8 @@
 //!
 //! This crate does not reach object storage: the binary hands it a [`LogStore`] (backed by
 //! `earshot-store`). The tail runs on the tokio runtime; applying segments (a copy of the
-//! delta, then the new segments) runs on a low-priority background thread.
+//! delta, then the new segments) runs on the blocking pool, and linking the delta's items
+//! into the version's graph (an `Overlay`) on a thread of its own, both at normal priority.
 
 pub mod http;
 mod metrics;
@@ -20,8 +21,7 @@ use std::time::Duration;
 use earshot_core::collection::Collection;
 use earshot_core::delta::Delta;
 use earshot_core::format::log::{Ops, Segment};
-use earshot_core::metric::Metric;
-use earshot_core::search::FlatGraph;
+use earshot_core::search::{InsertScratch, Overlay};
 use earshot_core::shard::shard_of;
 
 use crate::registry::{DeltaSource, Registry};
@@ -51,32 +51,28 @@ pub trait LogStore: Send + Sync + 'static {
     fn head<'a>(&'a self, collection: &'a str) -> BoxFuture<'a, anyhow::Result<u64>>;
 }
 
-/// Builds a graph over a delta's items: (prepared vectors, dim, metric, m, ef_construction).
-/// The binary passes `earshot_build::graph::delta_graph` (this crate does not build graphs).
-pub type Indexer =
-    Arc<dyn Fn(&[f32], usize, Metric, usize, usize) -> anyhow::Result<FlatGraph> + Send + Sync>;
-
 /// How the tail runs.
 #[derive(Clone)]
 pub struct WriteOptions {
     /// Look for new segments this often (`--log-poll-ms`, default 1 s).
     pub poll: Duration,
-    /// Builds the delta's graph (None: the delta is always scanned exactly).
-    pub indexer: Option<Indexer>,
+    /// Link the delta's items into the version's graph off the query path (false: every
+    /// query scans them all exactly).
+    pub link: bool,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
         Self {
             poll: Duration::from_secs(1),
-            indexer: None,
+            link: true,
         }
     }
 }
 
-/// The delta's graph is rebuilt once more than this many items (or an eighth of those it
-/// covers, if more) were appended after it: below that an exact scan is as fast as a walk.
-const SCAN_ITEMS: usize = 256;
+/// While linking a backlog, the overlay is handed to queries this often (each hand-over is a
+/// copy of it), so a large batch is not scanned exactly until its last item is linked.
+const LINK_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Segments read most per collection in one round (the rest follow in the next).
 const MAX_SEGMENTS_PER_ROUND: usize = 256;
@@ -92,10 +88,10 @@ pub struct Writes {
     append_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Highest segment number known taken, per collection (the next append's hint).
     heads: Mutex<HashMap<String, u64>>,
-    /// Per collection, the newest graph over its delta (the version it was built over).
-    graphs: Mutex<HashMap<String, (String, Arc<FlatGraph>)>>,
-    /// Collections whose delta graph is being built.
-    indexing: Mutex<HashSet<String>>,
+    /// Per collection, the newest overlay linking its delta's items (the version it links into).
+    overlays: Mutex<HashMap<String, (String, Arc<Overlay>)>>,
+    /// Collections whose delta is being linked.
+    linking: Mutex<HashSet<String>>,
     /// Set once every collection's log was applied up to the head seen at start.
     caught_up: AtomicBool,
     poke: tokio::sync::Notify,
@@ -118,8 +114,8 @@ impl Writes {
             cache: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             append_locks: Mutex::new(HashMap::new()),
-            graphs: Mutex::new(HashMap::new()),
-            indexing: Mutex::new(HashSet::new()),
+            overlays: Mutex::new(HashMap::new()),
+            linking: Mutex::new(HashSet::new()),
             caught_up: AtomicBool::new(false),
             poke: tokio::sync::Notify::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -218,13 +214,13 @@ impl Writes {
                 .deltas
                 .get(name)
                 .filter(|d| d.base_version == served.version);
-            let graph_waiting = current.is_some_and(|d| self.newer_graph(name, d));
+            let links_waiting = current.is_some_and(|d| self.newer_links(name, d));
             match self.read_from(name, applied + 1).await {
-                Ok(0) if !graph_waiting => {
+                Ok(0) if !links_waiting => {
                     self.metrics
                         .applied(name, applied, self.head_hint(name), None);
                     if let Some(d) = current {
-                        self.maybe_index(c, d);
+                        self.maybe_link(c, d);
                     }
                 }
                 Ok(read) => {
@@ -233,7 +229,7 @@ impl Writes {
                     let prev = live.engine.deltas.get(name).cloned();
                     let through = applied + read as u64;
                     // Applying is cheap and what freshness waits for: a blocking-pool thread at
-                    // normal priority, as is the graph (see `maybe_index`).
+                    // normal priority, as is the linking (see `maybe_link`).
                     let built = tokio::task::spawn_blocking(move || {
                         this.build_delta(&col, &version, prev.as_deref(), through)
                     })
@@ -244,7 +240,7 @@ impl Writes {
                             let (seq, at) = (d.applied, d.applied_written_at_ms);
                             self.metrics.delta(name, &d);
                             let d = Arc::new(d);
-                            self.maybe_index(c, &d);
+                            self.maybe_link(c, &d);
                             if registry.set_delta(name, d).await {
                                 self.metrics
                                     .applied(name, seq, self.head_hint(name), Some(at));
@@ -270,69 +266,86 @@ impl Writes {
         (all, live.versions.len())
     }
 
-    /// Whether a graph newer than `d`'s waits to be attached.
-    fn newer_graph(&self, name: &str, d: &Delta) -> bool {
-        let graphs = self.graphs.lock().unwrap_or_else(PoisonError::into_inner);
-        graphs.get(name).is_some_and(|(v, g)| {
-            *v == d.base_version
-                && g.len() > d.appended() - d.unindexed()
-                && g.len() <= d.appended()
+    /// Whether an overlay linking more of `d`'s items than `d`'s own waits to be attached.
+    fn newer_links(&self, name: &str, d: &Delta) -> bool {
+        let overlays = self.overlays.lock().unwrap_or_else(PoisonError::into_inner);
+        overlays.get(name).is_some_and(|(v, o)| {
+            *v == d.base_version && o.len() > d.linked() && o.len() <= d.appended()
         })
     }
 
-    /// Starts building a graph over `d`'s items on a thread of its own when too many are
-    /// scanned exactly; the next round attaches it.
-    fn maybe_index(self: &Arc<Self>, c: &Arc<Collection>, d: &Arc<Delta>) {
-        let Some(indexer) = self.opts.indexer.clone() else {
-            return;
-        };
-        let covered = d.appended() - d.unindexed();
-        if d.unindexed() <= SCAN_ITEMS.max(covered / 8) {
+    /// Starts linking `d`'s unlinked items into the version's graph on a thread of its own
+    /// (one per collection at a time), extending the newest overlay; the next round attaches
+    /// it. Incremental: each item is inserted once, however the delta grows.
+    fn maybe_link(self: &Arc<Self>, c: &Arc<Collection>, d: &Arc<Delta>) {
+        if !self.opts.link || d.unindexed() == 0 {
             return;
         }
         let name = c.name.clone();
         if !self
-            .indexing
+            .linking
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.clone())
         {
             return;
         }
-        let (this, d) = (self.clone(), d.clone());
-        let h = &c.manifest.hnsw;
-        let (m, ef_c) = (h.upper_degree as usize, h.ef_construction as usize);
+        let (this, c, d) = (self.clone(), c.clone(), d.clone());
         let spawned = std::thread::Builder::new()
-            .name("earshot-delta-index".into())
+            .name("earshot-delta-link".into())
             .spawn(move || {
-                // Normal priority: until the graph is in, every query scans the unindexed
-                // items exactly, which under load costs the queries far more than building
-                // it does (BENCHMARKS.md §11).
-                let n = d.appended();
-                let (dim, metric) = d.shape();
-                let started = std::time::Instant::now();
-                match indexer(d.vectors_prefix(n), dim, metric, m, ef_c) {
-                    Ok(g) => {
-                        let ms = started.elapsed().as_millis() as u64;
-                        tracing::info!(collection = %name, items = n, ms, "write-log delta indexed");
-                        this.graphs
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(name.clone(), (d.base_version.clone(), Arc::new(g)));
-                    }
-                    Err(e) => {
-                        tracing::error!(collection = %name, "cannot index the write-log delta: {e:#}")
-                    }
-                }
-                this.indexing
+                // Normal priority: until an item is linked every query scans it exactly, which
+                // under load costs the queries more than linking it (BENCHMARKS.md §11).
+                this.link(&c, &d);
+                this.linking
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&name);
                 this.poke();
             });
         if let Err(e) = spawned {
-            tracing::error!("cannot start the delta indexer: {e}");
+            tracing::error!("cannot start the delta linker: {e}");
         }
+    }
+
+    /// Links `d`'s items past the newest overlay's into `c`'s graph, handing the overlay over
+    /// every [`LINK_PUBLISH_EVERY`] and at the end.
+    fn link(&self, c: &Collection, d: &Delta) {
+        let g = c.graph();
+        let version = d.base_version.clone();
+        let current = self
+            .overlays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&c.name)
+            .filter(|(v, o)| *v == version && o.base_rows() == g.len() && o.len() <= d.appended())
+            .map(|(_, o)| o.clone());
+        let mut o = match current {
+            Some(o) => (*o).clone(),
+            None => Overlay::new(&g),
+        };
+        let (first, started) = (o.len(), std::time::Instant::now());
+        let ef_c = c.manifest.hnsw.ef_construction as usize;
+        let mut scratch = InsertScratch::default();
+        let mut handed = std::time::Instant::now();
+        let publish = |o: &Overlay| {
+            self.overlays
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(c.name.clone(), (version.clone(), Arc::new(o.clone())));
+            self.poke();
+        };
+        while o.len() < d.appended() {
+            o.insert(&g, d.new_rows(), ef_c, &mut scratch);
+            if handed.elapsed() >= LINK_PUBLISH_EVERY {
+                publish(&o);
+                handed = std::time::Instant::now();
+            }
+        }
+        publish(&o);
+        let ms = started.elapsed().as_millis() as u64;
+        let (items, rewritten) = (o.len() - first, o.rewritten_rows());
+        tracing::info!(collection = %c.name, items, linked = o.len(), rewritten, ms, "write-log items linked into the version's graph");
     }
 
     /// Reads segments `from…` of `name` into the cache until the first absent one; returns
@@ -427,15 +440,15 @@ impl Writes {
             d.apply(c, owned.as_ref().unwrap_or(&s))?;
         }
         d.seal(c);
-        let graph = self
-            .graphs
+        let links = self
+            .overlays
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&c.name)
             .filter(|(v, _)| v == version)
-            .map(|(_, g)| g.clone());
-        if let Some(g) = graph {
-            d.attach_graph(g);
+            .map(|(_, o)| o.clone());
+        if let Some(o) = links {
+            d.attach_links(o);
         }
         // Segments every served version includes are no longer needed here.
         self.trim_cache(&c.name, c.manifest.log_through.unwrap_or(0));

@@ -4,20 +4,25 @@
 //!
 //! A delta is immutable once sealed: a replica applies new segments to a copy and swaps it
 //! in (queries hold an `Arc` of the one they started with), so reads never lock. Its items
-//! are append-only (an update or delete marks the old item dead), so a [`FlatGraph`] built
-//! off the query path over the first items stays valid for every later delta: queries walk
-//! it and scan only the items appended since exactly. Deltas stay small because compaction
-//! folds them into the next version (docs/format.md "Write log").
+//! are append-only (an update or delete marks the old item dead), so an [`Overlay`] that
+//! links the first items into the version's graph, extended off the query path, stays valid
+//! for every later delta: queries walk version and linked items in one walk and scan only the
+//! items appended since exactly. Deltas stay small because compaction folds them into the
+//! next version (docs/format.md "Write log").
+
+mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use view::View;
+
 use crate::collection::Collection;
-use crate::distance::{normalize, DistanceFn};
+use crate::distance::normalize;
 use crate::format::log::{Ops, Segment};
 use crate::format::NONE_U32;
 use crate::metric::Metric;
-use crate::search::{with_scratch, FlatGraph, Graph, Hit, Quantized};
+use crate::search::{NewRows, Overlay};
 
 /// Upserts and deletes applied over one version of a collection.
 #[derive(Clone)]
@@ -45,7 +50,8 @@ pub struct Delta {
     /// Delta items superseded or deleted since they were appended.
     dead_items: Vec<bool>,
     live_items: usize,
-    graph: Option<Arc<FlatGraph>>,
+    /// Links the first `links.len()` items into the version's graph.
+    links: Option<Arc<Overlay>>,
     tombstones: Vec<u64>,
     dead: usize,
     new_creators: Vec<String>,
@@ -76,7 +82,7 @@ impl Delta {
             sqnorms: Vec::new(),
             dead_items: Vec::new(),
             live_items: 0,
-            graph: None,
+            links: None,
             tombstones: vec![0; base.len().div_ceil(64)],
             dead: 0,
             new_creators: Vec::new(),
@@ -96,28 +102,41 @@ impl Delta {
         self.ids.len()
     }
 
-    /// Items appended after the graph (if any) was built: they are scanned exactly.
+    /// Items appended after the overlay (if any) was extended: they are scanned exactly.
     pub fn unindexed(&self) -> usize {
-        self.ids.len() - self.graph.as_ref().map_or(0, |g| g.len())
+        self.ids.len() - self.linked()
     }
 
-    /// The first `n` items' vectors (prepared: unit length under cosine), to build a graph.
-    pub fn vectors_prefix(&self, n: usize) -> &[f32] {
-        &self.vectors[..n * self.dim]
+    /// Items the overlay links into the version's graph.
+    pub fn linked(&self) -> usize {
+        self.links.as_ref().map_or(0, |o| o.len())
     }
 
-    /// Vector dimension and metric.
-    pub fn shape(&self) -> (usize, Metric) {
-        (self.dim, self.metric)
+    /// Every item appended so far as the overlay reads them (vectors prepared: unit length
+    /// under cosine; codes under the version's scale).
+    pub fn new_rows(&self) -> NewRows<'_> {
+        NewRows {
+            vectors: &self.vectors,
+            codes: &self.codes,
+            sqnorms: &self.sqnorms,
+        }
     }
 
-    /// Uses `g`, a graph over this delta's first `g.len()` items (built from
-    /// [`vectors_prefix`](Self::vectors_prefix) of this or an earlier delta over the same
-    /// version). Ignored when it covers more items than exist or fewer than the current one.
-    pub fn attach_graph(&mut self, g: Arc<FlatGraph>) {
-        let current = self.graph.as_ref().map_or(0, |c| c.len());
-        if g.len() <= self.ids.len() && g.len() > current {
-            self.graph = Some(g);
+    /// The overlay queries walk (None: every item is scanned).
+    pub fn links(&self) -> Option<&Arc<Overlay>> {
+        self.links.as_ref()
+    }
+
+    /// Uses `o`, an overlay of this delta's first `o.len()` items over its version (extended
+    /// from [`new_rows`](Self::new_rows) of this or an earlier delta over the same version).
+    /// Ignored when it covers more items than exist, fewer than the current one, or another
+    /// version's rows.
+    pub fn attach_links(&mut self, o: Arc<Overlay>) {
+        if o.base_rows() == self.base_rows as usize
+            && o.len() <= self.ids.len()
+            && o.len() > self.linked()
+        {
+            self.links = Some(o);
         }
     }
 
@@ -131,7 +150,7 @@ impl Delta {
         self.live_items == 0 && self.dead == 0
     }
 
-    /// Bytes it holds in memory, roughly (for metrics).
+    /// Bytes it holds in memory, roughly (for metrics; the overlay counted on its own).
     pub fn heap_bytes(&self) -> usize {
         self.vectors.len() * 4
             + self.ids.iter().map(|s| 2 * s.len() + 64).sum::<usize>()
@@ -279,229 +298,5 @@ impl Delta {
         }
         self.creator_pop = pop;
         self.creator_rows = rows;
-    }
-}
-
-/// A collection as queries see it: a mapped version and, when the write log has changed
-/// it, the delta over it.
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    /// The mapped version.
-    pub base: &'a Collection,
-    /// What the log changed (None: nothing).
-    pub delta: Option<&'a Delta>,
-}
-
-impl<'a> View<'a> {
-    /// `base` with `delta` over it (an empty delta is none).
-    pub fn new(base: &'a Collection, delta: Option<&'a Delta>) -> Self {
-        Self {
-            base,
-            delta: delta.filter(|d| !d.is_empty()),
-        }
-    }
-
-    /// The size of the row space (hidden base rows included).
-    pub fn len(&self) -> usize {
-        self.base.len() + self.delta.map_or(0, |d| d.ids.len())
-    }
-
-    /// Whether the row space is empty (never, for an opened collection).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Items a query can return.
-    pub fn live_len(&self) -> usize {
-        self.base.len() + self.delta.map_or(0, |d| d.live_items) - self.delta.map_or(0, |d| d.dead)
-    }
-
-    /// Vector dimension.
-    pub fn dim(&self) -> usize {
-        self.base.dim()
-    }
-
-    /// The distance function.
-    pub fn dist(&self) -> &DistanceFn {
-        self.base.dist()
-    }
-
-    /// Whether base rows are hidden (walks must then filter).
-    pub fn has_tombstones(&self) -> bool {
-        self.delta.is_some_and(|d| d.dead > 0)
-    }
-
-    #[inline]
-    fn split(&self, row: u32) -> Result<u32, (&'a Delta, usize)> {
-        let n = self.base.len() as u32;
-        match self.delta {
-            Some(d) if row >= n => Err((d, (row - n) as usize)),
-            _ => Ok(row),
-        }
-    }
-
-    /// Whether `row` is an item (not a hidden base row).
-    #[inline]
-    pub fn is_live(&self, row: u32) -> bool {
-        match self.delta {
-            Some(d) if row < d.base_rows => {
-                d.tombstones[row as usize / 64] & (1 << (row % 64)) == 0
-            }
-            Some(d) => d
-                .dead_items
-                .get((row - d.base_rows) as usize)
-                .is_some_and(|dead| !dead),
-            None => (row as usize) < self.base.len(),
-        }
-    }
-
-    /// The row of the item with ID `id`.
-    pub fn row_of(&self, id: &str) -> Option<u32> {
-        if let Some(d) = self.delta {
-            if let Some(&i) = d.by_id.get(id) {
-                return Some(d.base_rows + i);
-            }
-        }
-        self.base.row_of(id).filter(|&r| self.is_live(r))
-    }
-
-    /// The ID of `row`.
-    pub fn id(&self, row: u32) -> &'a str {
-        match self.split(row) {
-            Ok(r) => self.base.id(r),
-            Err((d, i)) => &d.ids[i],
-        }
-    }
-
-    /// The vector of `row` (unit length under cosine).
-    pub fn vector(&self, row: u32) -> &'a [f32] {
-        match self.split(row) {
-            Ok(r) => self.base.vector(r),
-            Err((d, i)) => &d.vectors[i * d.dim..(i + 1) * d.dim],
-        }
-    }
-
-    /// The creator key of `row` (base creators keep their index; new ones follow).
-    pub fn creator_index(&self, row: u32) -> Option<u32> {
-        match self.split(row) {
-            Ok(r) => self.base.creator_index(r),
-            Err((d, i)) => (d.creators[i] != NONE_U32).then_some(d.creators[i]),
-        }
-    }
-
-    /// The creator name of `row`.
-    pub fn creator(&self, row: u32) -> Option<&'a str> {
-        match self.split(row) {
-            Ok(r) => self.base.creator(r),
-            Err((d, i)) => match d.creators[i] {
-                NONE_U32 => None,
-                c if c < d.base_creators => Some(self.base.creators.get(c)),
-                c => Some(&d.new_creators[(c - d.base_creators) as usize]),
-            },
-        }
-    }
-
-    /// The popularity of `row`.
-    pub fn popularity(&self, row: u32) -> Option<f32> {
-        match self.split(row) {
-            Ok(r) => self.base.popularity(r),
-            Err((d, i)) => (!d.popularity[i].is_nan()).then_some(d.popularity[i]),
-        }
-    }
-
-    /// The popularity of creator `c` (sum over its live items).
-    pub fn creator_popularity(&self, c: u32) -> Option<f32> {
-        if let Some(&p) = self.delta.and_then(|d| d.creator_pop.get(&c)) {
-            return Some(p);
-        }
-        self.base.creator_popularity(c)
-    }
-
-    /// The creator key of a creator name.
-    pub fn creator_named(&self, name: &str) -> Option<u32> {
-        self.base.creators.find(name).or_else(|| {
-            self.delta
-                .and_then(|d| d.new_creator_by_name.get(name).copied())
-        })
-    }
-
-    /// Live rows of creator `c`.
-    pub fn creator_items(&self, c: u32) -> impl Iterator<Item = u32> + '_ {
-        let base = self.base.creator_items(c).iter().copied();
-        let delta = self
-            .delta
-            .and_then(|d| d.creator_rows.get(&c))
-            .into_iter()
-            .flatten()
-            .copied();
-        base.filter(|&r| self.is_live(r)).chain(delta)
-    }
-
-    /// The delta's `size` nearest items that `accept` (given view rows) lets through —
-    /// walked in its graph with beam `ef`, the items appended since scanned exactly — merged
-    /// with what `out[start..]` already holds, nearest first, cut to `size`.
-    pub fn merge_delta(
-        &self,
-        query: &[f32],
-        size: usize,
-        ef: usize,
-        accept: impl Fn(u32) -> bool,
-        start: usize,
-        out: &mut Vec<Hit>,
-    ) {
-        let Some(d) = self.delta else { return };
-        if d.live_items == 0 {
-            return;
-        }
-        let dist = *self.base.dist();
-        let n = d.base_rows;
-        let covered = d.graph.as_ref().map_or(0, |g| g.len());
-        // The version's walk with beam `ef` examines about the `ef` nearest rows of the whole
-        // catalogue, of which about the delta's share are delta items: a beam of four times
-        // that share (at least `size`) keeps the merged list's recall at the version's, at a
-        // fraction of a full walk's cost (measured: BENCHMARKS.md §11).
-        let share = d.live_items as f64 / self.live_len().max(1) as f64;
-        let ef = size.max((ef as f64 * share * 4.0).ceil() as usize);
-        if let Some(g) = &d.graph {
-            let graph = Graph {
-                vectors: &d.vectors[..covered * d.dim],
-                dim: d.dim,
-                level0: &g.level0,
-                level0_degree: g.level0_degree,
-                upper: &g.upper,
-                upper_degree: g.upper_degree,
-                upper_start: &g.upper_start,
-                entry_point: g.entry_point,
-                max_level: g.max_level,
-                dist,
-                // The version's codes and scale: a walk over 8-bit codes, re-ranked exactly.
-                quant: self.base.graph().quant.map(|q| Quantized {
-                    codes: &d.codes[..covered * d.dim],
-                    sqnorms: &d.sqnorms[..covered],
-                    ..q
-                }),
-            };
-            let from = out.len();
-            with_scratch(|s| graph.search(query, size, ef, |i| accept(n + i), true, s, out));
-            out[from..].iter_mut().for_each(|h| h.row += n);
-        }
-        for (i, v) in d.vectors.chunks_exact(d.dim).enumerate().skip(covered) {
-            let row = n + i as u32;
-            if accept(row) {
-                out.push(Hit {
-                    dist: dist.distance(query, v),
-                    row,
-                });
-            }
-        }
-        out[start..].sort_unstable();
-        out.truncate(start + size);
-    }
-}
-
-impl<'a> From<&'a Collection> for View<'a> {
-    /// The version alone (no write log applied).
-    fn from(base: &'a Collection) -> Self {
-        Self { base, delta: None }
     }
 }
