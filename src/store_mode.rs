@@ -22,22 +22,51 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Polls the store every `every` (sooner, with backoff, after a failure) for as long as the
 /// server runs. Serving never waits on it: a store that is down only delays new versions.
+///
+/// The loop runs on a thread and runtime of its own at the lowest CPU priority, and so do the
+/// blocking threads it starts (Linux threads inherit their creator's nice value): fetching a
+/// version hashes, verifies and fsyncs every byte of it, which on the query runtime stalled
+/// its workers — 34 queries answered 503 at one instant on a replica at a quarter of its
+/// capacity, seconds before the swap (BENCHMARKS.md §11, soak run 7).
 pub fn spawn(state: Arc<AppState>, syncer: Syncer, every: Duration) {
-    tokio::spawn(async move {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let ok = poll(&state, &syncer).await;
-            let wait = if ok {
-                backoff = FIRST_BACKOFF;
-                every
-            } else {
-                let wait = backoff.min(every.max(MAX_BACKOFF));
-                backoff = (backoff * 2).min(every.max(MAX_BACKOFF));
-                wait
+    let spawned = std::thread::Builder::new()
+        .name("earshot-store-sync".into())
+        .spawn(move || {
+            earshot_server::background::lower_this_thread();
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("earshot-store-sync")
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("cannot start the store sync runtime (no new versions will be fetched): {e}");
+                    return;
+                }
             };
-            tokio::time::sleep(jitter(wait)).await;
-        }
-    });
+            rt.block_on(sync_loop(state, syncer, every));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the store sync thread (no new versions will be fetched): {e}"
+        );
+    }
+}
+
+async fn sync_loop(state: Arc<AppState>, syncer: Syncer, every: Duration) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let ok = poll(&state, &syncer).await;
+        let wait = if ok {
+            backoff = FIRST_BACKOFF;
+            every
+        } else {
+            let wait = backoff.min(every.max(MAX_BACKOFF));
+            backoff = (backoff * 2).min(every.max(MAX_BACKOFF));
+            wait
+        };
+        tokio::time::sleep(jitter(wait)).await;
+    }
 }
 
 /// Accepts writes into the store's logs and tails them (`POST`/`DELETE /admin/…/items`).
