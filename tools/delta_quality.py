@@ -4,7 +4,7 @@
 yes-tracks (read in place from ../shared/datasets) is split at random: 90 % of the rows are
 built and published as version v1 to a file:// store, the other 10 % are upserted through
 `POST /admin/tracks/items` to a replica serving v1 (`serve --store`), which holds them in its
-delta (graph + exact scan of the newest). The same 75,262 tracks are also built whole from the
+delta (linked into v1's graph by the replica; the newest scanned exactly until linked). The same 75,262 tracks are also built whole from the
 inputs ("full rebuild") and compacted from v1 + the log (`build --base … --apply-log …`,
 "compacted"). For each `ef`:
 

@@ -74,6 +74,20 @@ impl Default for WriteOptions {
 /// copy of it), so a large batch is not scanned exactly until its last item is linked.
 const LINK_PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
+/// Rounds start at most this often, however many writes poke the tail: each round that finds
+/// segments copies the delta and hands new items to the linker, and at 20 writes/s one round
+/// per write spent most of a replica's write-path CPU on those copies (BENCHMARKS.md §11).
+const MIN_ROUND_GAP: Duration = Duration::from_millis(500);
+
+/// A missing next segment is told apart from a pruned one (a LIST of the whole log) only once
+/// it has been missing this long, and then at most this often: an up-to-date replica listed
+/// the log on every round otherwise.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Overlays kept per collection: the served version's, the one a swap is preparing, and the
+/// one just replaced (whose linker may still finish after the swap).
+const OVERLAY_VERSIONS: usize = 3;
+
 /// Segments read most per collection in one round (the rest follow in the next).
 const MAX_SEGMENTS_PER_ROUND: usize = 256;
 
@@ -88,10 +102,14 @@ pub struct Writes {
     append_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Highest segment number known taken, per collection (the next append's hint).
     heads: Mutex<HashMap<String, u64>>,
-    /// Per collection, the newest overlay linking its delta's items (the version it links into).
-    overlays: Mutex<HashMap<String, (String, Arc<Overlay>)>>,
+    /// Per collection, the newest overlay linking its delta's items into each of the last
+    /// [`OVERLAY_VERSIONS`] versions (version name, overlay), newest last.
+    overlays: Mutex<HashMap<String, Vec<(String, Arc<Overlay>)>>>,
     /// Collections whose delta is being linked.
     linking: Mutex<HashSet<String>>,
+    /// Per collection, the next segment found missing and when it first was (or was last
+    /// checked against the log's head).
+    missing: Mutex<HashMap<String, (u64, std::time::Instant)>>,
     /// Set once every collection's log was applied up to the head seen at start.
     caught_up: AtomicBool,
     poke: tokio::sync::Notify,
@@ -116,6 +134,7 @@ impl Writes {
             append_locks: Mutex::new(HashMap::new()),
             overlays: Mutex::new(HashMap::new()),
             linking: Mutex::new(HashSet::new()),
+            missing: Mutex::new(HashMap::new()),
             caught_up: AtomicBool::new(false),
             poke: tokio::sync::Notify::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -140,6 +159,7 @@ impl Writes {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
+                let started = tokio::time::Instant::now();
                 let (done, collections) = this.round().await;
                 if done && collections > 0 && !this.caught_up() {
                     this.caught_up.store(true, Ordering::Release);
@@ -149,6 +169,7 @@ impl Writes {
                     _ = tokio::time::sleep(this.opts.poll) => {}
                     _ = this.poke.notified() => {}
                 }
+                tokio::time::sleep_until(started + MIN_ROUND_GAP).await;
             }
         });
     }
@@ -268,10 +289,25 @@ impl Writes {
 
     /// Whether an overlay linking more of `d`'s items than `d`'s own waits to be attached.
     fn newer_links(&self, name: &str, d: &Delta) -> bool {
+        self.overlay(name, &d.base_version)
+            .is_some_and(|o| o.len() > d.linked() && o.len() <= d.appended())
+    }
+
+    /// The newest overlay of `name` over `version`.
+    fn overlay(&self, name: &str, version: &str) -> Option<Arc<Overlay>> {
         let overlays = self.overlays.lock().unwrap_or_else(PoisonError::into_inner);
-        overlays.get(name).is_some_and(|(v, o)| {
-            *v == d.base_version && o.len() > d.linked() && o.len() <= d.appended()
-        })
+        let (_, o) = overlays.get(name)?.iter().find(|(v, _)| v == version)?;
+        Some(o.clone())
+    }
+
+    fn put_overlay(&self, name: &str, version: &str, o: Arc<Overlay>) {
+        let mut overlays = self.overlays.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = overlays.entry(name.to_string()).or_default();
+        list.retain(|(v, _)| v != version);
+        list.push((version.to_string(), o));
+        if list.len() > OVERLAY_VERSIONS {
+            list.remove(0);
+        }
     }
 
     /// Starts linking `d`'s unlinked items into the version's graph on a thread of its own
@@ -309,18 +345,15 @@ impl Writes {
     }
 
     /// Links `d`'s items past the newest overlay's into `c`'s graph, handing the overlay over
-    /// every [`LINK_PUBLISH_EVERY`] and at the end.
-    fn link(&self, c: &Collection, d: &Delta) {
+    /// every [`LINK_PUBLISH_EVERY`] and at the end; returns the final one.
+    fn link(&self, c: &Collection, d: &Delta) -> Arc<Overlay> {
         let g = c.graph();
-        let version = d.base_version.clone();
+        let version = d.base_version.as_str();
         let current = self
-            .overlays
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&c.name)
-            .filter(|(v, o)| *v == version && o.base_rows() == g.len() && o.len() <= d.appended())
-            .map(|(_, o)| o.clone());
+            .overlay(&c.name, version)
+            .filter(|o| o.base_rows() == g.len() && o.len() <= d.appended());
         let mut o = match current {
+            Some(o) if o.len() == d.appended() => return o,
             Some(o) => (*o).clone(),
             None => Overlay::new(&g),
         };
@@ -328,24 +361,21 @@ impl Writes {
         let ef_c = c.manifest.hnsw.ef_construction as usize;
         let mut scratch = InsertScratch::default();
         let mut handed = std::time::Instant::now();
-        let publish = |o: &Overlay| {
-            self.overlays
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(c.name.clone(), (version.clone(), Arc::new(o.clone())));
-            self.poke();
-        };
         while o.len() < d.appended() {
             o.insert(&g, d.new_rows(), ef_c, &mut scratch);
             if handed.elapsed() >= LINK_PUBLISH_EVERY {
-                publish(&o);
+                self.put_overlay(&c.name, version, Arc::new(o.clone()));
+                self.poke();
                 handed = std::time::Instant::now();
             }
         }
-        publish(&o);
         let ms = started.elapsed().as_millis() as u64;
         let (items, rewritten) = (o.len() - first, o.rewritten_rows());
-        tracing::info!(collection = %c.name, items, linked = o.len(), rewritten, ms, "write-log items linked into the version's graph");
+        tracing::info!(collection = %c.name, version, items, linked = o.len(), rewritten, ms, "write-log items linked into the version's graph");
+        let o = Arc::new(o);
+        self.put_overlay(&c.name, version, o.clone());
+        self.poke();
+        o
     }
 
     /// Reads segments `from…` of `name` into the cache until the first absent one; returns
@@ -370,7 +400,7 @@ impl Writes {
                     read += 1;
                 }
                 None => {
-                    if read == 0 {
+                    if read == 0 && (!self.caught_up() || self.time_to_check_gap(name, seq)) {
                         let head = self.log.head(name).await?;
                         // A store may list a segment before an earlier one reads back (one
                         // being written as it lists): look once more before calling it pruned.
@@ -396,6 +426,27 @@ impl Writes {
             }
         }
         Ok(read)
+    }
+
+    /// Whether segment `seq` of `name`, found missing, has been so for [`GAP_CHECK_EVERY`]
+    /// since it first was or was last checked (then the clock restarts). Until the log is
+    /// caught up at start every round checks, so `/readyz` never passes over a gap.
+    fn time_to_check_gap(&self, name: &str, seq: u64) -> bool {
+        let now = std::time::Instant::now();
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        match missing.get_mut(name) {
+            Some((s, since)) if *s == seq => {
+                if now.duration_since(*since) < GAP_CHECK_EVERY {
+                    return false;
+                }
+                *since = now;
+                true
+            }
+            _ => {
+                missing.insert(name.to_string(), (seq, now));
+                false
+            }
+        }
     }
 
     fn cached(&self, name: &str, seq: u64) -> Option<Arc<Segment>> {
@@ -440,14 +491,7 @@ impl Writes {
             d.apply(c, owned.as_ref().unwrap_or(&s))?;
         }
         d.seal(c);
-        let links = self
-            .overlays
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&c.name)
-            .filter(|(v, _)| v == version)
-            .map(|(_, o)| o.clone());
-        if let Some(o) = links {
+        if let Some(o) = self.overlay(&c.name, version) {
             d.attach_links(o);
         }
         // Segments every served version includes are no longer needed here.
@@ -497,7 +541,13 @@ impl DeltaSource for Writes {
     fn delta_for(&self, c: &Collection, version: &str) -> Result<Option<Delta>, String> {
         // Up to the newest segment this server has seen: what it acknowledged or applied
         // before the swap is in the new version's view from its first query.
-        let d = self.build_delta(c, version, None, self.head_hint(&c.name))?;
+        let mut d = self.build_delta(c, version, None, self.head_hint(&c.name))?;
+        // Linked before the swap, on this (low-priority) reload thread while the old version
+        // serves: a version that starts with thousands of unlinked items has every query scan
+        // them exactly until they are (BENCHMARKS.md §11, soak).
+        if self.opts.link && d.unindexed() > 0 {
+            d.attach_links(self.link(c, &d));
+        }
         self.metrics.delta(&c.name, &d);
         Ok((!d.is_empty() || d.applied > c.manifest.log_through.unwrap_or(0)).then_some(d))
     }
