@@ -303,7 +303,7 @@ fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
     let a = replica(&s3, &dir.path().join("cache"));
     eventually("ready", Duration::from_secs(60), || ready(&a).then_some(()));
 
-    // 600 new items: more than the delta scans exactly, so a graph is built over them.
+    // 600 new items, linked into the version's graph by the replica.
     let mut rng = Rng::new(77);
     let new: Vec<(String, Vec<f32>)> = (0..600)
         .map(|i| (format!("fresh-{i}"), normalized(&rng.gauss_vec(DIM, 1.0))))
@@ -368,6 +368,17 @@ fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
         &s3.env(),
     )
     .assert_ok();
+    // 300 more after the compaction read the log: v2 does not fold them in, so the replica
+    // carries them over, linked into v2's graph before v2 serves.
+    let later: Vec<(String, Vec<f32>)> = (0..300)
+        .map(|i| (format!("later-{i}"), normalized(&rng.gauss_vec(DIM, 1.0))))
+        .collect();
+    let items: Vec<Value> = later
+        .iter()
+        .map(|(id, v)| json!({"id": id, "vector": v}))
+        .collect();
+    let r = send(&a, "POST", &json!({ "items": items }));
+    assert_eq!(r.status, 200, "{}", r.body);
     publish_s3(&s3, &v2, "v2");
     eventually("v2 answers", Duration::from_secs(60), || {
         let r = a.post_json(
@@ -378,9 +389,17 @@ fn a_large_delta_is_indexed_and_a_compacted_version_replaces_it() {
     });
     assert_eq!(
         metric(&a, "earshot_delta_items{collection=\"tracks\"}"),
-        0.0
+        300.0
+    );
+    assert_eq!(
+        metric(&a, "earshot_delta_indexed_items{collection=\"tracks\"}"),
+        300.0,
+        "the carried-over items are linked into v2's graph before it serves"
     );
     assert_eq!(search(&a, &new[3].1, 1, json!({}))[0], new[3].0);
+    for (id, v) in later.iter().step_by(37) {
+        assert_eq!(&search(&a, v, 1, json!({"ef": 32}))[0], id);
+    }
     // A write after the swap lands on top of v2.
     let r = send(&a, "DELETE", &json!({"ids": [new[3].0]}));
     assert_eq!(r.status, 200, "{}", r.body);

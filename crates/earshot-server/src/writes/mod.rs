@@ -84,9 +84,15 @@ const MIN_ROUND_GAP: Duration = Duration::from_millis(500);
 /// the log on every round otherwise.
 const GAP_CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// A version's name and the newest overlay over it.
+type VersionOverlay = (String, Arc<Overlay>);
+
 /// Overlays kept per collection: the served version's, the one a swap is preparing, and the
 /// one just replaced (whose linker may still finish after the swap).
 const OVERLAY_VERSIONS: usize = 3;
+
+/// Segment reads in flight at once per collection while the tail catches up.
+const READ_AHEAD: usize = 16;
 
 /// Segments read most per collection in one round (the rest follow in the next).
 const MAX_SEGMENTS_PER_ROUND: usize = 256;
@@ -104,7 +110,7 @@ pub struct Writes {
     heads: Mutex<HashMap<String, u64>>,
     /// Per collection, the newest overlay linking its delta's items into each of the last
     /// [`OVERLAY_VERSIONS`] versions (version name, overlay), newest last.
-    overlays: Mutex<HashMap<String, Vec<(String, Arc<Overlay>)>>>,
+    overlays: Mutex<HashMap<String, Vec<VersionOverlay>>>,
     /// Collections whose delta is being linked.
     linking: Mutex<HashSet<String>>,
     /// Per collection, the next segment found missing and when it first was (or was last
@@ -385,45 +391,50 @@ impl Writes {
     async fn read_from(&self, name: &str, from: u64) -> anyhow::Result<usize> {
         let mut seq = from;
         let mut read = 0;
+        // Segments are read in windows that double while every read finds one (up to
+        // READ_AHEAD at once): an idle tail asks for one segment per round, a replica behind
+        // the log catches up without a round trip per segment.
+        let mut window = 1;
         while read < MAX_SEGMENTS_PER_ROUND {
-            if let Some(s) = self.cached(name, seq) {
-                let _ = s;
+            let want: Vec<u64> = (seq..seq + window.min(MAX_SEGMENTS_PER_ROUND - read) as u64)
+                .filter(|&q| self.cached(name, q).is_none())
+                .collect();
+            let fetched = futures_util::future::join_all(
+                want.iter().map(|&q| self.log.read(name, q)),
+            )
+            .await;
+            for (q, r) in want.into_iter().zip(fetched) {
+                if let Some(s) = r? {
+                    self.note_head(name, q);
+                    self.cache_put(name, s);
+                }
+            }
+            let end = seq + window as u64;
+            while seq < end && self.cached(name, seq).is_some() {
                 seq += 1;
                 read += 1;
-                continue;
             }
-            match self.log.read(name, seq).await? {
-                Some(s) => {
+            if seq < end {
+                break; // `seq` is missing
+            }
+            window = (window * 2).min(READ_AHEAD);
+        }
+        if read == 0 && (!self.caught_up() || self.time_to_check_gap(name, seq)) {
+            let head = self.log.head(name).await?;
+            // A store may list a segment before an earlier one reads back (one being written
+            // as it lists): look once more before calling it pruned.
+            if head > seq {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(s) = self.log.read(name, seq).await? {
                     self.cache_put(name, s);
                     self.note_head(name, seq);
-                    seq += 1;
-                    read += 1;
+                    return Ok(1);
                 }
-                None => {
-                    if read == 0 && (!self.caught_up() || self.time_to_check_gap(name, seq)) {
-                        let head = self.log.head(name).await?;
-                        // A store may list a segment before an earlier one reads back (one
-                        // being written as it lists): look once more before calling it pruned.
-                        if head > seq {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            if let Some(s) = self.log.read(name, seq).await? {
-                                self.cache_put(name, s);
-                                self.note_head(name, seq);
-                                seq += 1;
-                                read += 1;
-                                continue;
-                            }
-                        }
-                        if head > seq {
-                            anyhow::bail!(
-                                "segment {seq} is gone from the log (head {head}): it was pruned; waiting for the version that folds it in"
-                            );
-                        }
-                        self.note_head(name, head);
-                    }
-                    break;
-                }
+                anyhow::bail!(
+                    "segment {seq} is gone from the log (head {head}): it was pruned; waiting for the version that folds it in"
+                );
             }
+            self.note_head(name, head);
         }
         Ok(read)
     }
