@@ -129,6 +129,10 @@ pub struct BuildArgs {
     /// With --apply-log: the last segment to apply (default: the log's newest at start).
     #[arg(long, value_name = "P", requires = "apply_log")]
     pub through: Option<u64>,
+    /// With --from-store: download the base at most this fast (megabytes per second; 0,
+    /// the default: uncapped) — for a compaction that shares a host with serving replicas.
+    #[arg(long, default_value_t = 0.0, requires = "from_store")]
+    pub fetch_mb_per_s: f64,
     /// CSV with a header row; row i describes vector row i (.npy/.fvecs only).
     #[arg(long)]
     pub meta: Option<PathBuf>,
@@ -376,6 +380,15 @@ pub struct ServeArgs {
     /// a roll-back to a recent version needs no download.
     #[arg(long, env = "EARSHOT_KEEP", default_value_t = 2, requires = "store", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
+    /// With --store: download new versions at most this fast (megabytes per second; 0:
+    /// uncapped). A download at full speed takes CPU and network from the queries beside it.
+    #[arg(
+        long,
+        env = "EARSHOT_FETCH_MB_PER_S",
+        default_value_t = 100.0,
+        requires = "store"
+    )]
+    pub fetch_mb_per_s: f64,
     /// With --store: look for new write-log segments this often (writes reach this replica
     /// within it; `POST /admin/log/poll` looks at once).
     #[arg(long, env = "EARSHOT_LOG_POLL_MS", default_value_t = 1000, requires = "store", value_parser = clap::value_parser!(u64).range(10..=600_000))]

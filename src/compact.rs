@@ -142,6 +142,7 @@ fn fetch_base(rt: &tokio::runtime::Runtime, url: &str, a: &BuildArgs) -> anyhow:
     tracing::info!(version = current.version, "downloading the base from {url}");
     let opts = FetchOptions {
         shard: a.shard,
+        max_bytes_per_sec: crate::mb_per_s("fetch-mb-per-s", a.fetch_mb_per_s)?,
         ..Default::default()
     };
     match rt.block_on(store.fetch(&name, &current, &root, &opts)) {

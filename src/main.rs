@@ -334,6 +334,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
             cache_root: a.index_root.clone(),
             shard: a.shard,
             keep: a.keep as usize,
+            max_fetch_bytes_per_sec: mb_per_s("fetch-mb-per-s", a.fetch_mb_per_s)?,
         }),
         None => None,
     };
@@ -402,6 +403,15 @@ fn secs(name: &str, v: f64) -> anyhow::Result<std::time::Duration> {
         "--{name} must be a finite, non-negative number of seconds"
     );
     Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// A `--NAME` rate in megabytes per second as bytes per second (0: None, uncapped).
+fn mb_per_s(name: &str, v: f64) -> anyhow::Result<Option<u64>> {
+    anyhow::ensure!(
+        v.is_finite() && v >= 0.0,
+        "--{name} must be a finite, non-negative number of megabytes per second (0: uncapped)"
+    );
+    Ok((v > 0.0).then(|| (v * 1e6).max(1.0) as u64))
 }
 
 fn run_verify(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -624,7 +624,8 @@ def cmd_soak(a):
             p = run.fleet.spawn(f"compact-{i}", "publisher", [
                 "nice", "-n", "19", a.earshot, "build", "--from-store", run.url, "--apply-log", run.url, "--out",
                 cdir, "--quantize", "int8", "--m", "16", "--ef-construction", "200",
-                "--threads", str(a.compact_threads)] + through, env=run.store.env())
+                "--threads", str(a.compact_threads), "--fetch-mb-per-s", str(a.compact_fetch_mb_per_s)] + through,
+                env=run.store.env())
             rc = p.popen.wait(timeout=1200)
             with open(p.log) as f:
                 last = [x for x in f.read().splitlines() if x.strip()][-1]
@@ -720,6 +721,7 @@ def main():
             ("--seed", int, 13, "takedown choice, kill points"),
             ("--compact-at", float, 5, "soak: seconds before the compaction starts"),
             ("--compact-threads", int, 1, "soak: build --threads"),
+            ("--compact-fetch-mb-per-s", float, 50, "soak: build --fetch-mb-per-s (the compaction shares the hosts' cores)"),
             ("--slice-seconds", float, 10, "soak: bench-http slice length"),
             # agents
             ("--rate", float, None, ""), ("--count", int, None, ""), ("--threads", int, None, ""),

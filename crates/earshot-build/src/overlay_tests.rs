@@ -176,3 +176,61 @@ fn linked_items_are_found_as_well_as_in_a_full_build() {
     assert_eq!(out.len(), k);
     assert!(out.iter().all(|h| (h.row as usize) < n_base));
 }
+
+/// Items not linked yet are scanned: on their codes first when there are many, then exactly.
+#[test]
+fn a_long_unlinked_tail_is_scanned_on_codes_without_losing_neighbours() {
+    let (n_base, n_new, k) = (1_000, 2_000, 10);
+    let all = clustered(n_base + n_new, 11);
+    let (base_v, new_v) = all.split_at(n_base * DIM);
+    let base_g = built(base_v);
+    let base_q = codes(base_v, None);
+    let version = graph(&base_g, base_v, &base_q);
+    let new_q = codes(new_v, Some(base_q.0.clone()));
+    let rows = NewRows {
+        vectors: new_v,
+        codes: &new_q.1,
+        sqnorms: &new_q.2,
+    };
+    let mut scratch = Scratch::default();
+    let (mut found, mut total) = (0, 0);
+    for qi in (0..n_new).step_by(20) {
+        let q = &new_v[qi * DIM..(qi + 1) * DIM];
+        let truth: Vec<u32> = exact_top(new_v, q, k)
+            .into_iter()
+            .map(|i| i + n_base as u32)
+            .collect();
+        let mut out = Vec::new();
+        let odd = |r: u32| r % 2 == 1 || truth.contains(&r);
+        version.scan_new(rows, 0, q, k, odd, &mut scratch, &mut out);
+        out.sort_unstable();
+        assert_eq!(out.len(), k);
+        assert!(out.iter().all(|h| odd(h.row)), "the filter holds");
+        assert_eq!(
+            out[0].row,
+            qi as u32 + n_base as u32,
+            "an item is its own nearest"
+        );
+        let d = 1.0 - dot(q, &new_v[(out[1].row as usize - n_base) * DIM..][..DIM]);
+        assert!((out[1].dist - d).abs() < 1e-5, "distances are exact");
+        found += out.iter().filter(|h| truth.contains(&h.row)).count();
+        total += k;
+    }
+    assert!(
+        found * 100 >= total * 99,
+        "{found} of {total} exact neighbours"
+    );
+    // Past `from` only.
+    let mut out = Vec::new();
+    version.scan_new(
+        rows,
+        n_new - 5,
+        &new_v[..DIM],
+        k,
+        |_| true,
+        &mut scratch,
+        &mut out,
+    );
+    assert_eq!(out.len(), 5);
+    assert!(out.iter().all(|h| h.row as usize >= n_base + n_new - 5));
+}

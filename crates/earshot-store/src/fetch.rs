@@ -29,6 +29,11 @@ pub struct FetchOptions {
     pub parallelism: usize,
     /// Bytes asked for per ranged request (a failed request loses at most this much).
     pub range_size: u64,
+    /// Cap on the fetch's download rate over all its objects, bytes per second (None: as
+    /// fast as the store answers). A version downloaded at full speed beside a serving
+    /// replica costs its queries: 143 MB in 2 s on a 2-core host failed 10 queries at one
+    /// instant on both replicas (BENCHMARKS.md §11, soak).
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for FetchOptions {
@@ -37,6 +42,7 @@ impl Default for FetchOptions {
             shard: None,
             parallelism: 4,
             range_size: 64 << 20,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -185,10 +191,11 @@ impl Store {
                 )
             })
             .collect();
+        let pace = Pace::new(opts.max_bytes_per_sec);
         let downloaded: u64 = futures_util::stream::iter(jobs)
             .map(|(key, url, local, entry)| {
-                let os = self.os.clone();
-                async move { download(os.as_ref(), &key, &url, &local, &entry, range).await }
+                let (os, pace) = (self.os.clone(), &pace);
+                async move { download(os.as_ref(), &key, &url, &local, &entry, range, pace).await }
             })
             .buffer_unordered(opts.parallelism.max(1))
             .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
@@ -273,6 +280,7 @@ async fn download(
     local: &Path,
     entry: &ObjectEntry,
     range_size: u64,
+    pace: &Pace,
 ) -> anyhow::Result<u64> {
     let corrupt = |problem: String| StoreError::Corrupt {
         object: url.to_string(),
@@ -329,6 +337,7 @@ async fn download(
                     .into());
                 }
                 file.write_all(&chunk).await?;
+                pace.took(chunk.len() as u64).await;
             }
             if received < end - have {
                 return Err(corrupt(format!(
@@ -358,6 +367,34 @@ async fn download(
         .into());
     }
     Ok(have - start)
+}
+
+/// Holds a fetch's downloads to an average rate: each chunk received moves the time the bytes
+/// so far are due at, and a download that is ahead of it waits.
+struct Pace {
+    start: tokio::time::Instant,
+    bytes: std::sync::atomic::AtomicU64,
+    per_sec: Option<u64>,
+}
+
+impl Pace {
+    fn new(per_sec: Option<u64>) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            bytes: Default::default(),
+            per_sec: per_sec.filter(|&r| r > 0),
+        }
+    }
+
+    async fn took(&self, n: u64) {
+        let Some(rate) = self.per_sec else { return };
+        let total = self
+            .bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
+        let due = self.start + std::time::Duration::from_secs_f64(total as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+    }
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<String> {

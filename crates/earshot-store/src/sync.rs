@@ -23,6 +23,8 @@ pub struct Syncer {
     pub shard: Option<ShardSpec>,
     /// Versions kept per collection (at least 1; the active one is never deleted).
     pub keep: usize,
+    /// Cap on a version download's rate, bytes per second (None: uncapped).
+    pub max_fetch_bytes_per_sec: Option<u64>,
 }
 
 /// What one poll did.
@@ -116,6 +118,7 @@ impl Syncer {
             .with_context(|| format!("cannot create {}", self.cache_root.display()))?;
         let opts = FetchOptions {
             shard: self.shard,
+            max_bytes_per_sec: self.max_fetch_bytes_per_sec,
             ..Default::default()
         };
         let fetched = self

@@ -62,6 +62,7 @@ fn syncer(store: &Store, cache: &Path) -> Syncer {
         cache_root: cache.to_path_buf(),
         shard: None,
         keep: 2,
+        max_fetch_bytes_per_sec: None,
     }
 }
 
@@ -179,6 +180,24 @@ async fn multipart_upload_and_resumed_ranged_fetch() {
     );
     let again = store.fetch("tracks", &current, &cache, &f).await.unwrap();
     assert!(again.cached && again.downloaded == 0);
+
+    // A capped fetch takes at least bytes ÷ rate (a lower bound: a slow machine only adds).
+    let capped = work.path().join("capped");
+    let rate = 4_000_000;
+    let f = FetchOptions {
+        range_size: 1 << 20,
+        max_bytes_per_sec: Some(rate),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let r = store.fetch("tracks", &current, &capped, &f).await.unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(r.downloaded, total);
+    let floor = 0.9 * total as f64 / rate as f64;
+    assert!(
+        took >= floor,
+        "{total} bytes at {rate} B/s in {took:.2} s (< {floor:.2})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,8 +187,9 @@ impl<'a> View<'a> {
         self.scan_delta(query, size, linked, accept, start, out);
     }
 
-    /// Merges the delta items from the `from`-th on that `accept` lets through, measured
-    /// exactly, into `out[start..]` (nearest first), cut to `size`.
+    /// Merges the `size` nearest delta items from the `from`-th on that `accept` lets through
+    /// (measured exactly; a long run of them preselected on their codes) into `out[start..]`,
+    /// nearest first, cut to `size`.
     pub fn scan_delta(
         &self,
         query: &[f32],
@@ -202,17 +203,8 @@ impl<'a> View<'a> {
         if d.ids.len() <= from {
             return;
         }
-        let dist = *self.base.dist();
-        let n = d.base_rows;
-        for (i, v) in d.vectors.chunks_exact(d.dim).enumerate().skip(from) {
-            let row = n + i as u32;
-            if accept(row) {
-                out.push(Hit {
-                    dist: dist.distance(query, v),
-                    row,
-                });
-            }
-        }
+        let g = self.base.graph();
+        with_scratch(|s| g.scan_new(d.new_rows(), from, query, size, accept, s, out));
         out[start..].sort_unstable();
         out.truncate(start + size);
     }

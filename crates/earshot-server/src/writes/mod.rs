@@ -399,10 +399,8 @@ impl Writes {
             let want: Vec<u64> = (seq..seq + window.min(MAX_SEGMENTS_PER_ROUND - read) as u64)
                 .filter(|&q| self.cached(name, q).is_none())
                 .collect();
-            let fetched = futures_util::future::join_all(
-                want.iter().map(|&q| self.log.read(name, q)),
-            )
-            .await;
+            let fetched =
+                futures_util::future::join_all(want.iter().map(|&q| self.log.read(name, q))).await;
             for (q, r) in want.into_iter().zip(fetched) {
                 if let Some(s) = r? {
                     self.note_head(name, q);
