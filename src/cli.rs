@@ -102,6 +102,10 @@ pub struct PublishArgs {
     /// The collection's name in the store (default: the directory's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Upload at most this fast (megabytes per second; 0, the default: uncapped) — for a
+    /// publisher that shares a host with serving replicas.
+    #[arg(long, default_value_t = 0.0)]
+    pub upload_mb_per_s: f64,
 }
 
 #[derive(Args)]
@@ -385,7 +389,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "EARSHOT_FETCH_MB_PER_S",
-        default_value_t = 100.0,
+        default_value_t = 40.0,
         requires = "store"
     )]
     pub fetch_mb_per_s: f64,

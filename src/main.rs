@@ -179,6 +179,7 @@ fn run_publish(a: cli::PublishArgs) -> anyhow::Result<()> {
     let opts = earshot_store::PublishOptions {
         name: a.name,
         version: a.version,
+        max_bytes_per_sec: mb_per_s("upload-mb-per-s", a.upload_mb_per_s)?,
         ..Default::default()
     };
     let report = store_runtime()?.block_on(store.publish(&a.dir, &opts))?;

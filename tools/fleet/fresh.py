@@ -434,10 +434,10 @@ class Run:
         self.replicas = ",".join(self.urls.values())
         self.url = self.store.url + "/" + self.ds.coll
 
-    def publish(self, d, version):
+    def publish(self, d, version, extra=()):
         t = time.time()
         out = self.fleet.run("publisher", [self.a.earshot, "publish", d, "--store", self.store.url,
-                                           "--version", version], timeout=900, env=self.store.env())
+                                           "--version", version, *extra], timeout=900, env=self.store.env())
         return {"seconds": round(time.time() - t, 1), "out": json.loads(out.strip().splitlines()[-1])}
 
     def serve(self, r):
@@ -636,7 +636,7 @@ def cmd_soak(a):
             shutil.rmtree(cdir, ignore_errors=True)
             time.sleep(1)
         tp = time.time() - t0
-        pub = run.publish(cdir, "v2")
+        pub = run.publish(cdir, "v2", ["--upload-mb-per-s", str(a.compact_fetch_mb_per_s)])
         tpd = time.time() - t0
         swapped, last_answer = {}, {}
         while len(swapped) < 2 and time.time() - t0 < a.max_seconds:
@@ -721,7 +721,7 @@ def main():
             ("--seed", int, 13, "takedown choice, kill points"),
             ("--compact-at", float, 5, "soak: seconds before the compaction starts"),
             ("--compact-threads", int, 1, "soak: build --threads"),
-            ("--compact-fetch-mb-per-s", float, 50, "soak: build --fetch-mb-per-s (the compaction shares the hosts' cores)"),
+            ("--compact-fetch-mb-per-s", float, 50, "soak: build --fetch-mb-per-s and publish --upload-mb-per-s of the compaction (it shares the hosts' cores)"),
             ("--slice-seconds", float, 10, "soak: bench-http slice length"),
             # agents
             ("--rate", float, None, ""), ("--count", int, None, ""), ("--threads", int, None, ""),

@@ -191,7 +191,7 @@ impl Store {
                 )
             })
             .collect();
-        let pace = Pace::new(opts.max_bytes_per_sec);
+        let pace = crate::pace::Pace::new(opts.max_bytes_per_sec);
         let downloaded: u64 = futures_util::stream::iter(jobs)
             .map(|(key, url, local, entry)| {
                 let (os, pace) = (self.os.clone(), &pace);
@@ -280,7 +280,7 @@ async fn download(
     local: &Path,
     entry: &ObjectEntry,
     range_size: u64,
-    pace: &Pace,
+    pace: &crate::pace::Pace,
 ) -> anyhow::Result<u64> {
     let corrupt = |problem: String| StoreError::Corrupt {
         object: url.to_string(),
@@ -367,34 +367,6 @@ async fn download(
         .into());
     }
     Ok(have - start)
-}
-
-/// Holds a fetch's downloads to an average rate: each chunk received moves the time the bytes
-/// so far are due at, and a download that is ahead of it waits.
-struct Pace {
-    start: tokio::time::Instant,
-    bytes: std::sync::atomic::AtomicU64,
-    per_sec: Option<u64>,
-}
-
-impl Pace {
-    fn new(per_sec: Option<u64>) -> Self {
-        Self {
-            start: tokio::time::Instant::now(),
-            bytes: Default::default(),
-            per_sec: per_sec.filter(|&r| r > 0),
-        }
-    }
-
-    async fn took(&self, n: u64) {
-        let Some(rate) = self.per_sec else { return };
-        let total = self
-            .bytes
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
-            + n;
-        let due = self.start + std::time::Duration::from_secs_f64(total as f64 / rate as f64);
-        tokio::time::sleep_until(due).await;
-    }
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<String> {

@@ -29,6 +29,7 @@ mod error;
 mod fetch;
 mod local;
 mod log;
+mod pace;
 mod publish;
 mod records;
 mod store;

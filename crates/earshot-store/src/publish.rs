@@ -38,6 +38,9 @@ pub struct PublishOptions {
     pub part_size: usize,
     /// Move CURRENT once the version is complete (`false`: upload only).
     pub make_current: bool,
+    /// Cap on the upload rate over all the version's files, bytes per second (None: as fast
+    /// as the store takes them): a publisher sharing a host with serving replicas.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for PublishOptions {
@@ -48,6 +51,7 @@ impl Default for PublishOptions {
             parallelism: 4,
             part_size: 16 << 20,
             make_current: true,
+            max_bytes_per_sec: None,
         }
     }
 }
@@ -165,11 +169,12 @@ impl Store {
                 )
             })
             .collect();
+        let pace = crate::pace::Pace::new(opts.max_bytes_per_sec);
         let entries: BTreeMap<String, ObjectEntry> = futures_util::stream::iter(jobs)
             .map(|(f, key, url, path)| {
-                let os = self.os.clone();
+                let (os, pace) = (self.os.clone(), &pace);
                 async move {
-                    let entry = upload(os.as_ref(), &key, &path, part_size)
+                    let entry = upload(os.as_ref(), &key, &path, part_size, pace)
                         .await
                         .with_context(|| format!("cannot upload {} to {url}", path.display()))?;
                     anyhow::Ok((f, entry))
@@ -419,12 +424,14 @@ async fn upload(
     key: &ObjPath,
     path: &PathBuf,
     part_size: usize,
+    pace: &crate::pace::Pace,
 ) -> anyhow::Result<ObjectEntry> {
     let len = tokio::fs::metadata(path).await?.len();
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     if len <= part_size as u64 {
         let data = tokio::fs::read(path).await?;
         hasher.update(&data);
+        pace.took(len).await;
         os.put(key, PutPayload::from(data)).await?;
     } else {
         // S3 parts are 5 MiB at least (but the last) and 10,000 at most per object.
@@ -440,6 +447,7 @@ async fn upload(
                     break;
                 }
                 hasher.update(&buf);
+                pace.took(n as u64).await;
                 writer.wait_for_capacity(2).await?;
                 writer.put(Bytes::from(buf));
             }
