@@ -260,9 +260,15 @@ pub struct RouteArgs {
     /// Requests waiting for a slot; past that they get 503 `overloaded` at once.
     #[arg(long, env = "EARSHOT_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: usize,
-    /// Longest wait for a slot before 503 `overloaded`.
+    /// Longest wait for a slot before 503 `overloaded` while the queue is standing (no
+    /// request got a slot within this for --queue-burst-ms: an overload).
     #[arg(long, env = "EARSHOT_QUEUE_TIMEOUT_MS", default_value_t = 100)]
     pub queue_timeout_ms: u64,
+    /// Longest wait for a slot through a burst (some request got one within
+    /// --queue-timeout-ms in the last this many ms); at most --queue-timeout-ms: no burst
+    /// allowance.
+    #[arg(long, env = "EARSHOT_QUEUE_BURST_MS", default_value_t = 500)]
+    pub queue_burst_ms: u64,
     #[command(flatten)]
     pub conns: ConnArgs,
     /// One INFO log line per answer (`all`: status and latency, in the request's span with
@@ -350,9 +356,15 @@ pub struct ServeArgs {
     /// Query requests waiting for a slot; past that they get 503 `overloaded` at once.
     #[arg(long, env = "EARSHOT_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
-    /// Longest wait for a slot before 503 `overloaded`.
+    /// Longest wait for a slot before 503 `overloaded` while the queue is standing (no
+    /// request got a slot within this for --queue-burst-ms: an overload).
     #[arg(long, env = "EARSHOT_QUEUE_TIMEOUT_MS", default_value_t = 100)]
     pub queue_timeout_ms: u64,
+    /// Longest wait for a slot through a burst (some request got one within
+    /// --queue-timeout-ms in the last this many ms); at most --queue-timeout-ms: no burst
+    /// allowance.
+    #[arg(long, env = "EARSHOT_QUEUE_BURST_MS", default_value_t = 500)]
+    pub queue_burst_ms: u64,
     /// Longest a query request may take (body, queue and execution) before 503 `timeout`.
     #[arg(long, env = "EARSHOT_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_ms: u64,

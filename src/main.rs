@@ -302,6 +302,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
             max_concurrent: a.max_concurrent as usize,
             max_queue: a.max_queue,
             queue_timeout: Duration::from_millis(a.queue_timeout_ms),
+            queue_burst: Duration::from_millis(a.queue_burst_ms),
             // A little above the shards' deadline: their timeout answers first.
             request_timeout: Duration::from_millis(a.timeout_ms + 100),
         },
@@ -349,6 +350,7 @@ fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut limits = earshot_server::overload::LimitOptions {
         max_queue: a.max_queue,
         queue_timeout: Duration::from_millis(a.queue_timeout_ms),
+        queue_burst: Duration::from_millis(a.queue_burst_ms),
         request_timeout: Duration::from_millis(a.request_timeout_ms),
         ..Default::default()
     };
