@@ -107,7 +107,7 @@ error_codes! {
         "`POST /admin/reload` refused at least one new version (the body still lists every collection)";
     Internal = 500, "internal", "a bug; the log has the details";
     Overloaded = 503, "overloaded",
-        "every execution slot busy and the queue full, or no slot within `--queue-timeout-ms` (with `Retry-After: 1`)";
+        "every execution slot busy and the queue full, or no slot in time (`--queue-timeout-ms`; `--queue-burst-ms` through a burst) (with `Retry-After: 1`)";
     Timeout = 503, "timeout",
         "the request did not finish within `--request-timeout-ms` (with `Retry-After: 1`)";
     ShardUnavailable = 503, "shard_unavailable",

@@ -258,8 +258,8 @@ const SHARED: [(&str, &[Documented]); 5] = [
         &[
             (
                 Overloaded,
-                ": every execution slot busy and the queue full, or no slot within \
-                 `--queue-timeout-ms`",
+                ": every execution slot busy and the queue full, or no slot in time \
+                 (`--queue-timeout-ms`; `--queue-burst-ms` through a burst)",
             ),
             (Timeout, ": not finished within `--request-timeout-ms`"),
             (
