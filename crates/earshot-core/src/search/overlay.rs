@@ -100,7 +100,11 @@ impl LinkSource for Joined<'_, '_> {
     #[inline(always)]
     fn for_each_link(&self, row: u32, level: u32, mut f: impl FnMut(u32)) {
         if level > 0 {
-            return self.graph.for_each_link(row, level, f);
+            // New rows live on level 0 only.
+            if row < self.overlay.base_rows {
+                self.graph.for_each_link(row, level, f);
+            }
+            return;
         }
         match self.block(row) {
             Some(at) => {
