@@ -139,7 +139,7 @@ pub trait LinkSource {
     fn prefetch_links(&self, row: u32, level: u32);
 }
 
-/// A graph in the served layout, owned (a build's output; a write-log delta's graph).
+/// A graph in the served layout, owned: a build's output, before it is written.
 pub struct FlatGraph {
     /// Level-0 link blocks, one per row.
     pub level0: Vec<u32>,
