@@ -481,6 +481,46 @@ async fn similar_stream_answers_each_message_as_similar() {
     assert!(m.contains(r#"earshot_grpc_requests_total{method="SimilarStream",code="OK"}"#));
 }
 
+/// Messages pipelined on one stream, more than the server answers in one round (it answers
+/// those already received back to back and writes the answers together), come back one
+/// answer each, in order, each equal to the unary call's.
+#[tokio::test]
+async fn a_pipelined_stream_is_answered_in_order() {
+    let f = fx();
+    let mut c = client(&f.grpc).await;
+    let reqs: Vec<pb::SimilarRequest> = (0..40)
+        .map(|i| match i % 7 {
+            3 => similar("tracks", "no-such-id"),
+            _ => pb::SimilarRequest {
+                k: Some(4),
+                ..similar("tracks", &f.cat.ids[i])
+            },
+        })
+        .collect();
+    let mut answers = c
+        .similar_stream(Request::new(tokio_stream_of(reqs.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    for (i, r) in reqs.into_iter().enumerate() {
+        let a = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("one answer per request");
+        match (a.outcome.unwrap(), c.similar(r).await) {
+            (pb::similar_answer::Outcome::Ok(got), Ok(want)) => {
+                assert_eq!(got, want.into_inner(), "message {i}")
+            }
+            (pb::similar_answer::Outcome::Error(got), Err(want)) => {
+                assert_eq!(got.code, reason(&want), "message {i}")
+            }
+            (got, want) => panic!("message {i}: stream answered {got:?}, Similar {want:?}"),
+        }
+    }
+    assert!(answers.message().await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn errors_carry_the_http_code_in_error_info() {
     let f = fx();
@@ -869,4 +909,93 @@ async fn keys_and_overload() {
         m.contains(r#"earshot_rejected_total{reason="queue_full"}"#),
         "refusals are counted with HTTP's"
     );
+}
+
+/// The server's count of connections it closed as idle.
+fn idle_closed(s: &Server) -> f64 {
+    let m = s.get("/metrics").body;
+    let name = "earshot_connections_closed_by_server_total{reason=\"idle_timeout\"} ";
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in /metrics:\n{m}"))
+}
+
+/// A gRPC connection without a call for `--idle-timeout-ms` is closed and counted, whether
+/// it never called or its last call ended (the HTTP/2 handshake and pings do not count as
+/// use); one with a stream open is kept however quiet the stream, answers on it afterwards,
+/// and is closed once the stream has ended and the timeout passed again.
+#[tokio::test]
+async fn connections_without_calls_are_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalogue(13, 600, DIM, 4, 50, 20, 23);
+    let root = build_tracks(dir.path(), &cat, false);
+    let s = Server::start(
+        &root,
+        &["--grpc-addr", "127.0.0.1:0", "--idle-timeout-ms", "1500"],
+    );
+    let _reaper = reap_at_exit(&[s.pid()], &[dir.path()]);
+    let grpc = grpc_addr(&s);
+    let start = std::time::Instant::now();
+    let _never_called = client(&grpc).await;
+    let mut called = client(&grpc).await;
+    called.collections(pb::CollectionsRequest {}).await.unwrap();
+    let mut streaming = client(&grpc).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = streaming
+        .similar_stream(ReceiverStream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(similar("tracks", &cat.ids[1])).await.unwrap();
+    assert!(answers.message().await.unwrap().is_some());
+    assert_eq!(idle_closed(&s), 0.0, "closed before the idle timeout");
+
+    let wait_for = |want: f64, within: Duration| {
+        let s = &s;
+        async move {
+            let t = std::time::Instant::now();
+            while idle_closed(s) < want {
+                assert!(t.elapsed() < within, "{want} idle connections not closed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for(2.0, IDLE + Duration::from_secs(8)).await;
+    assert!(
+        start.elapsed() >= IDLE,
+        "closed after {:?}",
+        start.elapsed()
+    );
+    // Twice the timeout more with the stream open and silent: still there, still answering.
+    tokio::time::sleep(IDLE * 2).await;
+    assert_eq!(
+        idle_closed(&s),
+        2.0,
+        "a connection with an open stream was closed"
+    );
+    tx.send(similar("tracks", &cat.ids[2])).await.unwrap();
+    let a = answers.message().await.unwrap().expect("an answer");
+    assert!(matches!(
+        a.outcome,
+        Some(pb::similar_answer::Outcome::Ok(_))
+    ));
+    drop(tx);
+    assert!(answers.message().await.unwrap().is_none());
+    drop(answers);
+    wait_for(3.0, IDLE + Duration::from_secs(8)).await;
+    // The connection cap's gauge agrees: no gRPC connection is left open (the one open is
+    // this request's; an earlier request's may take a moment to be seen closed).
+    let t = std::time::Instant::now();
+    loop {
+        let m = s.get("/metrics").body;
+        if m.lines().any(|l| l == "earshot_connections_open 1") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "connections left open:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

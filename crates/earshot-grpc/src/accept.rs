@@ -2,12 +2,14 @@
 //! (`earshot_server::conn::Slots`, shared with HTTP): past the cap a connection is closed at
 //! once and counted, as on the HTTP port; one that has not sent the HTTP/2 preface within
 //! the header-read timeout is closed (a client that connects and sends nothing cannot keep
-//! its place); and a failed accept (out of descriptors) pauses instead of spinning —
-//! tonic's own loop retries an `Err` at once.
+//! its place), and so is one without a call for the idle timeout ([`crate::calls`]); and a
+//! failed accept (out of descriptors) pauses instead of spinning — tonic's own loop
+//! retries an `Err` at once.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use crate::calls::{Calls, ConnInfo};
 
 /// The client's first bytes on an HTTP/2 connection (RFC 9113 §3.4).
 const PREFACE_LEN: usize = 24;
@@ -26,10 +30,12 @@ pub struct Held {
     io: TcpStream,
     _slot: Slot,
     slots: Slots,
+    calls: Arc<Calls>,
     /// Bytes received so far, counted until the preface is in.
     received: usize,
-    /// Until the preface is in: when the connection is closed without it.
-    preface_by: Option<Pin<Box<Sleep>>>,
+    /// Until the preface is in: when the connection is closed without it; after: when it
+    /// is closed for want of calls. One timer per connection, reset rather than re-created.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// The accepted connections that got a place (the others are closed on the spot).
@@ -51,8 +57,9 @@ pub fn incoming(
                             io,
                             _slot: slot,
                             slots: slots.clone(),
+                            calls: Calls::new(),
                             received: 0,
-                            preface_by: Some(Box::pin(by)),
+                            timer: Box::pin(by),
                         };
                         return Some((Ok(held), (listener, slots, warned)));
                     }
@@ -67,10 +74,43 @@ pub fn incoming(
 }
 
 impl Connected for Held {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        ConnInfo {
+            tcp: self.io.connect_info(),
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl Held {
+    /// The socket would block: fails the read once the connection has gone without its
+    /// preface, or without a call, for too long; else arms the timer for that moment.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.received < PREFACE_LEN {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.slots.header_timed_out();
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the header-read timeout: closing",
+            ));
+        }
+        let idle = self.slots.timeouts.idle;
+        let at = self.calls.idle_at(idle, cx)?;
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        self.slots.idle_timed_out();
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no call for {} ms: closing", idle.as_millis()),
+        ))
     }
 }
 
@@ -82,25 +122,17 @@ impl AsyncRead for Held {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        let Some(by) = this.preface_by.as_mut() else {
-            return r;
-        };
-        match r {
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.received += buf.filled().len() - before;
-                if this.received >= PREFACE_LEN {
-                    this.preface_by = None;
+                if this.received < PREFACE_LEN {
+                    this.received += buf.filled().len() - before;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if by.as_mut().poll(cx).is_ready() => {
-                this.slots.header_timed_out();
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface within the header-read timeout: closing",
-                )))
-            }
+            Poll::Pending => match this.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
             other => other,
         }
     }

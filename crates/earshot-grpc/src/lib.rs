@@ -10,6 +10,7 @@
 //!   [`Sidecar`] of `earshot_server::serve_with_sidecars`.
 
 mod accept;
+pub mod calls;
 pub mod convert;
 mod health;
 pub mod service;
@@ -81,6 +82,8 @@ pub async fn serve(
         // that one reaches the shared limiter and is refused (RESOURCE_EXHAUSTED) like
         // anyone's excess, instead of waiting unseen in a per-connection queue.
         .concurrency_limit_per_connection(limits.max_concurrent + limits.max_queue + 1)
+        // Outermost: every call (health and reflection too) keeps its connection in use.
+        .layer(calls::CountCalls)
         .add_service(health)
         .add_service(reflection)
         .add_service(earshot)

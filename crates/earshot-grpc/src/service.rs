@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::calls::ConnInfo;
 use crate::pb::batch_entry::Outcome;
 use crate::pb::batch_query::Query;
 use crate::{convert, pb, status};
@@ -381,7 +382,11 @@ impl Earshot {
         F: std::future::Future<Output = Result<WriteResponse, ApiError>>,
     {
         let started = Instant::now();
-        let loopback = req.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        let loopback = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.tcp.remote_addr())
+            .is_some_and(|a| a.ip().is_loopback());
         let (metadata, _, msg) = req.into_parts();
         let headers = metadata.into_headers();
         let (id, span) = request_span(&headers, method);

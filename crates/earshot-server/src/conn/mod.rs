@@ -174,7 +174,8 @@ fn raise_open_file_limit() -> u64 {
 pub struct Slots {
     free: Arc<Semaphore>,
     metrics: ConnMetrics,
-    /// The timeouts every listener applies (gRPC: the header-read one, to its preface).
+    /// The timeouts every listener applies (gRPC: the header-read one to its preface, the
+    /// idle one to the time without a call).
     pub timeouts: Timeouts,
 }
 
@@ -204,6 +205,11 @@ impl Slots {
     /// A connection closed for not sending a whole request head (or HTTP/2 preface) in time.
     pub fn header_timed_out(&self) {
         self.metrics.closed("header_timeout");
+    }
+
+    /// A connection closed for going without a request (or gRPC call) for the idle timeout.
+    pub fn idle_timed_out(&self) {
+        self.metrics.closed("idle_timeout");
     }
 
     /// A place for a connection just accepted, or `None`: then drop it at once (counted as
