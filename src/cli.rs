@@ -208,6 +208,9 @@ pub struct RouteArgs {
     pub topology: PathBuf,
     #[arg(long, env = "EARSHOT_ADDR", default_value = "127.0.0.1:7800")]
     pub addr: SocketAddr,
+    /// Also answer over gRPC (serve's service, plaintext HTTP/2, health, reflection).
+    #[arg(long, env = "EARSHOT_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Longest a request may take over every shard it asks (each shard request's deadline).
     #[arg(long, env = "EARSHOT_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,

@@ -307,6 +307,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
             request_timeout: Duration::from_millis(a.timeout_ms + 100),
         },
         conns: a.conns.options(),
+        grpc_addr: a.grpc_addr,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = a.workers {

@@ -137,7 +137,7 @@ fn explanation(e: Explanation) -> pb::Explanation {
     }
 }
 
-fn list_explanation(e: ListExplanation) -> pb::ListExplanation {
+pub fn list_explanation(e: ListExplanation) -> pb::ListExplanation {
     pb::ListExplanation {
         strategy: e.strategy.map(str::to_owned),
         seeds: e.seeds.map(|n| n as u32),
@@ -147,7 +147,7 @@ fn list_explanation(e: ListExplanation) -> pb::ListExplanation {
     }
 }
 
-fn result_item(r: ResultItem<'_>) -> pb::ResultItem {
+pub fn result_item(r: ResultItem<'_>) -> pb::ResultItem {
     pb::ResultItem {
         id: r.id.to_owned(),
         score: r.score,

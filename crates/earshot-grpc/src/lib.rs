@@ -17,15 +17,19 @@ pub mod service;
 pub mod status;
 mod stream;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use earshot_server::conn::Slots;
 use earshot_server::limits::MAX_BODY_BYTES;
+use earshot_server::overload::LimitOptions;
 use earshot_server::sidecar::{Shutdown, Sidecar};
 use earshot_server::state::AppState;
 use tokio::net::TcpListener;
+
+pub use health::Readiness;
 
 /// The generated messages, server and client of `earshot.v1`.
 pub mod pb {
@@ -61,16 +65,43 @@ pub async fn serve(
     slots: Slots,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let limits = state.limiter.options().clone();
+    let s = state.clone();
+    let readiness: Readiness = Box::new(move || {
+        let names = s.live().versions.keys().cloned().collect();
+        (s.not_ready().is_none(), names)
+    });
+    let earshot = pb::earshot_server::EarshotServer::new(service::Earshot { state });
+    serve_service(
+        listener,
+        slots,
+        &limits,
+        readiness,
+        earshot,
+        shutdown.wait(),
+    )
+    .await
+}
+
+/// Serves `earshot` (`serve`'s engine, or the router's fan-out) on `listener` beside
+/// `grpc.health.v1` (reporting `readiness`) and reflection, until `shutdown`; then lets
+/// the calls in flight finish. Every connection takes its place from `slots`.
+pub async fn serve_service<S: pb::earshot_server::Earshot>(
+    listener: TcpListener,
+    slots: Slots,
+    limits: &LimitOptions,
+    readiness: Readiness,
+    earshot: pb::earshot_server::EarshotServer<S>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let readiness = tokio::spawn(health::track(state.clone(), reporter));
+    let readiness = tokio::spawn(health::track(readiness, reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let limits = state.limiter.options().clone();
-    let earshot = pb::earshot_server::EarshotServer::new(service::Earshot { state })
-        // The HTTP body limit; answers are not limited (a batch can be large).
-        .max_decoding_message_size(MAX_BODY_BYTES);
+    // The HTTP body limit; answers are not limited (a batch can be large).
+    let earshot = earshot.max_decoding_message_size(MAX_BODY_BYTES);
     let incoming = accept::incoming(listener, slots);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
@@ -87,7 +118,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(earshot)
-        .serve_with_incoming_shutdown(incoming, shutdown.wait())
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     readiness.abort();
     result.map_err(Into::into)

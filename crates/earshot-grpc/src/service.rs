@@ -13,7 +13,8 @@ use earshot_server::error::ApiError;
 use earshot_server::error_code::ErrorCode;
 use earshot_server::exec::{self, Work};
 use earshot_server::extract::{Pin, VERSION_HEADER};
-use earshot_server::metrics::GrpcLabels;
+use earshot_server::metrics::{GrpcLabels, Metrics};
+use earshot_server::overload::{Limiter, Permit};
 use earshot_server::registry::Live;
 use earshot_server::state::AppState;
 use earshot_server::writes::http::{write_delete, write_upsert, WriteItem, WriteResponse};
@@ -43,12 +44,12 @@ type Planned<W> = Result<(bool, W), ApiError>;
 /// call bare). An answer that late could not have reached the client in time anyway.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// `grpc-timeout`: up to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 /// A call's request ID (the caller's `x-request-id`, else a new one from the counter HTTP
 /// uses too) and its log span, as HTTP's: id, trace id, and the RPC for the method.
-pub(crate) fn request_span(headers: &HeaderMap, rpc: &'static str) -> (HeaderValue, tracing::Span) {
+pub fn request_span(headers: &HeaderMap, rpc: &'static str) -> (HeaderValue, tracing::Span) {
     let id = match headers.get(REQUEST_ID) {
         Some(v) => v.clone(),
         None => HeaderValue::try_from(earshot_server::new_request_id())
@@ -81,6 +82,87 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// When a call must be answered: the client's deadline (`grpc-timeout`, less
+/// [`DEADLINE_MARGIN`]) when it is sooner than the server's `--request-timeout-ms`.
+pub struct CallDeadline {
+    pub at: tokio::time::Instant,
+    theirs: Option<Duration>,
+}
+
+impl CallDeadline {
+    pub fn of(headers: &HeaderMap, started: Instant, limiter: &Limiter) -> Self {
+        let ours = limiter.options().request_timeout;
+        let theirs = grpc_timeout(headers).filter(|t| *t < ours);
+        let at = started + theirs.map_or(ours, |t| t.saturating_sub(DEADLINE_MARGIN));
+        Self {
+            at: tokio::time::Instant::from_std(at),
+            theirs,
+        }
+    }
+
+    /// The status of a call whose deadline passed: DEADLINE_EXCEEDED for the client's,
+    /// HTTP's `timeout` for ours.
+    pub fn passed(&self, limiter: &Limiter) -> Status {
+        match self.theirs {
+            Some(t) => {
+                limiter.count_rejected("timeout");
+                status::deadline_exceeded(t)
+            }
+            None => status::from_api(&limiter.rejection("timeout")),
+        }
+    }
+
+    /// A slot from `limiter`, waiting at most until the deadline.
+    pub async fn acquire(&self, limiter: &Limiter) -> Result<Permit, Status> {
+        match limiter.acquire(self.at).await {
+            Ok(p) => Ok(p),
+            Err(e) if e.code == ErrorCode::Timeout && self.theirs.is_some() => {
+                Err(self.passed(limiter))
+            }
+            Err(e) => Err(status::from_api(&e)),
+        }
+    }
+}
+
+/// A unary call's end: its answer (or status) with the request ID (and the version that
+/// answered) in the response metadata, counted in the gRPC metrics and logged at debug.
+pub fn respond<T>(
+    metrics: &Metrics,
+    method: &'static str,
+    started: Instant,
+    (id, span): (HeaderValue, tracing::Span),
+    result: Result<(T, Option<HeaderValue>), Status>,
+) -> Result<Response<T>, Status> {
+    let (result, code) = match result {
+        Ok((answer, version)) => {
+            let mut r = Response::new(answer);
+            let h: &mut HeaderMap = r.metadata_mut().as_mut();
+            h.insert(REQUEST_ID, id);
+            if let Some(v) = version {
+                h.insert(VERSION_HEADER, v);
+            }
+            (Ok(r), tonic::Code::Ok)
+        }
+        Err(mut s) => {
+            let h: &mut HeaderMap = s.metadata_mut().as_mut();
+            h.insert(REQUEST_ID, id);
+            let code = s.code();
+            (Err(s), code)
+        }
+    };
+    let labels = GrpcLabels {
+        method,
+        code: status::code_name(code),
+    };
+    metrics
+        .grpc_latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    metrics.grpc_requests.get_or_create(&labels).inc();
+    span.in_scope(|| tracing::debug!(code = labels.code, "answered"));
+    result
+}
+
 impl Earshot {
     /// One unary call: checks, plans (`plan` gets the live collections, the pinned version
     /// and the message), runs, and answers with the request ID (and the version) in the
@@ -106,33 +188,7 @@ impl Earshot {
             .instrument(span.clone())
             .await;
         m.grpc_in_flight.dec();
-        let (result, code) = match result {
-            Ok((answer, version)) => {
-                let mut r = Response::new(answer);
-                let h: &mut HeaderMap = r.metadata_mut().as_mut();
-                h.insert(REQUEST_ID, id);
-                if let Some(v) = version {
-                    h.insert(VERSION_HEADER, v);
-                }
-                (Ok(r), tonic::Code::Ok)
-            }
-            Err(mut s) => {
-                let h: &mut HeaderMap = s.metadata_mut().as_mut();
-                h.insert(REQUEST_ID, id);
-                let code = s.code();
-                (Err(s), code)
-            }
-        };
-        let labels = GrpcLabels {
-            method,
-            code: status::code_name(code),
-        };
-        m.grpc_latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        m.grpc_requests.get_or_create(&labels).inc();
-        span.in_scope(|| tracing::debug!(code = labels.code, "answered"));
-        result
+        respond(m, method, started, (id, span), result)
     }
 
     async fn run<M, T, W>(
@@ -149,35 +205,20 @@ impl Earshot {
         let api = |e: ApiError| status::from_api(&e);
         check_key(&self.state.keys, headers, Role::Query).map_err(api)?;
         let limiter = &self.state.limiter;
-        let ours = limiter.options().request_timeout;
-        let theirs = grpc_timeout(headers).filter(|t| *t < ours);
-        let deadline = tokio::time::Instant::from_std(
-            started + theirs.map_or(ours, |t| t.saturating_sub(DEADLINE_MARGIN)),
-        );
-        // The client's deadline passed, or ours (as HTTP answers it).
-        let timed_out = || match theirs {
-            Some(t) => {
-                limiter.count_rejected("timeout");
-                status::deadline_exceeded(t)
-            }
-            None => status::from_api(&limiter.rejection("timeout")),
-        };
+        let deadline = CallDeadline::of(headers, started, limiter);
         let pin = Pin(headers.get(VERSION_HEADER).cloned());
         let pin = pin.version().map_err(api)?.map(str::to_owned);
         let (small, work) = plan(self.state.live(), pin, msg).map_err(api)?;
-        let permit = match limiter.acquire(deadline).await {
-            Ok(p) => p,
-            Err(e) if e.code == ErrorCode::Timeout && theirs.is_some() => return Err(timed_out()),
-            Err(e) => return Err(api(e)),
-        };
+        let permit = deadline.acquire(limiter).await?;
         // Work that starts past the deadline is wasted (an inline query, once started,
         // runs to its end).
-        if tokio::time::Instant::now() >= deadline {
-            return Err(timed_out());
+        if tokio::time::Instant::now() >= deadline.at {
+            return Err(deadline.passed(limiter));
         }
-        match tokio::time::timeout_at(deadline, exec::run_with(Some(permit), small, work)).await {
+        match tokio::time::timeout_at(deadline.at, exec::run_with(Some(permit), small, work)).await
+        {
             Ok(r) => r.map_err(api),
-            Err(_) => Err(timed_out()),
+            Err(_) => Err(deadline.passed(limiter)),
         }
     }
 }

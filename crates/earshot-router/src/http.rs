@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::cluster::Cluster;
 use crate::failure::shard_unavailable;
 use crate::query::{Body, ListOutcome, Outcome, Query};
-use crate::upstream::{UpRequest, VERSION_HEADER};
+use crate::upstream::{UpRequest, UpResponse, VERSION_HEADER};
 use earshot_server::limits::MAX_ITEMS;
 
 pub struct RouterState {
@@ -124,7 +124,7 @@ struct RoutedResults<'a> {
 }
 
 /// The picked list as `serve` renders an engine answer (`engine/answer.rs`).
-fn result_items(o: &ListOutcome) -> Vec<ResultItem<'_>> {
+pub(crate) fn result_items(o: &ListOutcome) -> Vec<ResultItem<'_>> {
     o.selection
         .picks
         .iter()
@@ -143,11 +143,11 @@ fn result_items(o: &ListOutcome) -> Vec<ResultItem<'_>> {
         .collect()
 }
 
-fn list_quota(o: &ListOutcome) -> (usize, usize) {
+pub(crate) fn list_quota(o: &ListOutcome) -> (usize, usize) {
     (o.selection.quota_requested, o.selection.quota_reserved)
 }
 
-fn list_explanation(o: &ListOutcome) -> Option<ListExplanation> {
+pub(crate) fn list_explanation(o: &ListOutcome) -> Option<ListExplanation> {
     let quota = (o.selection.quota_requested, o.selection.quota_reserved);
     o.explain
         .then(|| answer::list_explanation(&o.weights, quota))
@@ -176,13 +176,14 @@ fn json_response<T: Serialize>(value: &T, version: Option<&str>) -> Response {
     }
 }
 
-fn version_of(o: &Outcome) -> Option<&str> {
+pub(crate) fn version_of(o: &Outcome) -> Option<&str> {
     (o.versions.len() == 1)
         .then(|| o.versions.iter().next().map(String::as_str))
         .flatten()
 }
 
-fn render(state: &RouterState, collection: &str, o: &Outcome, allow_partial: bool) -> Response {
+/// Counts an answer that some shards were missing from.
+pub(crate) fn count_partial(state: &RouterState, collection: &str, o: &Outcome) {
     if o.answered < o.shards {
         state
             .cluster
@@ -193,6 +194,10 @@ fn render(state: &RouterState, collection: &str, o: &Outcome, allow_partial: boo
             })
             .inc();
     }
+}
+
+fn render(state: &RouterState, collection: &str, o: &Outcome, allow_partial: bool) -> Response {
+    count_partial(state, collection, o);
     match &o.body {
         Body::List(list) => json_response(
             &RoutedResults {
@@ -324,25 +329,10 @@ pub async fn batch(
     }
     let req: BatchRequest = typed(v)?;
     engine::check_batch(req.queries.len())?;
-    let started = Instant::now();
-    let cluster = &state.cluster;
-    let runs = req.queries.iter().enumerate().map(|(i, q)| {
-        let partial = per_query.get(i).copied().unwrap_or(partial);
-        async move {
-            let (collection, query) = match q {
-                BatchQuery::Similar(s) => {
-                    let (c, id) = engine::batch_similar_target(s)?;
-                    (c, Query::Similar { id, req: s })
-                }
-                BatchQuery::Search(s) => (s.collection.as_str(), Query::Search(s)),
-                BatchQuery::Taste(t) => (engine::batch_taste_target(t)?, Query::Taste(t)),
-            };
-            let c = cluster.routed(collection)?;
-            let o = cluster.run(c, &query, partial, started).await?;
-            Ok::<_, QueryError>((o, partial))
-        }
-    });
-    let outcomes = futures_util::future::join_all(runs).await;
+    let outcomes = run_batch(&state.cluster, &req.queries, |i| {
+        per_query.get(i).copied().unwrap_or(partial)
+    })
+    .await;
     let entries: Vec<Entry> = outcomes
         .iter()
         .map(|a| match a {
@@ -369,6 +359,33 @@ pub async fn batch(
         &serde_json::json!({ "responses": entries }),
         None,
     ))
+}
+
+/// A batch's queries, all at once, each answered on its own (with whether it allowed a
+/// partial answer).
+pub(crate) async fn run_batch(
+    cluster: &Cluster,
+    queries: &[BatchQuery],
+    partial: impl Fn(usize) -> bool,
+) -> Vec<Result<(Outcome, bool), QueryError>> {
+    let started = Instant::now();
+    let runs = queries.iter().enumerate().map(|(i, q)| {
+        let partial = partial(i);
+        async move {
+            let (collection, query) = match q {
+                BatchQuery::Similar(s) => {
+                    let (c, id) = engine::batch_similar_target(s)?;
+                    (c, Query::Similar { id, req: s })
+                }
+                BatchQuery::Search(s) => (s.collection.as_str(), Query::Search(s)),
+                BatchQuery::Taste(t) => (engine::batch_taste_target(t)?, Query::Taste(t)),
+            };
+            let c = cluster.routed(collection)?;
+            let o = cluster.run(c, &query, partial, started).await?;
+            Ok((o, partial))
+        }
+    });
+    futures_util::future::join_all(runs).await
 }
 
 /// `POST`/`DELETE /admin/{collection}/items`: a write goes to the collection's one write log,
@@ -400,10 +417,7 @@ pub async fn write(
     .find_map(|name| headers.get(&name).map(|v| (name, v.clone())));
     let req = UpRequest {
         method,
-        path: format!(
-            "/admin/{}/items",
-            percent_encoding::utf8_percent_encode(&collection, SEGMENT)
-        ),
+        path: write_path(&collection),
         body: Some(body),
         version: None,
         auth,
@@ -422,11 +436,7 @@ pub async fn item(
     let owner = c.owner(&id);
     let req = UpRequest {
         method: Method::GET,
-        path: format!(
-            "/v1/{}/{}",
-            percent_encoding::utf8_percent_encode(&collection, SEGMENT),
-            percent_encoding::utf8_percent_encode(&id, SEGMENT)
-        ),
+        path: item_path(&collection, &id),
         body: None,
         version: None,
         auth: None,
@@ -446,27 +456,51 @@ async fn passthrough(
     shard: usize,
     req: &UpRequest,
 ) -> Result<Response, ApiError> {
+    let r = forward(cluster, c, shard, req).await?;
+    let mut resp = (r.status, [(header::CONTENT_TYPE, JSON)], r.body).into_response();
+    if let Some(v) = r.version.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().insert(VERSION_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// `req` to one of `shard`'s replicas: its answer as it is (an error status too), or
+/// `shard_unavailable` when none answered.
+pub(crate) async fn forward(
+    cluster: &Cluster,
+    c: &crate::cluster::Routed,
+    shard: usize,
+    req: &UpRequest,
+) -> Result<UpResponse, ApiError> {
     let deadline = Instant::now() + cluster.opts.request_timeout;
     match c.shards[shard]
         .call(&cluster.client, &cluster.opts.upstream, req, deadline)
         .await
     {
-        Ok(r) => {
-            let mut resp = (r.status, [(header::CONTENT_TYPE, JSON)], r.body).into_response();
-            if let Some(v) = r.version.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                resp.headers_mut().insert(VERSION_HEADER, v);
-            }
-            Ok(resp)
-        }
-        Err(crate::upstream::CallError::Upstream(r)) => {
-            Ok((r.status, [(header::CONTENT_TYPE, JSON)], r.body).into_response())
-        }
+        Ok(r) | Err(crate::upstream::CallError::Upstream(r)) => Ok(r),
         Err(e) => Err(shard_unavailable(format!(
             "shard {shard} of collection {:?} is unavailable: {e:?}",
             c.name
         ))
         .into()),
     }
+}
+
+/// The path of an item on its shards.
+pub(crate) fn item_path(collection: &str, id: &str) -> String {
+    format!(
+        "/v1/{}/{}",
+        percent_encoding::utf8_percent_encode(collection, SEGMENT),
+        percent_encoding::utf8_percent_encode(id, SEGMENT)
+    )
+}
+
+/// The path of a collection's write endpoint on its shards.
+pub(crate) fn write_path(collection: &str) -> String {
+    format!(
+        "/admin/{}/items",
+        percent_encoding::utf8_percent_encode(collection, SEGMENT)
+    )
 }
 
 #[derive(Deserialize)]
@@ -499,7 +533,11 @@ pub async fn items(
 
 /// `GET /v1/collections`: each routed collection as its shards describe it, counts summed.
 pub async fn collections(State(state): St) -> Response {
-    let cluster = &state.cluster;
+    json_response(&collections_value(&state.cluster).await, None)
+}
+
+/// The collections answer (`{"collections": [...], "kernels": ...}`), for HTTP and gRPC.
+pub(crate) async fn collections_value(cluster: &Cluster) -> Value {
     let mut list = Vec::new();
     for c in cluster.collections.values() {
         if c.info.iter().any(|i| i.load().is_none()) {
@@ -542,13 +580,10 @@ pub async fn collections(State(state): St) -> Response {
         }
         list.push(entry);
     }
-    json_response(
-        &serde_json::json!({
-            "collections": list,
-            "kernels": earshot_core::distance::kernel_name(),
-        }),
-        None,
-    )
+    serde_json::json!({
+        "collections": list,
+        "kernels": earshot_core::distance::kernel_name(),
+    })
 }
 
 pub async fn healthz() -> Response {

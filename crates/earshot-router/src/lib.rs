@@ -13,11 +13,13 @@
 //! - `pool`: the merged candidate pool (one creator key across shards) and the merge;
 //! - `query`: similar, search, taste and items across shards, merged and picked with
 //!   `earshot_recommend::select` on one version;
-//! - `http`: the handlers; this file: the router and its life cycle.
+//! - `http`: the handlers; `grpc`: the same queries over gRPC (`route --grpc-addr`);
+//!   this file: the router and its life cycle.
 
 pub mod cluster;
 pub mod estimate;
 pub mod failure;
+pub mod grpc;
 pub mod hedge;
 pub mod http;
 pub mod metrics;
@@ -63,6 +65,8 @@ pub struct RouteOptions {
     pub limits: LimitOptions,
     /// Connection bounds, as `serve`'s (header-read and idle timeouts, a cap).
     pub conns: earshot_server::conn::ConnOptions,
+    /// The gRPC listener's address (`--grpc-addr`), off when `None`.
+    pub grpc_addr: Option<SocketAddr>,
 }
 
 pub fn router(state: Arc<RouterState>, keys: Arc<earshot_server::auth::Keys>) -> Router {
@@ -150,6 +154,14 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", opts.addr))?;
     let local = listener.local_addr()?;
+    let grpc = match opts.grpc_addr {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (--grpc-addr)"))?,
+        ),
+        None => None,
+    };
     state.ready.store(true, Ordering::Release);
     let shards: usize = state
         .cluster
@@ -165,26 +177,74 @@ pub async fn route(opts: RouteOptions) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "routing"
     );
-    println!("listening on http://{local}");
-    let app = router(state.clone(), keys);
     let drain = opts.drain;
     let slots = earshot_server::conn::Slots::new(
         max_connections,
         opts.conns.timeouts,
         state.metrics.conns.clone(),
     );
-    earshot_server::conn::serve(listener, app, slots, async move {
+    // Both listeners stop together, after the drain.
+    let (stopped, stopping) = tokio::sync::watch::channel(false);
+    let grpc = grpc.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "grpc listening");
+            println!("grpc listening on http://{a}");
+        }
+        tokio::spawn(serve_grpc(
+            l,
+            state.clone(),
+            keys.clone(),
+            slots.clone(),
+            stopping,
+        ))
+    });
+    println!("listening on http://{local}");
+    let app = router(state.clone(), keys);
+    let ready = state.clone();
+    let served = earshot_server::conn::serve(listener, app, slots, async move {
         stop.recv().await;
-        state.ready.store(false, Ordering::Release);
+        ready.ready.store(false, Ordering::Release);
         tracing::info!(
             drain_seconds = drain.as_secs_f64(),
             "shutting down: /readyz now 503"
         );
         tokio::time::sleep(drain).await;
     })
-    .await?;
+    .await;
+    let _ = stopped.send(true);
+    if let Some(g) = grpc {
+        match g.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC listener failed"),
+            Err(e) => tracing::error!(error = %e, "the gRPC listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC listener (`grpc::RoutedGrpc`) until `stop` turns true; its health service
+/// reports what `/readyz` does.
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    state: Arc<RouterState>,
+    keys: Arc<earshot_server::auth::Keys>,
+    slots: earshot_server::conn::Slots,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let limits = state.limiter.options().clone();
+    let s = state.clone();
+    let readiness: earshot_grpc::Readiness = Box::new(move || {
+        let names = s.cluster.collections.keys().cloned().collect();
+        (s.ready.load(Ordering::Acquire) && s.cluster.ready(), names)
+    });
+    let service =
+        earshot_grpc::pb::earshot_server::EarshotServer::new(grpc::RoutedGrpc { state, keys });
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    earshot_grpc::serve_service(listener, slots, &limits, readiness, service, shutdown).await
 }
 
 struct Stop {
