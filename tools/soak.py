@@ -320,6 +320,13 @@ def main():
     ap.add_argument("--via-admin", action="store_true", help="POST /admin/reload instead of SIGHUP")
     ap.add_argument("--workdir", help="keep inputs and indexes here (default: a temp dir, removed)")
     ap.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    ap.add_argument("--dry-swaps", action="store_true",
+                    help="control run: every event re-activates the version already served (the same "
+                         "`earshot activate`, signal and /metrics polling, no swap), so that what the "
+                         "harness itself costs in the windows can be told from what a swap costs")
+    ap.add_argument("--split-cores", action="store_true",
+                    help="server (--workers 1) on core 0, this load generator and `earshot activate` on "
+                         "core 1, so that the client's own CPU use cannot delay the server (needs 2 cores)")
     a = ap.parse_args()
 
     binary = find_binary(a.bin)
@@ -361,7 +368,9 @@ def main():
         with open(os.path.join(data, "tracks.csv")) as f:
             ids = [row["track_id"] for row in csv.DictReader(f)]
 
-        server = subprocess.Popen([binary, "serve", "--index-root", root, "--addr", "127.0.0.1:0"],
+        pin = ["taskset", "-c", "0"] if a.split_cores else []
+        workers = ["--workers", "1"] if a.split_cores else []
+        server = subprocess.Popen(pin + [binary, "serve", "--index-root", root, "--addr", "127.0.0.1:0"] + workers,
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(work, "server.log"), "w"),
                                   text=True)
         line = server.stdout.readline()
@@ -370,6 +379,8 @@ def main():
             sys.exit(f"server did not start: {line!r} (see {work}/server.log)")
         host, port = m.group(1), int(m.group(2))
         threading.Thread(target=lambda: server.stdout.read(), daemon=True).start()
+        if a.split_cores:
+            os.sched_setaffinity(0, {1})
 
         requests = encode_requests(host, port, ids, 4096, 7)
         burst = drive(host, port, requests, a.connections, a.burst_seconds)
@@ -392,7 +403,9 @@ def main():
             good_i = 1
             while next_swap < end - 0.5:
                 time.sleep(max(0.0, next_swap - time.monotonic()))
-                if n % 2 == 0:
+                if a.dry_swaps:
+                    kind, version = "good", good[(good_i - 1) % len(good)]
+                elif n % 2 == 0:
                     kind, version = "good", good[good_i % len(good)]
                     good_i += 1
                 else:
@@ -487,7 +500,8 @@ def main():
         print(f"server-side p99 (its histogram, bucket upper bound): swap windows <= "
               f"{bucket_p99(hist_windows):.2f} ms ({hist_windows.get(float('inf'), 0):.0f} requests), "
               f"rest <= {bucket_p99(hist_rest):.2f} ms ({hist_rest.get(float('inf'), 0):.0f} requests)")
-        ok = not failed and swaps == n_good and refusals == n_bad and len(took) == len(events)
+        ok = (not failed and swaps == (0 if a.dry_swaps else n_good) and refusals == n_bad
+              and len(took) == len(events))
         summary = {
             "requests": total, "failed": len(failed), "capacity_rps": round(cap), "rate_rps": round(rate),
             "good_swaps": n_good, "swaps_metric": swaps, "corrupt": n_bad, "refusals_metric": refusals,

@@ -621,12 +621,5 @@ pub async fn readyz(State(state): St) -> Response {
 }
 
 pub async fn metrics(State(state): St) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    state.metrics.clone().response().await
 }

@@ -137,6 +137,29 @@ impl Metrics {
         }
     }
 
+    /// `GET /metrics`' answer, rendered on a low-priority thread of its own: encoding every
+    /// family costs ~0.5 ms and more with many label sets, and on the async worker a scrape
+    /// held up the queries queued behind it (the soak's `/metrics` polls alone raised p99
+    /// in their windows, BENCHMARKS.md §6 "p99 around a swap").
+    pub async fn response(self: Arc<Self>) -> Response {
+        use axum::response::IntoResponse;
+        match crate::background::run("earshot-metrics", move || self.encode()).await {
+            Some(text) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            None => crate::error::ApiError::new(
+                crate::error_code::ErrorCode::Internal,
+                "the metrics could not be rendered",
+            )
+            .into_response(),
+        }
+    }
+
     pub fn encode(&self) -> String {
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();

@@ -463,14 +463,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)),
 )]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    state.metrics.clone().response().await
 }
 
 pub async fn not_found() -> ApiError {
