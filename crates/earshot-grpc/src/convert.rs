@@ -9,6 +9,7 @@ use earshot_server::api::{
     ListExplanation, ResultItem, SearchRequest, SimilarRequest, TasteRequest,
 };
 use earshot_server::engine::{answer, Answer};
+use earshot_server::error_code::ErrorCode;
 
 use crate::pb;
 
@@ -175,6 +176,15 @@ pub fn results(a: &Answer) -> pb::Results {
         emerging_slots_reserved: reserved.map(|n| n as u32),
         item: a.query_item().map(item),
         ..result_list(a)
+    }
+}
+
+/// A query's error as a batch entry (or stream message) carries it: code, HTTP status, message.
+pub fn batch_error(code: ErrorCode, message: String) -> pb::BatchError {
+    pb::BatchError {
+        code: code.as_str().to_owned(),
+        status: code.status().into(),
+        message,
     }
 }
 

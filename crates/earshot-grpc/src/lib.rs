@@ -15,7 +15,7 @@ pub mod convert;
 mod health;
 pub mod service;
 pub mod status;
-mod stream;
+pub mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -325,11 +325,7 @@ impl pb::earshot_server::Earshot for Earshot {
                         };
                         let outcome = match answer {
                             Ok(a) => Outcome::Ok(convert::result_list(&a)),
-                            Err(err) => Outcome::Error(pb::BatchError {
-                                code: err.code.as_str().to_owned(),
-                                status: err.code.status().into(),
-                                message: err.message,
-                            }),
+                            Err(err) => Outcome::Error(convert::batch_error(err.code, err.message)),
                         };
                         pb::BatchEntry {
                             outcome: Some(outcome),

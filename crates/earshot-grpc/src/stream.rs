@@ -13,7 +13,7 @@ use earshot_server::auth::{check_key, Role};
 use earshot_server::error::ApiError;
 use earshot_server::exec;
 use earshot_server::extract::{Pin, VERSION_HEADER};
-use earshot_server::metrics::GrpcLabels;
+use earshot_server::metrics::{GrpcLabels, Metrics};
 use earshot_server::state::AppState;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -99,26 +99,33 @@ pub async fn open(
 /// One message answered (or refused) and counted as a `Similar` call is.
 async fn answer(state: &AppState, pin: Option<String>, m: pb::SimilarRequest) -> pb::SimilarAnswer {
     let started = Instant::now();
-    let (code, outcome) = match one(state, pin, m).await {
+    let answered = one(state, pin, m).await;
+    message_answer(&state.metrics, started, answered)
+}
+
+/// A `SimilarStream` message's answer, or its error in place of it, counted in the gRPC
+/// metrics as a `Similar` call (`serve`'s streams and the router's).
+pub fn message_answer(
+    metrics: &Metrics,
+    started: Instant,
+    answered: Result<pb::Results, ApiError>,
+) -> pb::SimilarAnswer {
+    let (code, outcome) = match answered {
         Ok(r) => ("OK", Outcome::Ok(r)),
         Err(e) => (
             status::code_name(status::grpc_code(e.code)),
-            Outcome::Error(pb::BatchError {
-                code: e.code.as_str().to_owned(),
-                status: e.code.status().into(),
-                message: e.message,
-            }),
+            Outcome::Error(convert::batch_error(e.code, e.message)),
         ),
     };
     let labels = GrpcLabels {
         method: "SimilarStream",
         code,
     };
-    let m = &state.metrics;
-    m.grpc_latency
+    metrics
+        .grpc_latency
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    m.grpc_requests.get_or_create(&labels).inc();
+    metrics.grpc_requests.get_or_create(&labels).inc();
     pb::SimilarAnswer {
         outcome: Some(outcome),
     }

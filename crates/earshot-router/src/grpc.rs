@@ -13,15 +13,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use bytes::Bytes;
 use earshot_grpc::pb::batch_entry::Outcome as Entry;
 use earshot_grpc::pb::batch_query::Query as PbQuery;
 use earshot_grpc::service::{request_span, respond, CallDeadline};
+use earshot_grpc::stream::message_answer;
 use earshot_grpc::{convert, pb, status};
 use earshot_server::api::BatchQuery;
 use earshot_server::auth::{check_key, Keys, Role};
-use earshot_server::engine::{answer, check_batch, QueryError};
+use earshot_server::engine::{answer, check_batch};
 use earshot_server::error::ApiError;
 use earshot_server::error_code::ErrorCode;
 use serde::Deserialize;
@@ -32,8 +33,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::http::{
-    collections_value, count_partial, forward, item_path, list_explanation, list_quota,
-    result_items, run_batch, version_of, write_path, RouterState,
+    caller_auth, collections_value, count_partial, forward, item_path, list_explanation,
+    list_quota, result_items, run_batch, version_of, write_path, RouterState,
 };
 use crate::query::{Body, Outcome, Query};
 use crate::upstream::{UpRequest, UpResponse};
@@ -232,18 +233,12 @@ async fn write(
     headers: &HeaderMap,
 ) -> Answered<pb::WriteResponse> {
     let c = state.cluster.routed(collection)?;
-    let auth = [
-        header::AUTHORIZATION,
-        header::HeaderName::from_static("x-api-key"),
-    ]
-    .into_iter()
-    .find_map(|name| headers.get(&name).map(|v| (name, v.clone())));
     let req = UpRequest {
         method,
+        auth: caller_auth(headers),
         path: write_path(collection),
         body: Some(Bytes::from(body.to_string())),
         version: None,
-        auth,
     };
     let r = forward(&state.cluster, c, 0, &req).await?;
     #[derive(Deserialize)]
@@ -267,14 +262,6 @@ fn no_query() -> ApiError {
         ErrorCode::InvalidRequest,
         "a batch query must set one of similar, search or taste",
     )
-}
-
-fn entry_error(e: &QueryError) -> Entry {
-    Entry::Error(pb::BatchError {
-        code: e.code.as_str().to_owned(),
-        status: e.code.status().into(),
-        message: e.message.clone(),
-    })
 }
 
 #[tonic::async_trait]
@@ -335,7 +322,7 @@ impl pb::earshot_server::Earshot for RoutedGrpc {
                             results: results(o).results,
                             ..Default::default()
                         }),
-                        Err(e) => entry_error(e),
+                        Err(e) => Entry::Error(convert::batch_error(e.code, e.message.clone())),
                     }),
                 })
                 .collect();
@@ -453,7 +440,6 @@ impl pb::earshot_server::Earshot for RoutedGrpc {
 /// One `SimilarStream` message, as `serve` answers one: its own slot and the router's
 /// `--request-timeout-ms`, counted as a call.
 async fn stream_message(state: &RouterState, m: pb::SimilarRequest) -> pb::SimilarAnswer {
-    use pb::similar_answer::Outcome;
     let started = Instant::now();
     let limiter = &state.limiter;
     let deadline = tokio::time::Instant::now() + limiter.options().request_timeout;
@@ -467,28 +453,5 @@ async fn stream_message(state: &RouterState, m: pb::SimilarRequest) -> pb::Simil
         }
     }
     .await;
-    let (code, outcome) = match answered {
-        Ok(r) => ("OK", Outcome::Ok(r)),
-        Err(e) => (
-            status::code_name(status::grpc_code(e.code)),
-            Outcome::Error(pb::BatchError {
-                code: e.code.as_str().to_owned(),
-                status: e.code.status().into(),
-                message: e.message,
-            }),
-        ),
-    };
-    let labels = earshot_server::metrics::GrpcLabels {
-        method: "SimilarStream",
-        code,
-    };
-    let metrics = &state.metrics;
-    metrics
-        .grpc_latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    metrics.grpc_requests.get_or_create(&labels).inc();
-    pb::SimilarAnswer {
-        outcome: Some(outcome),
-    }
+    message_answer(&state.metrics, started, answered)
 }

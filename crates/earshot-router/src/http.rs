@@ -409,12 +409,7 @@ pub async fn write(
     let body = bytes.unwrap_or_default();
     let cluster = &state.cluster;
     let c = cluster.routed(&collection)?;
-    let auth = [
-        header::AUTHORIZATION,
-        header::HeaderName::from_static("x-api-key"),
-    ]
-    .into_iter()
-    .find_map(|name| headers.get(&name).map(|v| (name, v.clone())));
+    let auth = caller_auth(&headers);
     let req = UpRequest {
         method,
         path: write_path(&collection),
@@ -423,6 +418,16 @@ pub async fn write(
         auth,
     };
     passthrough(cluster, c, 0, &req).await
+}
+
+/// The caller's own credentials, which a forwarded write carries instead of the shard key.
+pub(crate) fn caller_auth(headers: &HeaderMap) -> Option<(header::HeaderName, HeaderValue)> {
+    [
+        header::AUTHORIZATION,
+        header::HeaderName::from_static("x-api-key"),
+    ]
+    .into_iter()
+    .find_map(|name| headers.get(&name).map(|v| (name, v.clone())))
 }
 
 /// `GET /v1/{collection}/{id}`: the owner shard's answer, as it is.
