@@ -8,7 +8,7 @@
 mod common;
 mod grpc_common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::*;
@@ -33,6 +33,25 @@ struct Fixture {
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
+/// A topology file naming one replica per shard, at these addresses.
+fn topology(dir: &Path, shards: &[&str]) -> PathBuf {
+    let lists: Vec<String> = shards.iter().map(|a| format!("[\"http://{a}\"]")).collect();
+    let path = dir.join("topology.toml");
+    std::fs::write(
+        &path,
+        format!("[collections.tracks]\nshards = [{}]\n", lists.join(", ")),
+    )
+    .unwrap();
+    path
+}
+
+/// `earshot route` over `topology`, its gRPC listener on `grpc`.
+fn route_args(topology: &Path, grpc: &str) -> Vec<std::ffi::OsString> {
+    let args = ["route", "--topology", topology.to_str().unwrap()];
+    let rest = ["--addr", "127.0.0.1:0", "--grpc-addr", grpc];
+    args.iter().chain(&rest).map(Into::into).collect()
+}
+
 fn fx() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
@@ -48,16 +67,8 @@ fn fx() -> &'static Fixture {
                 Server::start(&root, &[])
             })
             .collect();
-        let urls: Vec<String> = shards
-            .iter()
-            .map(|s| format!("[\"http://{}\"]", s.addr))
-            .collect();
-        let topo = dir.join("topology.toml");
-        std::fs::write(
-            &topo,
-            format!("[collections.tracks]\nshards = [{}]\n", urls.join(", ")),
-        )
-        .unwrap();
+        let addrs: Vec<&str> = shards.iter().map(|s| s.addr.as_str()).collect();
+        let topo = topology(&dir, &addrs);
         let router = Server::start_route(
             &topo,
             &["--grpc-addr", "127.0.0.1:0", "--health-interval", "0.3"],
@@ -453,27 +464,8 @@ async fn streams_health_and_metrics() {
 fn a_grpc_address_in_use_stops_the_router_at_start() {
     let f = fx();
     let dir = tempfile::tempdir().unwrap();
-    let topo = dir.path().join("t.toml");
-    std::fs::write(
-        &topo,
-        format!(
-            "[collections.tracks]\nshards = [[\"http://{}\"]]\n",
-            f.router.addr
-        ),
-    )
-    .unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "route",
-        "--topology",
-        topo.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--grpc-addr",
-        &f.grpc,
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let topo = topology(dir.path(), &[&f.router.addr]);
+    let args = route_args(&topo, &f.grpc);
     let e = match Server::try_spawn(&args) {
         Ok(_) => panic!("started on a gRPC address in use"),
         Err(e) => e,
@@ -488,29 +480,9 @@ fn a_grpc_address_in_use_stops_the_router_at_start() {
 async fn keys_are_checked_as_http_checks_them() {
     let f = fx();
     let dir = tempfile::tempdir().unwrap();
-    let topo = dir.path().join("t.toml");
-    let shards: Vec<String> = f
-        ._shards
-        .iter()
-        .map(|s| format!("[\"http://{}\"]", s.addr))
-        .collect();
-    std::fs::write(
-        &topo,
-        format!("[collections.tracks]\nshards = [{}]\n", shards.join(", ")),
-    )
-    .unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "route",
-        "--topology",
-        topo.to_str().unwrap(),
-        "--addr",
-        "127.0.0.1:0",
-        "--grpc-addr",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let addrs: Vec<&str> = f._shards.iter().map(|s| s.addr.as_str()).collect();
+    let topo = topology(dir.path(), &addrs);
+    let args = route_args(&topo, "127.0.0.1:0");
     let env = [(
         "EARSHOT_QUERY_KEYS".to_string(),
         "query-key-123".to_string(),
