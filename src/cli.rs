@@ -235,6 +235,12 @@ pub struct RouteArgs {
     /// everywhere.
     #[arg(long, env = "EARSHOT_SIMILAR_EF_BOOST", default_value_t = 2.0)]
     pub similar_ef_boost: f64,
+    /// `search` and `taste` over 2 or more shards: every shard walks with this many times the
+    /// request's ef — at the same ef, a walk over part of the catalogue finds its share of the
+    /// top k less surely. 1.5 keeps recall through the router above one server's at every ef
+    /// for 1M × 128 at 2 and 4 shards (BENCHMARKS.md §10); 1: the request's ef.
+    #[arg(long, env = "EARSHOT_SEARCH_EF_BOOST", default_value_t = 1.5)]
+    pub search_ef_boost: f64,
     /// Seconds between `/readyz` checks of every replica (and collection info refreshes).
     #[arg(long, env = "EARSHOT_HEALTH_INTERVAL", default_value_t = 2.0)]
     pub health_interval: f64,

@@ -268,6 +268,10 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
         (1.0..=16.0).contains(&a.similar_ef_boost),
         "--similar-ef-boost multiplies ef on the shards that do not own the item: within 1…16, e.g. 2"
     );
+    anyhow::ensure!(
+        (1.0..=16.0).contains(&a.search_ef_boost),
+        "--search-ef-boost multiplies ef on every shard of a search: within 1…16, e.g. 1.5"
+    );
     let upstream = earshot_router::UpstreamOptions {
         hedge_quantile: (a.hedge > 0.0).then_some(a.hedge),
         hedge_ratio: a.hedge_budget,
@@ -292,6 +296,7 @@ fn run_route(a: RouteArgs) -> anyhow::Result<()> {
             upstream,
             topk_probability: a.topk_probability,
             similar_ef_boost: a.similar_ef_boost,
+            search_ef_boost: a.search_ef_boost,
             request_timeout: Duration::from_millis(a.timeout_ms),
             health_interval,
             resolve_interval,

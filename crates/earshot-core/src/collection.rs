@@ -314,6 +314,22 @@ impl Collection {
     pub fn creator(&self, row: u32) -> Option<&str> {
         self.creator_index(row).map(|c| self.creators.get(c))
     }
+    /// Starts loading what an answer reads of each of `rows` (ID, creator, popularity). A
+    /// result list's rows are scattered over the files: prefetched together, their cache
+    /// misses overlap instead of following one another (measured: the answer's metadata
+    /// reads were 4.4 % of a server's CPU under single `similar` queries).
+    pub fn prefetch_rows(&self, rows: impl Iterator<Item = u32> + Clone) {
+        use crate::search::prefetch_range;
+        for r in rows.clone() {
+            self.ids.prefetch_offsets(r);
+            prefetch_range(self.creator_of.as_slice::<u32>(), r as usize, 1);
+            prefetch_range(self.popularity.as_slice::<f32>(), r as usize, 1);
+        }
+        for r in rows {
+            self.ids.prefetch_bytes(r);
+        }
+    }
+
     /// The popularity of `row`, if known.
     pub fn popularity(&self, row: u32) -> Option<f32> {
         let p = *self.popularity.as_slice::<f32>().get(row as usize)?;

@@ -292,6 +292,51 @@ pub fn pick<C: Candidates + ?Sized>(
     pools: &[Vec<Hit>],
     shape: &Shape,
 ) -> Selection {
+    match pools {
+        [pool] if shape.max_per_creator.is_none() && shape.emerging.is_none() => {
+            nearest(pool, shape.k)
+        }
+        _ => pick_constrained(c, weights, pools, shape),
+    }
+}
+
+/// What [`pick_constrained`] picks from one pool when no shape constraint can refuse an
+/// item: its first `k` rows. Most `similar` and `search` queries; this skips the picker's
+/// hash sets (measured: 2.7 % of a server's CPU under single `similar` queries).
+fn nearest(pool: &[Hit], k: usize) -> Selection {
+    let mut picks: Vec<Pick> = Vec::with_capacity(k.min(pool.len()));
+    for (rank, &h) in pool.iter().enumerate() {
+        if picks.len() == k {
+            break;
+        }
+        if picks.iter().any(|p| p.row == h.row) {
+            continue;
+        }
+        picks.push(Pick {
+            row: h.row,
+            dist: h.dist,
+            probe: 0,
+            rank,
+            emerging: false,
+            boosted: false,
+            in_share: true,
+            moved_by: Vec::new(),
+        });
+    }
+    picks.sort_by(|a, b| a.dist.total_cmp(&b.dist).then(a.row.cmp(&b.row)));
+    Selection {
+        picks,
+        quota_requested: 0,
+        quota_reserved: 0,
+    }
+}
+
+fn pick_constrained<C: Candidates + ?Sized>(
+    c: &C,
+    weights: &[f32],
+    pools: &[Vec<Hit>],
+    shape: &Shape,
+) -> Selection {
     let k = shape.k;
     // The boost moves emerging items up each pool before anything is picked (a copy of the
     // pools, only when a boost is asked for).
@@ -424,6 +469,49 @@ mod tests {
             assert!(p.in_share && !p.emerging && p.moved_by.is_empty());
         }
         assert_eq!((s.quota_requested, s.quota_reserved), (0, 0));
+    }
+
+    #[test]
+    fn one_unconstrained_pool_is_picked_as_the_picker_would() {
+        let (_dir, c) = collection(
+            Metric::L2,
+            (0..20).map(|x| at(x as f32, "a", 1.0)).collect(),
+        );
+        let v: View<'_> = (&c).into();
+        let key = |s: &Selection| -> Vec<(u32, u32, usize, usize, bool, bool, bool)> {
+            s.picks
+                .iter()
+                .map(|p| {
+                    let f = (p.emerging, p.boosted, p.in_share);
+                    (p.row, p.dist.to_bits(), p.probe, p.rank, f.0, f.1, f.2)
+                })
+                .collect()
+        };
+        // Ties, a repeated row, fewer candidates than k, none at all.
+        let pools: [Vec<Hit>; 4] = [
+            (0..16)
+                .map(|r| Hit {
+                    dist: (r / 3) as f32,
+                    row: 15 - r,
+                })
+                .collect(),
+            [3, 7, 3, 1, 9]
+                .map(|r| Hit {
+                    dist: r as f32,
+                    row: r,
+                })
+                .to_vec(),
+            vec![Hit { dist: 0.5, row: 2 }],
+            Vec::new(),
+        ];
+        for pool in pools {
+            for k in [1, 4, 10] {
+                let fast = pick(&v, &[1.0], std::slice::from_ref(&pool), &shape(k));
+                let slow = pick_constrained(&v, &[1.0], std::slice::from_ref(&pool), &shape(k));
+                assert_eq!(key(&fast), key(&slow), "k {k}, pool {pool:?}");
+                assert_eq!(fast.quota_requested + fast.quota_reserved, 0);
+            }
+        }
     }
 
     #[test]

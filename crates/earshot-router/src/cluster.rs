@@ -111,6 +111,9 @@ pub struct ClusterOptions {
     /// `similar`: the shards that do not own the item walk with this many times the
     /// request's ef (the vector is a stranger to their graphs; BENCHMARKS.md §10).
     pub similar_ef_boost: f64,
+    /// `search` and `taste` (no shard owns the query) over 2 or more shards: every shard walks
+    /// with this many times the request's ef.
+    pub search_ef_boost: f64,
     /// Longest a request may take, over every shard it asks.
     pub request_timeout: Duration,
     /// `/readyz` checks of every replica and `/v1/collections` refreshes this often.
@@ -125,6 +128,7 @@ impl Default for ClusterOptions {
             upstream: UpstreamOptions::default(),
             topk_probability: 0.999,
             similar_ef_boost: 2.0,
+            search_ef_boost: 1.5,
             request_timeout: Duration::from_secs(5),
             health_interval: Duration::from_secs(2),
             resolve_interval: Duration::from_secs(5),

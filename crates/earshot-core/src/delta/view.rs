@@ -126,6 +126,13 @@ impl<'a> View<'a> {
         }
     }
 
+    /// [`Collection::prefetch_rows`] for the version's rows among `rows` (the write log's
+    /// items are in memory already).
+    pub fn prefetch_rows(&self, rows: impl Iterator<Item = u32> + Clone) {
+        let n = self.base.len() as u32;
+        self.base.prefetch_rows(rows.filter(move |&r| r < n));
+    }
+
     /// The popularity of `row`.
     pub fn popularity(&self, row: u32) -> Option<f32> {
         match self.split(row) {

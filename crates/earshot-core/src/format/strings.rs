@@ -148,6 +148,20 @@ impl StringTable {
         })
     }
 
+    /// Starts loading `row`'s offsets (the first of the two dependent loads of [`get`]).
+    ///
+    /// [`get`]: Self::get
+    pub fn prefetch_offsets(&self, row: u32) {
+        crate::search::prefetch_range(self.offsets.as_slice::<u64>(), row as usize, 2);
+    }
+
+    /// Starts loading `row`'s bytes (reads its offsets: prefetch those first).
+    pub fn prefetch_bytes(&self, row: u32) {
+        if let Some(b) = self.raw(row) {
+            crate::search::prefetch_range(b, 0, b.len().max(1));
+        }
+    }
+
     /// The bytes at `row` (not checked to be UTF-8).
     fn raw(&self, row: u32) -> Option<&[u8]> {
         let offs = self.offsets.as_slice::<u64>();

@@ -566,13 +566,16 @@ impl Exec<'_> {
     ) -> Result<Vec<Option<Vec<PoolHit>>>, Failure> {
         let coll = self.coll;
         let ef = plan.ef.max(kp).min(MAX_EF);
-        let boost = self.cluster.opts.similar_ef_boost;
+        let opts = &self.cluster.opts;
+        let boosted = |by: f64| ((ef as f64 * by).ceil() as usize).min(MAX_EF);
         let mut requests = Vec::with_capacity(queries.len() * shards.len());
         for q in queries {
             for &s in shards {
                 let ef = match self.owner {
-                    Some(o) if o != s => ((ef as f64 * boost).ceil() as usize).min(MAX_EF),
-                    _ => ef,
+                    Some(o) if o != s => boosted(opts.similar_ef_boost),
+                    Some(_) => ef,
+                    None if coll.shards.len() > 1 => boosted(opts.search_ef_boost),
+                    None => ef,
                 };
                 let body = PoolQuery {
                     collection: Some(&coll.name),

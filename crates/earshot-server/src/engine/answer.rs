@@ -63,6 +63,7 @@ impl Answer {
     pub fn items(&self) -> Vec<ResultItem<'_>> {
         let c = self.view();
         let dist = c.dist();
+        c.prefetch_rows(self.picks.iter().map(|p| p.row));
         self.picks
             .iter()
             .enumerate()
