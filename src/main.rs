@@ -426,6 +426,9 @@ fn mb_per_s(name: &str, v: f64) -> anyhow::Result<Option<u64>> {
 fn run_verify(dir: &std::path::Path) -> anyhow::Result<()> {
     let c = Collection::open(dir, Verify::Full)?;
     c.check_graph()?;
+    // What `serve`, `activate` and a replica's fetch check before they take a version: a graph
+    // that passes its checksums but cannot find its own items fails here too, not only there.
+    earshot_core::collection::sanity_check(&c).map_err(anyhow::Error::msg)?;
     println!(
         "{}: ok ({} items, dim {}, {} files, {} bytes)",
         dir.display(),

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,24 @@ fn publish_serve_swap_and_roll_back_over_s3() {
         .collect();
     assert_eq!(marked.len(), 1, "{}", listed.stdout);
     assert!(marked[0].contains("20260101T000000Z"), "{}", listed.stdout);
+    // A version every replica would refuse (its files verify, its graph cannot find its own
+    // items) is refused by publish itself: nothing uploaded, CURRENT stays.
+    let broken = dir.path().join("broken").join("tracks");
+    copy_dir(&v2, &broken);
+    break_graph(&broken);
+    earshot_env(
+        [
+            OsString::from("publish"),
+            broken.clone().into(),
+            "--store".into(),
+            s3.url("fleet").into(),
+            "--version".into(),
+            "20260105T000000Z".into(),
+        ],
+        &s3.env(),
+    )
+    .assert_fails_with(&["nothing was published", "sanity query", "graph_level0.bin"]);
+    assert_eq!(answering_version(&server, &id), "20260101T000000Z");
     // An unknown version is refused and CURRENT stays.
     earshot_env(
         ["activate", "--store", &link, "19990101T000000Z"],

@@ -1037,3 +1037,34 @@ pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Copies the files of collection directory `from` into a new directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Zeroes every level-0 link count and rewrites the checksums to match: a version whose
+/// files all verify but whose search cannot reach its items.
+pub fn break_graph(dir: &Path) {
+    use earshot_core::format::{ArrayFile, Verify};
+    let manifest_path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let degree = manifest["hnsw"]["level0_degree"].as_u64().unwrap() as usize;
+    let path = dir.join("graph_level0.bin");
+    let mut links: Vec<u32> = {
+        let f = ArrayFile::open::<u32>(&path, Verify::Full).unwrap();
+        f.as_slice::<u32>().to_vec()
+    };
+    for block in links.chunks_exact_mut(1 + degree) {
+        block.iter_mut().for_each(|x| *x = 0);
+    }
+    std::fs::remove_file(&path).unwrap();
+    let sum = earshot_core::format::array_file::write(&path, &links).unwrap();
+    manifest["files"]["graph_level0.bin"]["xxh3"] = serde_json::json!(format!("{sum:016x}"));
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+}

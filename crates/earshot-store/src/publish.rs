@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use earshot_core::collection::Collection;
+use earshot_core::collection::{sanity_check, Collection};
 use earshot_core::format::{names, Verify};
 use earshot_core::shard::ShardSpec;
 use futures_util::{StreamExt, TryStreamExt};
@@ -117,8 +117,13 @@ impl Store {
         check_name("collection", &name)?;
 
         let opened = dir.to_path_buf();
+        // The checks every replica makes before it serves a fetched version: a version they
+        // would all refuse is refused here, before it is uploaded.
         let manifest = tokio::task::spawn_blocking(move || {
-            Collection::open(&opened, Verify::Full).map(|c| c.manifest.clone())
+            let c = Collection::open(&opened, Verify::Full)?;
+            c.check_graph()?;
+            sanity_check(&c).map_err(anyhow::Error::msg)?;
+            anyhow::Ok(c.manifest.clone())
         })
         .await?
         .with_context(|| {
