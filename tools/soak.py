@@ -448,8 +448,14 @@ def main():
         recv, send = ctx.Pipe(duplex=False)
         sw = ctx.Process(target=swapper, args=(send,))
         sw.start()
+        send.close()  # so that recv() below ends with EOFError if the swapper dies, not hangs
         records = drive(host, port, requests, a.connections, a.duration, rate)
-        events, windows = recv.recv()
+        try:
+            events, windows = recv.recv()
+        except EOFError:
+            sw.join(5)
+            sys.exit(f"the swapper process died (exit code {sw.exitcode}) before reporting its events: "
+                     f"see its error above and {work}/server.log")
         sw.join()
         late = sum(1 for r in records if r[1] - r[0] > 0.05)
 
