@@ -45,6 +45,7 @@ fn search(c: &mut Criterion) {
             force: false,
             source: "benches/search.rs".into(),
             quantize: true,
+            taste_history: None,
         };
         build_collection(data, &dir, &settings).expect("build the bench collection");
         let col = Collection::open(&dir, Verify::Lazy).expect("open the bench collection");

@@ -117,13 +117,13 @@ pub struct BuildArgs {
     /// directory or a versioned link) with the write log applied (--apply-log). Its metric,
     /// IDs, creators, popularity and shard are kept.
     #[arg(long, value_name = "DIR", requires = "apply_log",
-          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out", "from_store"])]
+          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out", "from_store", "taste_history"])]
     pub base: Option<PathBuf>,
     /// Compaction: like --base, with the store's CURRENT version of URL/NAME as the base
     /// (downloaded and verified into a hidden directory beside --out, deleted afterwards;
     /// --shard I/N picks the shard of a sharded version).
     #[arg(long, value_name = "URL/NAME", requires = "apply_log",
-          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out"])]
+          conflicts_with_all = ["vectors", "meta", "id_column", "creator_column", "popularity_column", "creators_out", "taste_history"])]
     pub from_store: Option<String>,
     /// Compaction: the write log to fold in (URL/NAME, e.g. s3://bucket/prefix/tracks):
     /// segments after the base's log_through, up to --through, applied in order; the new
@@ -198,6 +198,9 @@ pub struct BuildArgs {
     /// Kubernetes Indexed Job: --shard $(JOB_COMPLETION_INDEX)/N.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<earshot_core::shard::ShardSpec>,
+    /// Taste requests that name no history_collection read the history from NAME (vectors of the same IDs; README "Two-tower taste").
+    #[arg(long, value_name = "NAME", value_parser = |s: &str| earshot_core::layout::check_name(s).map(|()| s.to_string()))]
+    pub taste_history: Option<String>,
 }
 
 #[derive(Args)]

@@ -112,6 +112,7 @@ fn compact(
             from + 1
         ),
         quantize: a.quantize == "int8",
+        taste_history: c.taste_history().map(str::to_string),
     };
     let m = c.build(through, out.build_dir(), &settings)?;
     crate::report(out.build_dir(), &m);

@@ -56,6 +56,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             source: "synthetic demo catalogue (seed 42)".into(),
             // As `earshot build` by default: int8 walk, exact f32 re-ranking.
             quantize: true,
+            taste_history: None,
         };
         build::build_collection(data, &tracks_dir, &settings)?;
         settings.source = "creators derived from the demo tracks".into();

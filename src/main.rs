@@ -117,6 +117,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         force: out.replaces(a.force),
         source,
         quantize: a.quantize == "int8",
+        taste_history: a.taste_history.clone(),
     };
     // A shard keeps the rows it owns; a derived creators collection is sharded by creator.
     let build_one = |data, dir: &std::path::Path, settings: &build::Settings| match a.shard {
@@ -127,6 +128,7 @@ fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     report(out.build_dir(), &m);
     if let (Some(c_out), Some(creators)) = (&creators_out, derived) {
         settings.source = format!("creators derived from {}", a.out.display());
+        settings.taste_history = None;
         settings.force = c_out.replaces(a.force);
         let m = build_one(creators, c_out.build_dir(), &settings)?;
         report(c_out.build_dir(), &m);

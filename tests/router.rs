@@ -41,6 +41,11 @@ struct Fixture {
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
 fn topology(dir: &Path, name: &str, shards: &[Vec<String>]) -> PathBuf {
+    topology_of(dir, name, &["tracks"], shards)
+}
+
+/// A topology where every collection of `collections` has the same shards.
+fn topology_of(dir: &Path, name: &str, collections: &[&str], shards: &[Vec<String>]) -> PathBuf {
     let lists: Vec<String> = shards
         .iter()
         .map(|r| {
@@ -49,11 +54,12 @@ fn topology(dir: &Path, name: &str, shards: &[Vec<String>]) -> PathBuf {
         })
         .collect();
     let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!("[collections.tracks]\nshards = [{}]\n", lists.join(", ")),
-    )
-    .unwrap();
+    let shards = lists.join(", ");
+    let text: String = collections
+        .iter()
+        .map(|c| format!("[collections.{c}]\nshards = [{shards}]\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
     path
 }
 
@@ -63,22 +69,35 @@ fn fixture() -> &'static Fixture {
         let dir = tmp.keep();
         let cat = catalogue(11, N, 16, 8, 120, 50, 40);
         let (npy, csv) = cat.write(&dir, "tracks");
+        // A second table of the same IDs, in another space: the history side of a two-tower
+        // taste (`history_collection`), as tools/ease_factors.py makes them.
+        let (hnpy, hcsv) = catalogue(12, N, 16, 8, 120, 50, 40).write(&dir, "history");
         let single_root = dir.join("single");
-        earshot(build_args(
-            &npy,
-            Some(&csv),
-            "cosine",
-            &single_root.join("tracks"),
-        ))
-        .assert_ok();
         let mut shard_roots = Vec::new();
-        for i in 0..SHARDS {
-            let root = dir.join(format!("shard{i}"));
-            let mut args = build_args(&npy, Some(&csv), "cosine", &root.join("tracks"));
-            args.push("--shard".into());
-            args.push(format!("{i}/{SHARDS}").into());
-            earshot(args).assert_ok();
-            shard_roots.push(root);
+        for shard in [None].into_iter().chain((0..SHARDS).map(Some)) {
+            let root = match shard {
+                None => single_root.clone(),
+                Some(i) => dir.join(format!("shard{i}")),
+            };
+            // `linked`: the tracks again, reading taste histories from `history` by default.
+            for (name, npy, csv, metric) in [
+                ("tracks", &npy, &csv, "cosine"),
+                ("history", &hnpy, &hcsv, "dot"),
+                ("linked", &npy, &csv, "cosine"),
+            ] {
+                let mut args = build_args(npy, Some(csv), metric, &root.join(name));
+                if name == "linked" {
+                    args.extend(["--taste-history".into(), "history".into()]);
+                }
+                if let Some(i) = shard {
+                    args.push("--shard".into());
+                    args.push(format!("{i}/{SHARDS}").into());
+                }
+                earshot(args).assert_ok();
+            }
+            if shard.is_some() {
+                shard_roots.push(root);
+            }
         }
         let single = Server::start(&single_root, &[]);
         let replicas: Vec<Vec<Server>> = shard_roots
@@ -89,7 +108,12 @@ fn fixture() -> &'static Fixture {
             .iter()
             .map(|r| r.iter().map(|s| s.addr.clone()).collect())
             .collect();
-        let topo = topology(&dir, "topology.toml", &addrs);
+        let topo = topology_of(
+            &dir,
+            "topology.toml",
+            &["tracks", "history", "linked"],
+            &addrs,
+        );
         let router = Server::start_route(&topo, &["--health-interval", "0.3"]);
         let mut pids = vec![single.pid(), router.pid()];
         pids.extend(replicas.iter().flatten().map(|s| s.pid()));
@@ -297,6 +321,50 @@ fn taste_and_batch_match_one_server() {
         }
     }
     overlap.check("taste");
+    // Two-tower: the history's vectors come from another collection (fetched from its own
+    // shards), the history's IDs excluded by `exclude`.
+    let mut overlap = Overlap(0, 0);
+    for u in 0..8 {
+        let mut rng = Rng::new(700 + u);
+        let ids: Vec<&str> = (0..5).map(|_| f.cat.ids[rng.below(N)].as_str()).collect();
+        let history: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+        let body = json!({"history": history, "history_collection": "history", "exclude": ids,
+                          "k": 10, "ef": EF});
+        let (r, s) = both_post(f, "/v1/taste/tracks", &body);
+        let (rv, sv) = (r.ok_json(), s.ok_json());
+        assert!(listed(&sv)
+            .iter()
+            .all(|(id, _)| !ids.contains(&id.as_str())));
+        overlap.add(compare(&rv, &sv));
+        // A collection built with `--taste-history history` does the same by default: no
+        // history_collection, no exclude.
+        let plain = json!({"history": history, "k": 10, "ef": EF});
+        let (lr, ls) = both_post(f, "/v1/taste/linked", &plain);
+        let ls = ls.ok_json();
+        let ids_of = |v: &Value| listed(v).into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids_of(&ls), ids_of(&sv), "one server: linked vs named");
+        overlap.add(compare(&lr.ok_json(), &sv));
+    }
+    overlap.check("two-tower taste");
+    // The pair must be served: a linked collection without it says which one is missing.
+    let root = f.dir.join("unpaired");
+    let mut args = build_args(
+        &f.dir.join("tracks.npy"),
+        Some(&f.dir.join("tracks.csv")),
+        "cosine",
+        &root.join("alone"),
+    );
+    args.extend(["--taste-history".into(), "missing".into()]);
+    earshot(args).assert_ok();
+    let alone = Server::start(&root, &[]);
+    let body = json!({"history": [{"id": f.cat.ids[3]}], "k": 5});
+    let r = alone.post_json("/v1/taste/alone", &body);
+    r.assert_error(404, "unknown_collection");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("\"missing\"") && msg.contains("--taste-history"),
+        "{msg}"
+    );
     let v = query_vector(f, 99);
     let body = json!({"queries": [
         {"type": "similar", "collection": "tracks", "id": f.cat.ids[7], "k": 5, "ef": EF},
@@ -338,8 +406,12 @@ fn items_collections_and_errors_are_those_of_serve() {
     assert_eq!(r.ok_json(), s.ok_json());
     // The collection as a whole: the shards' counts summed, no shard field.
     let rv = f.router.get("/v1/collections").ok_json();
-    let c = &rv["collections"][0];
-    assert_eq!(c["name"], "tracks");
+    let all = rv["collections"].as_array().unwrap();
+    let c = all.iter().find(|c| c["name"] == "tracks").expect("tracks");
+    assert_eq!(all.len(), 3, "{rv}");
+    let linked = all.iter().find(|c| c["name"] == "linked").expect("linked");
+    assert_eq!(linked["taste_history"], "history", "{linked}");
+    assert!(c.get("taste_history").is_none(), "{c}");
     assert_eq!(c["count"], N as u64);
     assert!(c.get("shard").is_none(), "{c}");
     // The same OpenAPI document.

@@ -9,7 +9,8 @@ One command (from the repo root, after `cargo build` and `bash tools/venv.sh`):
 
 --split val: held-out = val_heldout.tsv, histories = user_artists minus the test and the validation
 artist, vectors artists_als64_val.npy / users_als64_val.npy; runs the grids of the seed-based strategies
-(neighbours, best_score: fan_out items / per_item / damping) and of emerging.boost. --split test (the
+(neighbours, best_score: fan_out items / per_item / damping), of emerging.boost and of the
+two-tower tables' rank (VAL_TOWERS). --split test (the
 default): held-out = loo_heldout.tsv, vectors *_als64_loo.npy; runs only the values chosen on validation
 (CHOSEN_* below). Work files go to <work>/<split>/. Besides the table below it prints, per strategy, HR@10
 ± SE, the ANN loss (exact − server HR@10), the paired comparison with `mean` on the same users (exact
@@ -46,6 +47,11 @@ What it does:
                         (the median over artists is 1 here, so "emerging" = single-listener artists);
                         plus a sensitivity row with max_popularity = the median n_listeners over
                         listening events (user_artists rows; 31), a threshold the quota can reach
+      two-tower EASE    weights 1, a plain request to POST /v1/taste/artists_ease_<λ, r>: the tables of
+                        tools/ease_factors.py (EASE λ, rank r), trained on this split's histories only
+                        (user_artists minus the held-out pairs), built as dot collections
+                        artists_history_<λ, r> (U) and artists_ease_<λ, r> (V, with --taste-history
+                        artists_history_<λ, r>, so it reads histories from U and excludes them)
     plus the user's own ALS vector (users_als64_loo.npy via users.csv) sent to POST /v1/search with the
     history in "exclude". Users whose history is empty (their only artist is the held-out one) count
     as misses for every history-based strategy (the server answers 422 empty_history).
@@ -85,6 +91,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ease_factors  # noqa: E402
 import eval_taste  # noqa: E402
 from earshot_client import Client, EarshotError  # noqa: E402  (clients/python; tools/venv.sh installs it)
 from eval_taste import kmeans, share_slots  # noqa: E402
@@ -172,6 +179,17 @@ CHOSEN_BOOST = 0.25
 VAL_PER_ITEM = [50, 100, 200, 400]
 VAL_DAMPING = [0.03, 0.1]
 VAL_BOOST = [0.1, 0.15, 0.2, 0.22, 0.25, 0.3]
+# Two-tower taste (tools/ease_factors.py): EASE λ and the rank of its factors. λ 50 was the best of
+# λ 50 / 200 / 500 of the full model in a numpy prototype on the validation split (EVALUATION.md);
+# the rank is the highest validation HR@10 through the server: 256 (0.2459; 512: 0.2363).
+VAL_TOWERS = [(50, 256), (50, 512)]
+CHOSEN_TOWER = (50, 256)
+
+
+def tower_names(tower):
+    lam, rank = tower
+    tag = f"l{lam:g}_r{rank}"
+    return f"artists_history_{tag}", f"artists_ease_{tag}"
 
 
 def strategies(median_pop, event_median, split):
@@ -201,6 +219,10 @@ def strategies(median_pop, event_median, split):
         return (f"mean + emerging boost {b:g} (max_popularity {event_median:g}, no quota)", one, False, 1,
                 {"max_popularity": event_median, "boost": b}, None)
 
+    def two_tower(t):
+        # weights 1: the mean of the history's U rows, searched in the V collection.
+        return (f"two-tower EASE (λ {t[0]:g}, rank {t[1]}; weights 1)", one, False, 1, None, {"_tower": t})
+
     if split == "val":
         for n in VAL_PER_ITEM:
             rows.append(seeded("neighbours", "weights 1", one, {"items": 50, "per_item": n}))
@@ -211,10 +233,12 @@ def strategies(median_pop, event_median, split):
         for n in [100, 400]:
             rows.append(seeded("best_score", "weights 1", one, {"items": 50, "per_item": n}))
         rows.extend(boost(b) for b in VAL_BOOST)
+        rows.extend(two_tower(t) for t in VAL_TOWERS)
     else:
         rows.append(seeded("neighbours", "log1p(plays)", log1p, CHOSEN_NEIGHBOURS))
         rows.append(seeded("best_score", "weights 1", one, CHOSEN_BEST_SCORE))
         rows.append(boost(CHOSEN_BOOST))
+        rows.append(two_tower(CHOSEN_TOWER))
     return rows
 
 
@@ -325,6 +349,10 @@ def pick(pools, weights, k, eligible=None, quota_slots=0):
 def exact_list(D, A64, ev, centroids, emerging, pop, extra=None):
     rows = sorted({D["row_of"][a]: eff for a, _w, _t, eff in ev}.items())  # merged, row order
     banned = np.array([r for r, _ in rows], dtype=np.int64)
+    if extra and "_tower" in extra:
+        U, V = D["towers"][extra["_tower"]]
+        s = V @ U[banned].sum(0)
+        return [r for r, _ in topn(s, banned, K)], []
     if extra:
         fan = extra["fan_out"]
         merged = eval_taste.merged_weights([(D["row_of"][a], eff) for a, _w, _t, eff in ev])
@@ -367,16 +395,37 @@ def exact_list(D, A64, ev, centroids, emerging, pop, extra=None):
 
 # ------------------------------------------------------------------------------------ server
 
-def build_index(binary, data, work, vectors_file):
-    out = os.path.join(work, "index", "artists")
+def build_index(binary, data, work, vectors_file, name="artists", extra=()):
+    out = os.path.join(work, "index", name)
     cmd = [binary, "build", "--vectors", os.path.join(data, vectors_file),
            "--meta", os.path.join(data, "artists.csv"), "--id-column", "artistID",
            "--creator-column", "artistID", "--popularity-column", "n_listeners",
-           "--metric", "dot", "--out", out, "--force"]
+           "--metric", "dot", "--out", out, "--force", *extra]
     print("$ " + " ".join(cmd), file=sys.stderr)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=sys.stderr)
     print(f"built in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+
+
+def tower_factors(a, D, tower):
+    """(U, V) of tools/ease_factors.py for `tower` = (λ, rank), trained on this split's histories
+    (user_artists minus the held-out pairs), and its two collections built into <work>/index."""
+    d = os.path.join(a.work, f"ease_l{tower[0]:g}_r{tower[1]}")
+    hp, ip = os.path.join(d, "history.npy"), os.path.join(d, "items.npy")
+    if not (a.skip_build and os.path.exists(hp) and os.path.exists(ip)):
+        t = time.perf_counter()
+        pairs = [(u, x) for u, h in D["hist"].items() for x, _ in h]
+        row_of = {int(x): r for r, x in enumerate(D["artist_ids"])}
+        U, V = ease_factors.ease_factors(pairs, row_of, tower[0], tower[1])
+        os.makedirs(d, exist_ok=True)
+        np.save(hp, U)
+        np.save(ip, V)
+        print(f"EASE factors {tower} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        hist, items = tower_names(tower)
+        build_index(a.bin, a.data, a.work, os.path.abspath(hp), hist)
+        # The items table reads its taste histories from the history table by default.
+        build_index(a.bin, a.data, a.work, os.path.abspath(ip), items, ["--taste-history", hist])
+    return np.load(hp).astype(np.float64), np.load(ip).astype(np.float64)
 
 
 def start_server(binary, work):
@@ -450,6 +499,8 @@ def main():
 
     if not a.skip_build:
         build_index(a.bin, a.data, a.work, D["vectors_file"])
+    towers = sorted({x[5]["_tower"] for x in strats if x[5] and "_tower" in x[5]})
+    D["towers"] = {t: tower_factors(a, D, t) for t in towers}
     proc, port = start_server(a.bin, a.work)
     # One pooled keep-alive connection per worker thread; retries on 503/connection errors.
     client = Client(f"http://127.0.0.1:{port}", timeout=60, max_connections=a.workers)
@@ -492,8 +543,14 @@ def main():
                         return (None, None)
                     body = request_body(D, ev, rec, cents, emer, extra)
                     history = body.pop("history")
+                    coll = "artists"
+                    tower = body.pop("_tower", None)
+                    if tower:
+                        # A plain request to the items table: built with --taste-history, it
+                        # reads the history's U rows and excludes the history by default.
+                        coll = tower_names(tower)[1]
                     t = time.perf_counter()
-                    out = answer(lambda: client.taste("artists", history, **body))
+                    out = answer(lambda: client.taste(coll, history, **body))
                     latency[name].append(time.perf_counter() - t)
                     return out
                 return f

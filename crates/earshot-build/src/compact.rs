@@ -26,6 +26,7 @@ pub struct Compaction {
     dim: usize,
     shard: Option<ShardSpec>,
     log_through: Option<u64>,
+    taste_history: Option<String>,
     /// Every row seen: the base's first, then one per applied upsert.
     ids: Vec<String>,
     vectors: Vec<f32>,
@@ -78,6 +79,7 @@ impl Compaction {
             dim: c.dim(),
             shard,
             log_through: m.log_through,
+            taste_history: m.taste_history.clone(),
             ids: Vec::with_capacity(n),
             vectors: Vec::with_capacity(n * c.dim()),
             creators: Vec::with_capacity(n),
@@ -121,6 +123,11 @@ impl Compaction {
     /// The shard the base is, if it is one (the compacted version is the same shard).
     pub fn shard(&self) -> Option<ShardSpec> {
         self.shard
+    }
+
+    /// The base's taste-history collection (`manifest.taste_history`), kept by the next version.
+    pub fn taste_history(&self) -> Option<&str> {
+        self.taste_history.as_deref()
     }
 
     /// The write log the base already includes (`manifest.log_through`).
@@ -337,6 +344,28 @@ mod tests {
         let out = dir.join("base");
         crate::build_collection(data, &out, &Settings::small(metric)).unwrap();
         out
+    }
+
+    #[test]
+    fn the_base_taste_history_pair_is_read_for_the_next_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Compaction::read_base(&base(dir.path(), Metric::Dot)).unwrap();
+        assert_eq!(plain.taste_history(), None);
+        let out = dir.path().join("paired");
+        let data = Dataset {
+            dim: 2,
+            vectors: vec![1.0, 0.0, 0.0, 1.0],
+            ids: vec!["a".into(), "b".into()],
+            creators: None,
+            popularity: None,
+        };
+        let settings = Settings {
+            taste_history: Some("history".into()),
+            ..Settings::small(Metric::Dot)
+        };
+        crate::build_collection(data, &out, &settings).unwrap();
+        let c = Compaction::read_base(&out).unwrap();
+        assert_eq!(c.taste_history(), Some("history"));
     }
 
     #[test]

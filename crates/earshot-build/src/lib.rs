@@ -35,6 +35,8 @@ pub struct Settings {
     pub source: String,
     /// Also store 8-bit vectors for the graph walk (see `quant`).
     pub quantize: bool,
+    /// Recorded in the manifest: the collection holding this one's taste histories.
+    pub taste_history: Option<String>,
 }
 
 impl Settings {
@@ -53,6 +55,7 @@ impl Settings {
             force: false,
             source: "unit test".into(),
             quantize: false,
+            taste_history: None,
         }
     }
 }
@@ -201,6 +204,7 @@ fn build(
         quantization: settings.quantize.then(|| "int8".to_string()),
         shard: shard.as_ref().map(|(spec, _)| spec.info()),
         log_through,
+        taste_history: settings.taste_history.clone(),
         files: Default::default(),
     };
     manifest.build_seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;

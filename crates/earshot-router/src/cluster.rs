@@ -26,6 +26,8 @@ pub struct ShardInfo {
     pub has_popularity: bool,
     pub default_ef: usize,
     pub version: Option<String>,
+    /// `build --taste-history`: where taste histories come from by default.
+    pub taste_history: Option<String>,
 }
 
 impl ShardInfo {
@@ -45,6 +47,10 @@ impl ShardInfo {
                 .get("version")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
+            taste_history: raw
+                .get("taste_history")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             raw,
         })
     }
@@ -61,6 +67,8 @@ pub struct Meta {
     pub creators: u64,
     /// Items over the shards that reported (a lower bound while one is missing).
     pub count: u64,
+    /// The taste-history pair the shards were built with (`build --taste-history`).
+    pub taste_history: Option<String>,
 }
 
 /// One collection of the topology.
@@ -88,6 +96,7 @@ impl Routed {
             has_popularity: infos.iter().all(|i| i.has_popularity),
             creators: infos.iter().map(|i| i.creators).max().unwrap_or(0),
             count: infos.iter().map(|i| i.count).sum(),
+            taste_history: first.taste_history.clone(),
         })
     }
 

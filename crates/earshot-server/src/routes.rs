@@ -390,6 +390,7 @@ pub fn collections_of(live: &Live) -> CollectionsResponse<'_> {
             count: c.manifest.count,
             creators: c.manifest.creators,
             has_popularity: c.manifest.has_popularity,
+            taste_history: c.manifest.taste_history.as_deref(),
             m: c.manifest.hnsw.m,
             ef_construction: c.manifest.hnsw.ef_construction,
             default_ef: live.engine.default_ef,

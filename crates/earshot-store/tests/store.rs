@@ -34,6 +34,7 @@ fn settings() -> Settings {
     Settings {
         source: "earshot-store test".into(),
         quantize: true,
+        taste_history: None,
         ..Settings::small(Metric::Cosine)
     }
 }

@@ -45,6 +45,10 @@ pub struct Manifest {
     /// sequence number (`build --apply-log`; docs/format.md "Write log"). Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_through: Option<u64>,
+    /// The collection whose vectors of the same IDs are this one's taste histories when a
+    /// request names none (`build --taste-history`: a two-tower pair). Absent: this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taste_history: Option<String>,
     /// Every array file: its element count, size in bytes and xxh3-64 checksum.
     pub files: BTreeMap<String, FileEntry>,
 }
@@ -143,6 +147,7 @@ mod tests {
             quantization: Some("int8".into()),
             shard: None,
             log_through: None,
+            taste_history: None,
             files: BTreeMap::from([(
                 "vectors.bin".into(),
                 FileEntry {
@@ -164,6 +169,7 @@ mod tests {
             quantization: None,
             shard: None,
             log_through: None,
+            taste_history: None,
             ..sample()
         };
         plain.write(dir.path()).unwrap();

@@ -255,6 +255,7 @@ mod tests {
             quantization: None,
             shard: None,
             log_through: None,
+            taste_history: None,
             files: Default::default(),
         };
         manifest.write(dir.path()).unwrap();

@@ -21,11 +21,18 @@ impl Exec<'_> {
     pub(super) async fn taste(&mut self, req: &TasteRequest) -> Result<Body, Failure> {
         let coll = self.coll;
         engine::check_taste_collection(req, &coll.name)?;
-        let source: &Routed = match &req.history_collection {
-            Some(name) => self.cluster.routed(name)?,
-            None => coll,
-        };
         let meta = self.cluster.meta_of(coll).await?;
+        // A collection built with `--taste-history` reads histories from its pair by default.
+        let paired = meta.taste_history.as_deref();
+        let source: &Routed = match (&req.history_collection, paired) {
+            (Some(name), _) => self.cluster.routed(name)?,
+            (None, Some(name)) => self
+                .cluster
+                .routed(name)
+                .map_err(|_| engine::unserved_pair(&coll.name, name))?,
+            (None, None) => coll,
+        };
+        let pair = paired == Some(source.name.as_str());
         let source_meta = if std::ptr::eq(source, coll) {
             meta.clone()
         } else {
@@ -60,7 +67,8 @@ impl Exec<'_> {
         let evidence =
             history::weigh_history(req, &clock, &source.name, |id| rows.get(id).copied())?;
         let same = std::ptr::eq(source, coll);
-        let history_ids: Vec<&str> = if same && req.exclude_history.unwrap_or(true) {
+        // The pair holds the same IDs: its history's IDs are this collection's to exclude.
+        let history_ids: Vec<&str> = if (same || pair) && req.exclude_history.unwrap_or(true) {
             rows.keys().copied().collect()
         } else {
             Vec::new()

@@ -180,6 +180,10 @@ pub struct CollectionInfo<'a> {
     pub creators: u64,
     /// Whether items carry a popularity (needed by `emerging`).
     pub has_popularity: bool,
+    /// The collection taste requests read their history from when they name none
+    /// (`build --taste-history`: a two-tower pair). Absent: this collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taste_history: Option<&'a str>,
     /// HNSW parameter M.
     pub m: u32,
     /// HNSW build beam width.

@@ -159,19 +159,30 @@ impl Engine {
         check_taste_collection(req, collection)?;
         let (c, d) = self.target(collection)?;
         let v = View::new(c, d.map(|d| &**d));
-        let (source, source_view) = match &req.history_collection {
-            Some(name) => (self.collection(name)?, self.view(name)?),
-            None => (c, v),
+        // A collection built with `--taste-history` reads histories from its pair by default.
+        let paired = c.manifest.taste_history.as_deref();
+        let (source, source_view) = match (req.history_collection.as_deref(), paired) {
+            (Some(name), _) => (self.collection(name)?, self.view(name)?),
+            (None, Some(name)) => match (self.collection(name), self.view(name)) {
+                (Ok(s), Ok(sv)) => (s, sv),
+                _ => return Err(unserved_pair(&c.name, name)),
+            },
+            (None, None) => (c, v),
         };
         check_history_dim((&source.name, source.dim()), (&c.name, c.dim()))?;
         let evidence = history::evidence(source_view, req)?;
         let strategy = strategy::check_strategy(req)?;
-        // History IDs only mean something to exclude when they index the queried collection.
+        // History IDs only mean something to exclude when they index the queried collection:
+        // its own rows, or its pair's (the same IDs, looked up here).
         let same = Arc::ptr_eq(source, c);
-        let history_rows: Vec<u32> = if same && req.exclude_history.unwrap_or(true) {
-            evidence.iter().map(|e| e.row).collect()
-        } else {
-            Vec::new()
+        let pair = paired == Some(source.name.as_str());
+        let history_rows: Vec<u32> = match req.exclude_history.unwrap_or(true) {
+            true if same => evidence.iter().map(|e| e.row).collect(),
+            true if pair => evidence
+                .iter()
+                .filter_map(|e| v.row_of(source_view.id(e.row)))
+                .collect(),
+            _ => Vec::new(),
         };
         let (filter, shape, ef) =
             list::constraints(v, &req.spec(), self.default_ef, &history_rows)?;
@@ -271,6 +282,17 @@ pub fn find_collection<'a, T>(
             format!("no collection named {name:?}; GET /v1/collections lists them"),
         )
     })
+}
+
+/// A collection's taste-history pair (`build --taste-history`) is not served here.
+pub fn unserved_pair(collection: &str, pair: &str) -> QueryError {
+    QueryError::new(
+        ErrorCode::UnknownCollection,
+        format!(
+            "{collection:?} reads taste histories from {pair:?} (built with --taste-history), \
+             which is not served here: serve {pair:?} beside it, or name a history_collection"
+        ),
+    )
 }
 
 /// Pool mode (`"pool": true`, for the router) leaves `max_per_creator` and the emerging
