@@ -224,6 +224,7 @@ pub fn collections(c: CollectionsResponse<'_>) -> pb::CollectionsResponse {
                     count: s.count,
                     hash: s.hash.to_owned(),
                 }),
+                taste_history: c.taste_history.map(str::to_owned),
             })
             .collect(),
         kernels: c.kernels.to_owned(),

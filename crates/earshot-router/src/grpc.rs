@@ -181,6 +181,8 @@ struct CollectionJson {
     loaded_at: Option<String>,
     #[serde(default)]
     retained: Vec<String>,
+    #[serde(default)]
+    taste_history: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +219,7 @@ fn collections(v: Value) -> Result<pb::CollectionsResponse, ApiError> {
                 loaded_at: c.loaded_at,
                 retained: c.retained,
                 shard: None,
+                taste_history: c.taste_history,
             })
             .collect(),
         kernels: c.kernels,
