@@ -298,6 +298,9 @@ async fn download(
         have = 0;
     }
     let start = have;
+    // Bytes received but not yet written, and the file offset they start at.
+    let mut pending: Vec<u8> = Vec::with_capacity(HUGE_PAGE as usize);
+    let mut written = have;
     let result: anyhow::Result<()> = async {
         while have < entry.bytes {
             let end = (have + range_size).min(entry.bytes);
@@ -336,7 +339,12 @@ async fn download(
                     ))
                     .into());
                 }
-                file.write_all(&chunk).await?;
+                pending.extend_from_slice(&chunk);
+                while let Some(cut) = aligned_cut(written, pending.len()) {
+                    file.write_all(&pending[..cut]).await?;
+                    pending.drain(..cut);
+                    written += cut as u64;
+                }
                 pace.took(chunk.len() as u64).await;
             }
             if received < end - have {
@@ -352,6 +360,7 @@ async fn download(
     }
     .await;
     // Keep what arrived (flushed) for the next attempt, whatever happened.
+    file.write_all(&pending).await?;
     file.flush().await?;
     file.sync_all().await?;
     drop(file);
@@ -367,6 +376,18 @@ async fn download(
         .into());
     }
     Ok(have - start)
+}
+
+/// Downloads are written in whole 2 MiB-aligned pieces: the page cache then holds the file
+/// as 2 MiB folios, which the server maps with huge pages (`ArrayFile::open`); the network's
+/// small chunks written as they come would leave it in small ones.
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// How many of `pending` bytes, starting at file offset `written`, end exactly on the next
+/// 2 MiB boundary (None while they do not reach it).
+fn aligned_cut(written: u64, pending: usize) -> Option<usize> {
+    let cut = (HUGE_PAGE - written % HUGE_PAGE) as usize;
+    (pending >= cut).then_some(cut)
 }
 
 fn hash_file(path: &Path) -> anyhow::Result<String> {
@@ -506,5 +527,29 @@ impl FetchLock {
                 .with_context(|| format!("{} is locked", path.display()));
         }
         Ok(Self(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downloads_are_written_in_aligned_pieces() {
+        let mb2 = HUGE_PAGE as usize;
+        assert_eq!(aligned_cut(0, mb2 - 1), None);
+        assert_eq!(aligned_cut(0, mb2), Some(mb2));
+        assert_eq!(aligned_cut(0, 3 * mb2), Some(mb2));
+        // A resumed download first fills up to the boundary, then goes piece by piece.
+        assert_eq!(aligned_cut(100, mb2), Some(mb2 - 100));
+        assert_eq!(aligned_cut(HUGE_PAGE + 5, 10), None);
+        // Every piece written from a boundary ends on the next one.
+        let (mut written, mut pending) = (12_345u64, 5 * mb2 + 7);
+        while let Some(cut) = aligned_cut(written, pending) {
+            written += cut as u64;
+            pending -= cut;
+            assert_eq!(written % HUGE_PAGE, 0);
+        }
+        assert!(pending < mb2);
     }
 }
