@@ -1,7 +1,8 @@
 //! `SimilarStream`: `Similar` over one long-lived bidirectional stream. The stream's
 //! metadata carry the key (checked once), the version pin and the request ID; each message
 //! is then answered exactly as a `Similar` call — same conversion, same engine, its own
-//! execution slot from the shared limiter, bounded by `--request-timeout-ms` — in order.
+//! execution slot from the shared limiter (waited for at most `--request-timeout-ms`; work
+//! sent to the blocking pool is bounded by it too) — in order.
 //! What a message saves against a call is the per-call transport work (an HTTP/2 stream,
 //! header blocks both ways, trailers, a task), the ~50 µs a small HTTP request costs
 //! besides its search (BENCHMARKS.md §6).
@@ -83,6 +84,9 @@ pub async fn open(
                         return; // the client went away
                     }
                 }
+                // Small messages run inline without yielding one by one (`one`): the
+                // round yields once, so the worker stalls for at most one round.
+                tokio::task::yield_now().await;
             }
             if let Some(Some(s)) = ended {
                 let _ = tx.send(Err(s)).await;
@@ -148,7 +152,12 @@ async fn one(
             Ok(convert::results(&e.similar(&collection, &id, &req)?))
         })
     };
-    match tokio::time::timeout_at(deadline, exec::run_with(Some(permit), small, work)).await {
+    if small {
+        // Back to back with the round's other messages, no timer: inline work cannot be
+        // interrupted by the timeout anyway, and its round yields to the runtime once.
+        return exec::run_inline(Some(permit), work).map(|(results, _)| results);
+    }
+    match tokio::time::timeout_at(deadline, exec::run_with(Some(permit), false, work)).await {
         Ok(r) => r.map(|(results, _)| results),
         Err(_) => Err(limiter.rejection("timeout")),
     }

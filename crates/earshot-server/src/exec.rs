@@ -80,16 +80,7 @@ where
         // backlog (and refuses past its queue) instead of requests piling up unseen in the
         // runtime's run queue behind inline work.
         tokio::task::yield_now().await;
-        let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("panic");
-            Err(failed(&what))
-        });
-        drop(held);
-        return r;
+        return run_inline(held, f);
     }
     tokio::task::spawn_blocking(move || {
         let _held = held;
@@ -97,6 +88,25 @@ where
     })
     .await
     .unwrap_or_else(|e| Err(failed(&e)))
+}
+
+/// A small query run right here on the calling thread, holding its slot until it ends; a
+/// panic is answered as an internal error. Callers yield to the runtime themselves (as
+/// [`run_with`] does per query, a stream once per round of messages).
+pub fn run_inline<T, F>(held: Option<Permit>, f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError>,
+{
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("panic");
+        Err(failed(&what))
+    });
+    drop(held);
+    r
 }
 
 /// A query that panicked: logged, answered 500 like any other error.
