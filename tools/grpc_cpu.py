@@ -55,7 +55,8 @@ def burst(a, pid, transport, batch):
                "--connections", str(max(4, 32 // batch))]
     else:
         cmd = [a.load, f"127.0.0.1:{a.grpc_port}", index, a.query_rows, str(a.ef), str(a.burst + 1),
-               str(max(4, 32 // batch // (a.stream_depth if transport == "grpc-stream" else 1))),
+               str(a.streams if transport == "grpc-stream" and a.streams else
+                   max(4, 32 // batch // (a.stream_depth if transport == "grpc-stream" else 1))),
                f"stream:{a.stream_depth}" if transport == "grpc-stream" else str(batch)]
     lg = subprocess.Popen(["taskset", "-c", "1"] + cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(0.7)
@@ -117,15 +118,22 @@ def main():
                    help="also single queries as messages of one SimilarStream per load task")
     p.add_argument("--stream-depth", type=int, default=1,
                    help="messages in flight per stream (32 in flight in all: 32 / depth streams)")
+    p.add_argument("--streams", type=int, default=0,
+                   help="SimilarStream streams (default: 32 / depth, at least 4)")
+    p.add_argument("--only", default="",
+                   help="comma-separated transports to run (http, grpc, grpc-stream); default all")
+    p.add_argument("--serve-args", default="", help="extra `earshot serve` arguments (A/B of a setting)")
     p.add_argument("--port", type=int, default=7793)
     p.add_argument("--grpc-port", type=int, default=7794)
     a = p.parse_args()
     runs = [(t, int(b)) for b in a.batches.split(",") if b for t in ("http", "grpc")]
     if a.stream:
         runs.insert(2 if len(runs) > 2 else len(runs), ("grpc-stream", 1))
+    if a.only:
+        runs = [(t, b) for t, b in runs if t in a.only.split(",")]
     server = subprocess.Popen(["taskset", "-c", "0", a.earshot, "serve", "--index-root", a.index_root,
                                "--addr", f"127.0.0.1:{a.port}", "--grpc-addr", f"127.0.0.1:{a.grpc_port}",
-                               "--default-ef", str(a.ef), "--workers", "1"],
+                               "--default-ef", str(a.ef), "--workers", "1"] + a.serve_args.split(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
