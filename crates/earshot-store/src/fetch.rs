@@ -341,7 +341,12 @@ async fn download(
                 }
                 pending.extend_from_slice(&chunk);
                 while let Some(cut) = aligned_cut(written, pending.len()) {
-                    file.write_all(&pending[..cut]).await?;
+                    if let Err(e) = file.write_all(&pending[..cut]).await {
+                        // What reached the file is a prefix of the piece: the next attempt
+                        // resumes after it, so nothing pending may be appended behind it.
+                        pending.clear();
+                        return Err(e.into());
+                    }
                     pending.drain(..cut);
                     written += cut as u64;
                 }
@@ -359,7 +364,8 @@ async fn download(
         Ok(())
     }
     .await;
-    // Keep what arrived (flushed) for the next attempt, whatever happened.
+    // Keep what arrived (flushed) for the next attempt, whatever happened (a failed write
+    // emptied `pending`).
     file.write_all(&pending).await?;
     file.flush().await?;
     file.sync_all().await?;
