@@ -136,8 +136,10 @@ fn is_closed_now(conn: &TcpStream) -> bool {
 fn slow_clients(addr: &str, n: usize) -> Vec<(TcpStream, Instant)> {
     (0..n)
         .map(|i| {
-            let mut c = TcpStream::connect(addr).expect("connect");
+            // Taken before connecting: the server may accept (and start its timer) before
+            // `connect` returns to this thread.
             let at = Instant::now();
+            let mut c = TcpStream::connect(addr).expect("connect");
             if i % 2 == 0 {
                 c.write_all(b"GET /v1/collections HTTP/1.1\r\nHost: sl")
                     .unwrap();
@@ -344,8 +346,9 @@ fn the_grpc_port_takes_its_connections_from_the_same_cap() {
     assert_eq!(ask(&mut pooled).unwrap(), 200);
     let mut held: Vec<(TcpStream, Instant)> = (0..5)
         .map(|_| {
+            let at = Instant::now(); // before connecting, as in `slow_clients`
             let c = TcpStream::connect(&grpc).expect("connect to the gRPC port");
-            (c, Instant::now())
+            (c, at)
         })
         .collect();
     assert_eq!(wait_over_limit(&mut pooled, 2.0), 2.0);
