@@ -5,7 +5,7 @@
 //! CPU-second of each.
 //!
 //!     cargo run --release -p earshot-server --example engine_loop -- \
-//!         INDEX_DIR QUERY_ROWS.txt EF REPEAT        # rows: whitespace-separated row numbers
+//!         INDEX_DIR QUERY_ROWS.npy EF REPEAT        # rows: an int .npy of row numbers
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,12 +28,13 @@ fn thread_cpu_s() -> f64 {
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    assert!(a.len() == 4, "usage: INDEX_DIR QUERY_ROWS.txt EF REPEAT");
+    assert!(a.len() == 4, "usage: INDEX_DIR QUERY_ROWS.npy EF REPEAT");
     let dir = std::path::Path::new(&a[0]);
-    let rows: Vec<u32> = std::fs::read_to_string(&a[1])
+    let rows: Vec<u32> = earshot_build::npy::read_int(std::path::Path::new(&a[1]))
         .expect("query rows")
-        .split_whitespace()
-        .map(|s| s.parse().expect("a row number"))
+        .data
+        .iter()
+        .map(|&r| u32::try_from(r).expect("a row number"))
         .collect();
     let ef: usize = a[2].parse().expect("EF");
     let repeat: usize = a[3].parse().expect("REPEAT");
