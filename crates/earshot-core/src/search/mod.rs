@@ -7,6 +7,7 @@
 //! - `measure.rs`: exact f32 or 8-bit distances from the query to a row ([`Measure`]);
 //! - `visited.rs`: the epoch-tagged set of rows a walk has seen;
 //! - `overlay.rs`: new rows (the write log's items) joined to the mapped level 0 ([`Overlay`]);
+//! - `scan.rs`: exact top-k over a whole collection, through the 8-bit codes first;
 //! - this file: [`Graph`], a served collection's view, and the query entry points.
 //!
 //! Search state lives in a per-thread [`Scratch`] that is reused, so a query allocates
@@ -15,6 +16,7 @@
 mod links;
 mod measure;
 mod overlay;
+mod scan;
 mod visited;
 mod walk;
 

@@ -9,8 +9,9 @@ use super::Sample;
 /// an admissible served row no farther than the exact k-th neighbour, so ties at the k-th distance are
 /// not held against the walk. `None` when no row is admissible (nothing to measure).
 ///
-/// The scan reads the mapped f32 rows in place with the same kernels the walk re-ranks
-/// with, so a served row and its exact twin have bit-identical distances.
+/// The scan (`Graph::scan_all`: the 8-bit codes first, then the f32 rows the codes cannot
+/// rule out) measures with the same kernels the walk re-ranks with, so a served row and its
+/// exact twin have bit-identical distances.
 pub(super) fn recall(s: &Sample) -> Option<f64> {
     let c = &*s.collection;
     let g = c.graph();
@@ -18,10 +19,15 @@ pub(super) fn recall(s: &Sample) -> Option<f64> {
     let mut exact = Vec::with_capacity(s.k);
     with_scratch(|scratch| {
         if s.filter.is_trivial() {
-            g.scan(&s.query, s.k, 0..n, scratch, &mut exact)
+            g.scan_all(&s.query, s.k, |_| true, scratch, &mut exact)
         } else {
-            let rows = (0..n).filter(|&r| s.filter.accepts(c.into(), r));
-            g.scan(&s.query, s.k, rows, scratch, &mut exact)
+            g.scan_all(
+                &s.query,
+                s.k,
+                |r| s.filter.accepts(c.into(), r),
+                scratch,
+                &mut exact,
+            )
         }
     });
     let kth = exact.last()?.dist;

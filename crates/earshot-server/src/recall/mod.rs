@@ -39,9 +39,11 @@ use crate::registry::Registry;
 pub const DEFAULT_SAMPLE_RATE: f64 = 0.001;
 /// Default estimate below which a warning is logged.
 pub const DEFAULT_FLOOR: f64 = 0.9;
-/// Default share of one core the checker may use: small enough to be lost in the noise of
-/// a loaded server, and it runs at the lowest priority anyway.
-pub const DEFAULT_CPU_BUDGET: f64 = 0.05;
+/// Default share of one core the checker may use. Nice 19 does not make it free: on a
+/// saturated one-core server, 5 % cost 7 % of the queries answered per CPU-second (its scans
+/// also evict the walk's working set from the cache; BENCHMARKS.md §6). At 1 %, a check of
+/// 75k × 384 rows (~2 ms) runs 5 times a second: the window of 1,000 fills in minutes.
+pub const DEFAULT_CPU_BUDGET: f64 = 0.01;
 
 /// Samples waiting for their check; more are dropped (and counted).
 const QUEUE: usize = 256;
