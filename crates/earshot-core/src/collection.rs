@@ -317,7 +317,10 @@ impl Collection {
     /// Starts loading what an answer reads of each of `rows` (ID, creator, popularity). A
     /// result list's rows are scattered over the files: prefetched together, their cache
     /// misses overlap instead of following one another (measured: the answer's metadata
-    /// reads were 4.4 % of a server's CPU under single `similar` queries).
+    /// reads were 4.4 % of a server's CPU under single `similar` queries). Each pass starts
+    /// the loads the previous pass's make addressable: row → ID offsets and creator index →
+    /// ID bytes and creator-name offsets → creator-name bytes (without the last two, the
+    /// creator names' misses were 2.6 % of a server's CPU under one stream of `similar`).
     pub fn prefetch_rows(&self, rows: impl Iterator<Item = u32> + Clone) {
         use crate::search::prefetch_range;
         for r in rows.clone() {
@@ -325,8 +328,16 @@ impl Collection {
             prefetch_range(self.creator_of.as_slice::<u32>(), r as usize, 1);
             prefetch_range(self.popularity.as_slice::<f32>(), r as usize, 1);
         }
-        for r in rows {
+        for r in rows.clone() {
             self.ids.prefetch_bytes(r);
+            if let Some(c) = self.creator_index(r) {
+                self.creators.prefetch_offsets(c);
+            }
+        }
+        for r in rows {
+            if let Some(c) = self.creator_index(r) {
+                self.creators.prefetch_bytes(c);
+            }
         }
     }
 
