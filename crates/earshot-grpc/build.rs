@@ -19,8 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // The client has no `connect` (no tonic `transport` feature at build time): callers wrap
     // a channel of their own (`EarshotClient::new(channel)`).
+    // `SimilarAnswer` is written by hand (src/wire.rs): the server sends answers encoded
+    // straight from the mapping.
     tonic_prost_build::configure()
         .build_transport(false)
+        .extern_path(".earshot.v1.SimilarAnswer", "crate::wire::SimilarAnswer")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use earshot_server::engine::{answer, Answer};
 use earshot_server::error_code::ErrorCode;
 
 use crate::pb;
+use crate::wire::Outcome;
 
 fn size(v: Option<u32>) -> Option<usize> {
     v.map(|v| v as usize)
@@ -177,6 +178,17 @@ pub fn results(a: &Answer) -> pb::Results {
         item: a.query_item().map(item),
         ..result_list(a)
     }
+}
+
+/// A `SimilarStream` answer: a plain list is encoded straight from the answer
+/// (`wire::encode_results`), anything else built as `results` does.
+pub fn stream_outcome(a: &Answer) -> Outcome {
+    if a.is_plain_list() {
+        if let Some(bytes) = crate::wire::encode_results(a.item_iter()) {
+            return Outcome::Encoded(bytes);
+        }
+    }
+    Outcome::Ok(results(a))
 }
 
 /// A query's error as a batch entry (or stream message) carries it: code, HTTP status, message.

@@ -16,6 +16,7 @@ mod health;
 pub mod service;
 pub mod status;
 pub mod stream;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,12 @@ pub use health::Readiness;
 pub mod pb {
     #![allow(clippy::all)]
     tonic::include_proto!("earshot.v1");
+    pub use crate::wire::SimilarAnswer;
+
+    /// `SimilarAnswer`'s outcome (hand-written with it, in `wire`).
+    pub mod similar_answer {
+        pub use crate::wire::Outcome;
+    }
 
     /// The encoded descriptors of `earshot.proto` (for reflection).
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -19,6 +19,7 @@ use earshot_grpc::pb::batch_entry::Outcome as Entry;
 use earshot_grpc::pb::batch_query::Query as PbQuery;
 use earshot_grpc::service::{request_span, respond, CallDeadline};
 use earshot_grpc::stream::message_answer;
+use earshot_grpc::wire::Outcome as StreamOutcome;
 use earshot_grpc::{convert, pb, status};
 use earshot_server::api::BatchQuery;
 use earshot_server::auth::{check_key, Keys, Role};
@@ -451,7 +452,7 @@ async fn stream_message(state: &RouterState, m: pb::SimilarRequest) -> pb::Simil
         let (collection, id, req) = convert::similar(m, false);
         let run = list(state, &collection, Query::Similar { id: &id, req: &req });
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(r) => r.map(|(r, _)| r),
+            Ok(r) => r.map(|(r, _)| StreamOutcome::Ok(r)),
             Err(_) => Err(limiter.rejection("timeout")),
         }
     }

@@ -61,39 +61,44 @@ impl Answer {
     }
 
     pub fn items(&self) -> Vec<ResultItem<'_>> {
+        self.item_iter().collect()
+    }
+
+    /// The results one by one, read from the mapping as the iterator goes.
+    pub fn item_iter(&self) -> impl Iterator<Item = ResultItem<'_>> {
         let c = self.view();
-        let dist = c.dist();
+        let dist = *c.dist();
         c.prefetch_rows(self.picks.iter().map(|p| p.row));
-        self.picks
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let score = match self.seeded {
-                    Some(_) => finite(-p.dist),
-                    None => finite(dist.score(p.dist)),
-                };
-                ResultItem {
-                    id: c.id(p.row),
-                    score,
-                    creator: c.creator(p.row),
-                    popularity: c.popularity(p.row),
-                    creator_popularity: self.pool.then(|| {
-                        c.creator_index(p.row)
-                            .and_then(|cr| c.creator_popularity(cr))
-                    }),
-                    explain: self.explain.then(|| {
-                        let mut e = explanation(p, score, &self.probe_weights);
-                        if let Some((n, because)) =
-                            self.seeded.as_ref().and_then(|s| s.support.get(i))
-                        {
-                            e.support = Some(*n);
-                            e.because = because.clone();
-                        }
-                        e
-                    }),
-                }
-            })
-            .collect()
+        self.picks.iter().enumerate().map(move |(i, p)| {
+            let score = match self.seeded {
+                Some(_) => finite(-p.dist),
+                None => finite(dist.score(p.dist)),
+            };
+            ResultItem {
+                id: c.id(p.row),
+                score,
+                creator: c.creator(p.row),
+                popularity: c.popularity(p.row),
+                creator_popularity: self.pool.then(|| {
+                    c.creator_index(p.row)
+                        .and_then(|cr| c.creator_popularity(cr))
+                }),
+                explain: self.explain.then(|| {
+                    let mut e = explanation(p, score, &self.probe_weights);
+                    if let Some((n, because)) = self.seeded.as_ref().and_then(|s| s.support.get(i))
+                    {
+                        e.support = Some(*n);
+                        e.because = because.clone();
+                    }
+                    e
+                }),
+            }
+        })
+    }
+
+    /// Whether the answer is its results alone: no explanation, emerging slots or query item.
+    pub fn is_plain_list(&self) -> bool {
+        !self.explain && self.quota.0 == 0 && self.item.is_none()
     }
 }
 
