@@ -152,11 +152,8 @@ async fn one(
     let permit = limiter.acquire(deadline).await?;
     let work = move || {
         pinned(&live, &collection, pin.as_deref(), |e| {
-            Ok(convert::stream_outcome(&e.similar(
-                &collection,
-                &id,
-                &req,
-            )?))
+            let answer = e.similar(&collection, &id, &req)?;
+            Ok(convert::stream_outcome(&answer))
         })
     };
     if small {

@@ -10,13 +10,7 @@ use earshot_core::format::Verify;
 use earshot_core::search::with_scratch;
 
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass and nothing else.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    earshot_server::background::thread_cpu().as_secs_f64()
 }
 
 fn main() {

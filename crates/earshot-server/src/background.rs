@@ -3,6 +3,8 @@
 //! server they take idle CPU rather than the query threads' (the soak of issue 14 §5 saw
 //! p99 rise in the second after each swap).
 
+use std::time::{Duration, Instant};
+
 /// Lowers the calling thread to nice 19 (Linux: priorities are per thread). Unprivileged
 /// processes cannot raise it back, so only call it on threads made for background work.
 pub fn lower_this_thread() {
@@ -17,6 +19,24 @@ pub fn lower_this_thread() {
             );
         }
     }
+}
+
+/// CPU time this thread has used (its wall time where that cannot be read).
+pub fn thread_cpu() -> Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        }
+    }
+    // Without a per-thread clock, count from the first call (busy time then includes waits).
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
 }
 
 /// Runs `work` on a new low-priority thread and awaits its result (`None` if it panicked).

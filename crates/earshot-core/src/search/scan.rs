@@ -152,6 +152,28 @@ mod tests {
         v
     }
 
+    /// A graph without links over `data`, with `q8`'s codes: the scans read nothing else.
+    fn unlinked<'a>(
+        data: &'a [f32],
+        dim: usize,
+        upper_start: &'a [u32],
+        q8: Quantized<'a>,
+    ) -> Graph<'a> {
+        Graph {
+            vectors: data,
+            dim,
+            level0: &[],
+            level0_degree: 4,
+            upper: &[],
+            upper_degree: 2,
+            upper_start,
+            entry_point: 0,
+            max_level: 0,
+            dist: DistanceFn::new(q8.metric),
+            quant: Some(q8),
+        }
+    }
+
     #[test]
     fn coded_scan_finds_the_f32_scans_rows_and_reads_few() {
         let (n, dim, k) = (6000, 24, 10);
@@ -163,26 +185,18 @@ mod tests {
                 .map(|r| r.iter().map(|x| x * x).sum())
                 .collect();
             let upper_start = vec![NONE_U32; n];
-            let level0 = vec![0u32; n * 5];
-            let coded = Graph {
-                vectors: &data,
+            let coded = unlinked(
+                &data,
                 dim,
-                level0: &level0,
-                level0_degree: 4,
-                upper: &[],
-                upper_degree: 2,
-                upper_start: &upper_start,
-                entry_point: 0,
-                max_level: 0,
-                dist: DistanceFn::new(metric),
-                quant: Some(Quantized {
+                &upper_start,
+                Quantized {
                     codes: &codes,
                     scale: &p.scale,
                     offset: &p.offset,
                     sqnorms: &sqnorms,
                     metric,
-                }),
-            };
+                },
+            );
             let plain = Graph {
                 quant: None,
                 ..coded
@@ -206,30 +220,23 @@ mod tests {
     }
 
     #[test]
-    fn small_or_uncoded_collections_fall_back_and_k_past_the_rows_returns_them_all() {
+    fn k_past_the_admitted_rows_returns_them_all_and_a_wrong_width_query_falls_back() {
         let (n, dim) = (CODED_SCAN_MIN + 1, 4);
         let data = rows(n, dim, 3, false);
         let (p, codes) = quantize(&data, dim);
         let upper_start = vec![NONE_U32; n];
-        let g = Graph {
-            vectors: &data,
+        let g = unlinked(
+            &data,
             dim,
-            level0: &[],
-            level0_degree: 4,
-            upper: &[],
-            upper_degree: 2,
-            upper_start: &upper_start,
-            entry_point: 0,
-            max_level: 0,
-            dist: DistanceFn::new(Metric::Dot),
-            quant: Some(Quantized {
+            &upper_start,
+            Quantized {
                 codes: &codes,
                 scale: &p.scale,
                 offset: &p.offset,
                 sqnorms: &[],
                 metric: Metric::Dot,
-            }),
-        };
+            },
+        );
         let mut s = Scratch::default();
         let (mut want, mut got) = (Vec::new(), Vec::new());
         // Only 5 rows admitted, k = 8: all five, closest first.

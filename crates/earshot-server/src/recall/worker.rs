@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use earshot_core::collection::Collection;
 
 use super::{check, RecallMetrics, RecallOptions, Sample};
+use crate::background;
 use crate::metrics::CollectionLabel;
 use crate::registry::Registry;
 
@@ -99,9 +100,12 @@ pub(super) fn run(
                 .map_or_else(String::new, |v| v.version.clone())
         };
         drop(r);
-        let (started, cpu_started) = (Instant::now(), thread_cpu());
+        let (started, cpu_started) = (Instant::now(), background::thread_cpu());
         let recall = check::recall(&sample);
-        let (busy, cpu) = (started.elapsed(), thread_cpu().saturating_sub(cpu_started));
+        let (busy, cpu) = (
+            started.elapsed(),
+            background::thread_cpu().saturating_sub(cpu_started),
+        );
         if let Some(recall) = recall {
             let w = windows
                 .entry(name.clone())
@@ -161,22 +165,4 @@ fn sweep(r: &Registry, windows: &mut HashMap<String, Window>, m: &RecallMetrics)
         }
         current
     });
-}
-
-/// CPU time this thread has used (its wall time where that cannot be read).
-fn thread_cpu() -> Duration {
-    #[cfg(target_os = "linux")]
-    {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `t` is a valid timespec for the call to fill.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
-            return Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
-        }
-    }
-    // Without a per-thread clock, count from the first call (busy time then includes waits).
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed()
 }
